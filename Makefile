@@ -1,0 +1,20 @@
+# The two commands of README.md. Both install what a fresh Debian machine lacks:
+# cmake (pingora-core's zlib-ng build needs it) and, for the tests, the real clients.
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BUILD_DEPS := cmake
+TEST_DEPS := skopeo podman curl tar gzip
+
+.PHONY: run test build-deps test-deps
+
+run: build-deps
+	cargo run --release -- serve
+
+test: build-deps test-deps
+	cargo test
+
+build-deps:
+	@./.ci/apt-ensure $(BUILD_DEPS)
+
+test-deps:
+	@./.ci/apt-ensure $(TEST_DEPS)

@@ -1,0 +1,55 @@
+//! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`, with single `Range` reads.
+
+use super::range::{parse_range, RangeRequest};
+use super::{ApiError, Body, ErrorCode, Request, Response};
+use crate::oci::{Digest, RepoName};
+use crate::store::Registry;
+use tokio::io::AsyncReadExt;
+
+/// Spec: "GET /v2/<name>/blobs/<digest>" returns 200 with the blob, or 206 for a
+/// satisfiable `Range`; HEAD answers with the same headers and no body.
+pub async fn get(
+    registry: &Registry,
+    req: &Request,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<Response, ApiError> {
+    let size = registry.blob_size(name, digest).await?;
+    let range = match req.header("range") {
+        Some(header) => parse_range(header, size),
+        None => RangeRequest::Whole,
+    };
+    let response = Response::new(200)
+        .header("Content-Type", "application/octet-stream")
+        .header("Docker-Content-Digest", digest.to_string())
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", format!("\"{digest}\""));
+    match range {
+        RangeRequest::Unsatisfiable => Err(ApiError::new(
+            ErrorCode::RangeInvalid,
+            format!("requested range is outside the blob's {size} bytes"),
+        )
+        .with_header("Content-Range", format!("bytes */{size}"))),
+        RangeRequest::Whole if req.is_head() => Ok(response.body(Body::HeadOf(size))),
+        RangeRequest::Whole => {
+            let blob = registry.open_blob(name, digest, 0).await?;
+            Ok(response.body(Body::Stream { reader: blob.reader, len: size }))
+        }
+        RangeRequest::Partial(r) => {
+            let mut response = response.header("Content-Range", format!("bytes {}-{}/{size}", r.start, r.end));
+            response.status = 206;
+            if req.is_head() {
+                return Ok(response.body(Body::HeadOf(r.len())));
+            }
+            let blob = registry.open_blob(name, digest, r.start).await?;
+            let reader = Box::pin(blob.reader.take(r.len()));
+            Ok(response.body(Body::Stream { reader, len: r.len() }))
+        }
+    }
+}
+
+/// Spec: "DELETE /v2/<name>/blobs/<digest>" answers 202; the bytes go at the next GC.
+pub async fn delete(registry: &Registry, name: &RepoName, digest: &Digest) -> Result<Response, ApiError> {
+    registry.delete_blob(name, digest).await?;
+    Ok(Response::new(202))
+}

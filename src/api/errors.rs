@@ -1,0 +1,193 @@
+//! The OCI error-code table and the only producer of the error JSON envelope.
+//!
+//! Every failure a handler returns becomes an [`ApiError`]: a code from the table below
+//! (which fixes the HTTP status), a detail sentence that says what was expected, and any
+//! headers the client needs (for example `Range` on a 416).
+
+use super::response::{Body, Response};
+use crate::store::StoreError;
+use bytes::Bytes;
+
+/// Error codes of the OCI distribution spec plus the few distribution added that
+/// clients know. `status` is decided here once, from the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    /// A body over a configured limit (manifest over 4 MiB): SIZE_INVALID with 413.
+    TooLarge,
+    Unsupported,
+    /// No endpoint at this path: UNSUPPORTED with 404, as no OCI code covers it.
+    NoSuchEndpoint,
+    RangeInvalid,
+    TagInvalid,
+    PaginationNumberInvalid,
+    /// A fault of ours (disk, database): UNKNOWN with 500. Never used for bad input.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn code(self) -> &'static str {
+        self.entry().0
+    }
+
+    pub fn status(self) -> u16 {
+        self.entry().1
+    }
+
+    pub fn message(self) -> &'static str {
+        self.entry().2
+    }
+
+    /// (code, HTTP status, message): the table.
+    fn entry(self) -> (&'static str, u16, &'static str) {
+        use ErrorCode::*;
+        match self {
+            BlobUnknown => ("BLOB_UNKNOWN", 404, "blob unknown to registry"),
+            BlobUploadInvalid => ("BLOB_UPLOAD_INVALID", 400, "blob upload invalid"),
+            BlobUploadUnknown => ("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry"),
+            DigestInvalid => ("DIGEST_INVALID", 400, "provided digest did not match uploaded content"),
+            ManifestBlobUnknown => ("MANIFEST_BLOB_UNKNOWN", 400, "manifest references a manifest or blob unknown to registry"),
+            ManifestInvalid => ("MANIFEST_INVALID", 400, "manifest invalid"),
+            ManifestUnknown => ("MANIFEST_UNKNOWN", 404, "manifest unknown to registry"),
+            NameInvalid => ("NAME_INVALID", 400, "invalid repository name"),
+            NameUnknown => ("NAME_UNKNOWN", 404, "repository name not known to registry"),
+            SizeInvalid => ("SIZE_INVALID", 400, "provided length did not match content length"),
+            TooLarge => ("SIZE_INVALID", 413, "request body too large"),
+            Unsupported => ("UNSUPPORTED", 405, "the operation is unsupported"),
+            NoSuchEndpoint => ("UNSUPPORTED", 404, "no such endpoint"),
+            RangeInvalid => ("RANGE_INVALID", 416, "invalid content range"),
+            TagInvalid => ("TAG_INVALID", 400, "manifest tag did not match URI"),
+            PaginationNumberInvalid => ("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"),
+            Internal => ("UNKNOWN", 500, "unknown error"),
+        }
+    }
+}
+
+/// A failed request: what went wrong, a sentence for the operator, extra headers.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub detail: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> ApiError {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The JSON envelope `{"errors":[{"code","message","detail"}]}`.
+    pub fn body(&self) -> Bytes {
+        let body = serde_json::json!({
+            "errors": [{
+                "code": self.code.code(),
+                "message": self.code.message(),
+                "detail": self.detail,
+            }]
+        });
+        Bytes::from(body.to_string())
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut response = Response::new(self.code.status())
+            .header("Content-Type", "application/json")
+            .body(Body::Bytes(self.body()));
+        for (name, value) in self.headers {
+            response = response.header(name, value);
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        use ErrorCode::*;
+        let code = match &err {
+            StoreError::BlobUnknown(_) => BlobUnknown,
+            StoreError::ManifestUnknown(_) => ManifestUnknown,
+            StoreError::NameUnknown(_) => NameUnknown,
+            StoreError::UploadUnknown => BlobUploadUnknown,
+            StoreError::DigestMismatch { .. } => DigestInvalid,
+            StoreError::UploadOffset { size, .. } => {
+                let detail = err.to_string();
+                return ApiError::new(RangeInvalid, detail)
+                    .with_header("Range", upload_range(*size));
+            }
+            StoreError::ManifestInvalid(_) => ManifestInvalid,
+            StoreError::ManifestBlobUnknown(_) => ManifestBlobUnknown,
+            StoreError::ClientBody(_) => BlobUploadInvalid,
+            StoreError::Io { .. } | StoreError::Meta(_) => {
+                tracing::error!(error = %err, "storage failure");
+                Internal
+            }
+        };
+        ApiError::new(code, err.to_string())
+    }
+}
+
+/// The `Range` header of an upload session holding `size` bytes: `0-<last byte>`.
+/// An empty session reports `0-0`, as distribution and clients expect.
+pub fn upload_range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Digest;
+
+    #[test]
+    fn table_gives_code_and_status() {
+        assert_eq!(ErrorCode::BlobUnknown.code(), "BLOB_UNKNOWN");
+        assert_eq!(ErrorCode::BlobUnknown.status(), 404);
+        assert_eq!(ErrorCode::TooLarge.status(), 413);
+        assert_eq!(ErrorCode::RangeInvalid.status(), 416);
+        assert_eq!(ErrorCode::Unsupported.status(), 405);
+        assert_eq!(ErrorCode::Internal.status(), 500);
+    }
+
+    #[test]
+    fn envelope_is_oci_json() {
+        let body = ApiError::new(ErrorCode::NameInvalid, "bad name").body();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
+        assert_eq!(v["errors"][0]["detail"], "bad name");
+        assert!(v["errors"][0]["message"].is_string());
+    }
+
+    #[test]
+    fn store_errors_map_to_client_codes() {
+        let d = Digest::sha256_of(b"x");
+        let mismatch = StoreError::DigestMismatch { expected: d.clone(), actual: d };
+        assert_eq!(ApiError::from(mismatch).code, ErrorCode::DigestInvalid);
+        let offset = ApiError::from(StoreError::UploadOffset { size: 10, requested: 3 });
+        assert_eq!(offset.code, ErrorCode::RangeInvalid);
+        assert_eq!(offset.headers, vec![("Range", "0-9".to_string())]);
+        assert_eq!(ApiError::from(StoreError::UploadUnknown).code, ErrorCode::BlobUploadUnknown);
+    }
+
+    #[test]
+    fn upload_range_of_empty_session() {
+        assert_eq!(upload_range(0), "0-0");
+        assert_eq!(upload_range(1), "0-0");
+        assert_eq!(upload_range(100), "0-99");
+    }
+}

@@ -1,0 +1,80 @@
+//! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
+//!
+//! Bytes are served exactly as pushed, with the digest of those bytes.
+
+use super::{ApiError, Body, ErrorCode, Request, Response};
+use crate::oci::manifest::MAX_MANIFEST_BYTES;
+use crate::oci::{Reference, RepoName};
+use crate::store::{ByteSource, Registry};
+use bytes::BytesMut;
+
+/// Spec: "GET /v2/<name>/manifests/<reference>" returns the manifest with its
+/// `Content-Type` and `Docker-Content-Digest`; HEAD the same headers without body.
+pub async fn get(
+    registry: &Registry,
+    req: &Request,
+    name: &RepoName,
+    reference: &Reference,
+) -> Result<Response, ApiError> {
+    let content = registry.manifest(name, reference).await?;
+    let response = Response::new(200)
+        .header("Content-Type", content.media_type.clone())
+        .header("Docker-Content-Digest", content.digest.to_string())
+        .header("ETag", format!("\"{}\"", content.digest));
+    if req.is_head() {
+        return Ok(response.body(Body::HeadOf(content.size)));
+    }
+    let bytes = registry.manifest_bytes(&content).await?;
+    Ok(response.body(Body::Bytes(bytes)))
+}
+
+/// Reads a whole request body of at most `limit` bytes.
+async fn read_limited(req: &Request, body: &mut dyn ByteSource, limit: usize) -> Result<BytesMut, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("manifests are limited to {limit} bytes"),
+        )
+    };
+    let declared = req.header("content-length").and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = body.next_chunk().await? {
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Spec: "PUT /v2/<name>/manifests/<reference>" stores the manifest once everything it
+/// references is in the repository: 201 with `Location`, `Docker-Content-Digest` and,
+/// for a manifest with a `subject`, `OCI-Subject`.
+pub async fn put(
+    registry: &Registry,
+    req: &Request,
+    name: &RepoName,
+    reference: &Reference,
+    body: &mut dyn ByteSource,
+) -> Result<Response, ApiError> {
+    let bytes = read_limited(req, body, MAX_MANIFEST_BYTES).await?.freeze();
+    let content_type = req.header("content-type");
+    let outcome = registry.put_manifest(name, reference, content_type, bytes).await?;
+    let response = Response::new(201)
+        .header("Location", format!("/v2/{name}/manifests/{}", outcome.digest))
+        .header("Docker-Content-Digest", outcome.digest.to_string());
+    Ok(match outcome.subject {
+        Some(subject) => response.header("OCI-Subject", subject.to_string()),
+        None => response,
+    })
+}
+
+/// Spec: "DELETE /v2/<name>/manifests/<reference>": by tag removes the tag, by digest the
+/// manifest and every tag on it; 202.
+pub async fn delete(registry: &Registry, name: &RepoName, reference: &Reference) -> Result<Response, ApiError> {
+    registry.delete_manifest(name, reference).await?;
+    Ok(Response::new(202))
+}

@@ -1,0 +1,171 @@
+//! The edge: pingora listeners and the per-connection HTTP loop.
+//!
+//! We implement pingora's `HttpServerApp` by hand (not `ServeHttp`, which buffers
+//! whole bodies) so request bodies stream into the store and blobs stream out of it.
+//! One request: read the header, hand the body to `api::handle` as a `ByteSource`,
+//! write the response with an exact `Content-Length`, then offer the connection back
+//! for keep-alive.
+
+use crate::api::{self, Body, Request, Response};
+use crate::store::{ByteSource, Registry, StoreError};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// Idle time a keep-alive connection may wait for its next request.
+const KEEPALIVE_SECS: u64 = 60;
+/// Longest wait for the next bytes of a request (header or body chunk).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the client to accept more response bytes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes read from the store per response chunk: bounds memory per connection.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+pub struct RegistryApp {
+    registry: Arc<Registry>,
+    options: HttpServerOptions,
+}
+
+impl RegistryApp {
+    pub fn new(registry: Arc<Registry>) -> RegistryApp {
+        let mut options = HttpServerOptions::default();
+        // Plain-HTTP h2 with prior knowledge, for clients on loopback that ask for it.
+        options.h2c = true;
+        RegistryApp { registry, options }
+    }
+}
+
+/// The request body as a `ByteSource`. `Expect: 100-continue` is answered only when a
+/// handler starts reading, so a request refused early never makes the client send its body.
+struct RequestBody<'a> {
+    session: &'a mut ServerSession,
+    expect_continue: bool,
+}
+
+#[async_trait]
+impl ByteSource for RequestBody<'_> {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
+        if self.expect_continue {
+            self.expect_continue = false;
+            self.session
+                .write_continue_response()
+                .await
+                .map_err(|e| StoreError::ClientBody(e.to_string()))?;
+        }
+        self.session
+            .read_request_body()
+            .await
+            .map_err(|e| StoreError::ClientBody(e.to_string()))
+    }
+}
+
+fn request_of(session: &ServerSession) -> Request {
+    let header = session.req_header();
+    Request {
+        method: header.method.clone(),
+        path: header.uri.path().to_string(),
+        query: header.uri.query().map(str::to_string),
+        headers: header.headers.clone(),
+    }
+}
+
+/// Writes status, headers and body. An error means the connection is unusable.
+async fn write_response(
+    session: &mut ServerSession,
+    response: Response,
+    head: bool,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(response.status, Some(response.headers.len() + 1))?;
+    for (name, value) in response.headers {
+        header.append_header(name, value)?;
+    }
+    // 204 must not carry a Content-Length (RFC 9110 §8.6).
+    if response.status != 204 {
+        header.insert_header("Content-Length", response.body.content_length())?;
+    }
+    session.write_response_header(Box::new(header)).await?;
+    match response.body {
+        Body::Empty | Body::HeadOf(_) => {}
+        Body::Bytes(_) if head => {}
+        Body::Bytes(bytes) => session.write_response_body(bytes, true).await?,
+        Body::Stream { .. } if head => {}
+        Body::Stream { mut reader, len } => {
+            let mut remaining = len;
+            while remaining > 0 {
+                let mut buf = BytesMut::with_capacity(STREAM_CHUNK.min(remaining as usize));
+                let n = reader.read_buf(&mut buf).await.map_err(|e| {
+                    pingora::Error::because(pingora::ErrorType::ReadError, "reading blob from store", e)
+                })?;
+                if n == 0 {
+                    return pingora::Error::e_explain(
+                        pingora::ErrorType::ReadError,
+                        "blob ended before its recorded size",
+                    );
+                }
+                remaining -= n as u64;
+                session.write_response_body(buf.freeze(), remaining == 0).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl HttpServerApp for RegistryApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading request header failed");
+                return None;
+            }
+        }
+        let keepalive = if *shutdown.borrow() { None } else { Some(KEEPALIVE_SECS) };
+        session.set_keepalive(keepalive);
+        session.set_read_timeout(Some(READ_TIMEOUT));
+        session.set_write_timeout(Some(WRITE_TIMEOUT));
+        // A body left unread (request refused early) is not drained: close instead.
+        session.set_close_on_response_before_downstream_finish(true);
+
+        let req = request_of(&session);
+        let expect_continue = req
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let response = {
+            let mut body = RequestBody {
+                session: &mut session,
+                expect_continue,
+            };
+            api::handle(&self.registry, &req, &mut body).await
+        };
+        let status = response.status;
+        if let Err(e) = write_response(&mut session, response, req.is_head()).await {
+            tracing::debug!(error = %e, method = %req.method, path = %req.path, "writing response failed");
+            return None;
+        }
+        tracing::debug!(method = %req.method, path = %req.path, status, "request");
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
+            Err(e) => {
+                tracing::debug!(error = %e, "finishing response failed");
+                None
+            }
+        }
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}

@@ -1,0 +1,292 @@
+//! Filesystem [`BlobStore`]: `blobs/<alg>/<2 hex>/<hex>`, sessions under `uploads/<id>/`.
+//!
+//! Durability recipe for every blob: write to a file outside `blobs/`, fsync it,
+//! verify its digest, rename it into place, fsync the directory. A crash at any step
+//! leaves either no blob or a complete, verified one.
+
+use super::{BlobReader, BlobStore, ByteSource, StoreError, UploadId};
+use crate::oci::digest::{Algorithm, Hasher};
+use crate::oci::{Digest, RepoName};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+/// Running sha256 of an upload's bytes so far, so finishing needs no second read.
+/// Lost on restart; then the file is hashed again when the upload finishes.
+struct HashProgress {
+    hasher: Hasher,
+    hashed: u64,
+}
+
+/// Per-session state; its async mutex also serialises concurrent PATCHes to one session.
+type Session = Arc<tokio::sync::Mutex<Option<HashProgress>>>;
+
+pub struct FsBlobStore {
+    root: PathBuf,
+    sessions: Mutex<HashMap<UploadId, Session>>,
+}
+
+impl FsBlobStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: &Path) -> Result<FsBlobStore, StoreError> {
+        for dir in ["blobs", "uploads", "tmp"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path)
+                .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        }
+        Ok(FsBlobStore {
+            root: root.to_path_buf(),
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().name())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn upload_dir(&self, id: &UploadId) -> PathBuf {
+        self.root.join("uploads").join(id.as_str())
+    }
+
+    fn session(&self, id: &UploadId) -> Session {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.entry(id.clone()).or_default().clone()
+    }
+
+    fn forget_session(&self, id: &UploadId) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.remove(id);
+    }
+}
+
+/// Moves a complete, verified file into place under `dest` and makes the rename durable.
+/// If `dest` already exists the content is identical (same digest): keep the old one.
+fn install(src: &Path, dest: &Path) -> std::io::Result<()> {
+    if dest.exists() {
+        return std::fs::remove_file(src);
+    }
+    let parent = dest.parent().expect("blob paths have a parent");
+    std::fs::create_dir_all(parent)?;
+    std::fs::rename(src, dest)?;
+    std::fs::File::open(parent)?.sync_all()
+}
+
+/// Hashes a whole file from disk with `algorithm` (after a restart, or for sha512).
+fn hash_file(path: &Path, algorithm: Algorithm) -> std::io::Result<Digest> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Hasher::new(algorithm);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    context: String,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::io(context.clone(), std::io::Error::other(e)))?
+        .map_err(|e| StoreError::io(context, e))
+}
+
+fn not_found_is_none<T>(r: std::io::Result<T>) -> std::io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let meta = not_found_is_none(tokio::fs::metadata(self.blob_path(digest)).await)
+            .map_err(|e| StoreError::io(format!("stat blob {digest}"), e))?;
+        Ok(meta.map(|m| m.len()))
+    }
+
+    async fn open(&self, digest: &Digest, offset: u64) -> Result<Option<BlobReader>, StoreError> {
+        let context = || format!("opening blob {digest}");
+        let Some(mut file) = not_found_is_none(tokio::fs::File::open(self.blob_path(digest)).await)
+            .map_err(|e| StoreError::io(context(), e))?
+        else {
+            return Ok(None);
+        };
+        if offset > 0 {
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| StoreError::io(context(), e))?;
+        }
+        Ok(Some(BlobReader {
+            reader: Box::pin(file),
+        }))
+    }
+
+    async fn put_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError> {
+        let mut hasher = Hasher::new(digest.algorithm());
+        hasher.update(&bytes);
+        let actual = hasher.finish();
+        if &actual != digest {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        let dest = self.blob_path(digest);
+        let tmp = self.root.join("tmp").join(UploadId::new().as_str());
+        blocking(format!("storing {digest}"), move || {
+            if dest.exists() {
+                return Ok(());
+            }
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            install(&tmp, &dest)
+        })
+        .await
+    }
+
+    async fn upload_start(&self, id: &UploadId, repo: &RepoName) -> Result<(), StoreError> {
+        let dir = self.upload_dir(id);
+        let repo = repo.to_string();
+        blocking("starting upload".into(), move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("repo"), repo)?;
+            std::fs::File::create(dir.join("data")).map(drop)
+        })
+        .await
+    }
+
+    async fn upload_status(&self, id: &UploadId) -> Result<Option<(RepoName, u64)>, StoreError> {
+        let dir = self.upload_dir(id);
+        let read = async {
+            let repo = tokio::fs::read_to_string(dir.join("repo")).await?;
+            let size = tokio::fs::metadata(dir.join("data")).await?.len();
+            Ok::<_, std::io::Error>((repo, size))
+        };
+        let found = not_found_is_none(read.await)
+            .map_err(|e| StoreError::io("reading upload session", e))?;
+        // A session written by us always holds a valid name; anything else is not ours.
+        Ok(found.and_then(|(repo, size)| RepoName::parse(&repo).ok().map(|r| (r, size))))
+    }
+
+    async fn upload_append(
+        &self,
+        id: &UploadId,
+        offset: Option<u64>,
+        body: &mut dyn ByteSource,
+    ) -> Result<u64, StoreError> {
+        let session = self.session(id);
+        let mut progress = session.lock().await;
+        let path = self.upload_dir(id).join("data");
+        let context = || "appending to upload".to_string();
+        let Some(mut file) = not_found_is_none(
+            tokio::fs::OpenOptions::new().append(true).open(&path).await,
+        )
+        .map_err(|e| StoreError::io(context(), e))?
+        else {
+            return Err(StoreError::UploadUnknown);
+        };
+        let mut size = file.metadata().await.map_err(|e| StoreError::io(context(), e))?.len();
+        if let Some(requested) = offset {
+            if requested != size {
+                return Err(StoreError::UploadOffset { size, requested });
+            }
+        }
+        if size == 0 {
+            *progress = Some(HashProgress {
+                hasher: Hasher::new(Algorithm::Sha256),
+                hashed: 0,
+            });
+        }
+        let outcome = loop {
+            let chunk = match body.next_chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = file.write_all(&chunk).await {
+                // The file may now hold part of this chunk: hash it again at the end.
+                *progress = None;
+                break Err(StoreError::io(context(), e));
+            }
+            size += chunk.len() as u64;
+            match progress.as_mut() {
+                Some(p) if p.hashed + chunk.len() as u64 == size => {
+                    p.hasher.update(&chunk);
+                    p.hashed = size;
+                }
+                _ => *progress = None,
+            }
+        };
+        // Keep what arrived even if the body broke off, so the client can resume.
+        file.flush().await.map_err(|e| StoreError::io(context(), e))?;
+        outcome.map(|()| size)
+    }
+
+    async fn upload_finish(&self, id: &UploadId, expected: &Digest) -> Result<u64, StoreError> {
+        let session = self.session(id);
+        let progress = session.lock().await.take();
+        let dir = self.upload_dir(id);
+        let data = dir.join("data");
+        let dest = self.blob_path(expected);
+        let wanted = expected.clone();
+        let expected = expected.clone();
+        let result = blocking("finishing upload".into(), move || {
+            let file = match std::fs::File::open(&data) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Err(None)),
+                other => other?,
+            };
+            file.sync_all()?;
+            let size = file.metadata()?.len();
+            let actual = match progress {
+                Some(p) if p.hashed == size && expected.algorithm() == Algorithm::Sha256 => {
+                    p.hasher.finish()
+                }
+                _ => hash_file(&data, expected.algorithm())?,
+            };
+            if actual != expected {
+                std::fs::remove_dir_all(&dir)?;
+                return Ok(Err(Some(actual)));
+            }
+            install(&data, &dest)?;
+            std::fs::remove_dir_all(&dir)?;
+            Ok(Ok(size))
+        })
+        .await;
+        self.forget_session(id);
+        match result? {
+            Ok(size) => Ok(size),
+            Err(None) => Err(StoreError::UploadUnknown),
+            Err(Some(actual)) => Err(StoreError::DigestMismatch {
+                expected: wanted,
+                actual,
+            }),
+        }
+    }
+
+    async fn upload_cancel(&self, id: &UploadId) -> Result<bool, StoreError> {
+        let session = self.session(id);
+        let _guard = session.lock().await;
+        let dir = self.upload_dir(id);
+        let removed = not_found_is_none(tokio::fs::remove_dir_all(&dir).await)
+            .map_err(|e| StoreError::io("cancelling upload", e))?;
+        self.forget_session(id);
+        Ok(removed.is_some())
+    }
+}

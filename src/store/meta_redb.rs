@@ -1,0 +1,315 @@
+//! [`MetaStore`] on redb, an embedded transactional key-value store.
+//!
+//! Tables use tuple keys so that one repository's entries are contiguous and sorted:
+//! listing tags or referrers is a range scan, never a directory walk. Every method is
+//! one transaction, committed durably before it returns.
+
+use super::{ManifestRecord, MetaStore, Page, StoreError};
+use crate::oci::manifest::Descriptor;
+use crate::oci::{Digest, RepoName, Tag};
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+
+/// repository -> (): every repository that holds anything.
+const REPOS: TableDefinition<&str, ()> = TableDefinition::new("repos");
+/// (repository, blob digest) -> size: the blobs a repository may serve.
+const BLOB_LINKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("blob_links");
+/// (repository, manifest digest) -> ManifestRecord as JSON.
+const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("manifests");
+/// (repository, tag) -> manifest digest.
+const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
+/// (repository, subject digest, referrer digest) -> referrer Descriptor as JSON.
+const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("referrers");
+
+pub struct RedbMetaStore {
+    db: Arc<Database>,
+}
+
+fn meta_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Meta(e.into().to_string())
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Meta(format!("corrupt record: {e}"))
+}
+
+impl RedbMetaStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<RedbMetaStore, StoreError> {
+        let db = Database::create(path).map_err(|e| {
+            StoreError::Meta(format!("opening {}: {}", path.display(), redb::Error::from(e)))
+        })?;
+        let txn = db.begin_write().map_err(meta_err)?;
+        {
+            txn.open_table(REPOS).map_err(meta_err)?;
+            txn.open_table(BLOB_LINKS).map_err(meta_err)?;
+            txn.open_table(MANIFESTS).map_err(meta_err)?;
+            txn.open_table(TAGS).map_err(meta_err)?;
+            txn.open_table(REFERRERS).map_err(meta_err)?;
+        }
+        txn.commit().map_err(meta_err)?;
+        Ok(RedbMetaStore { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on the blocking pool: redb calls block on disk I/O.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Meta(format!("metadata task failed: {e}")))?
+    }
+
+    /// Runs `f` in one write transaction and commits it.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(meta_err)?;
+            let value = f(&txn)?;
+            txn.commit().map_err(meta_err)?;
+            Ok(value)
+        })
+        .await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.run(move |db| f(&db.begin_read().map_err(meta_err)?)).await
+    }
+}
+
+/// Takes one page from sorted `names`, skipping `last` itself.
+fn paginate(
+    names: impl Iterator<Item = Result<String, StoreError>>,
+    last: Option<&str>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let mut items = Vec::new();
+    for name in names {
+        let name = name?;
+        if last == Some(name.as_str()) {
+            continue;
+        }
+        if items.len() == limit {
+            return Ok(Page { items, more: limit > 0 });
+        }
+        items.push(name);
+    }
+    Ok(Page { items, more: false })
+}
+
+#[async_trait]
+impl MetaStore for RedbMetaStore {
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), StoreError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |txn| {
+            txn.open_table(REPOS).map_err(meta_err)?.insert(repo.as_str(), ()).map_err(meta_err)?;
+            let mut links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
+            links.insert((repo.as_str(), digest.as_str()), size).map_err(meta_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |txn| {
+            let links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
+            let size = links.get((repo.as_str(), digest.as_str())).map_err(meta_err)?;
+            Ok(size.map(|v| v.value()))
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |txn| {
+            let mut links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
+            let removed = links.remove((repo.as_str(), digest.as_str())).map_err(meta_err)?;
+            Ok(removed.is_some())
+        })
+        .await
+    }
+
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        record: &ManifestRecord,
+        tag: Option<&Tag>,
+        referrer: Option<&Descriptor>,
+    ) -> Result<(), StoreError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        let tag = tag.map(|t| t.to_string());
+        let record_json = serde_json::to_vec(record).map_err(json_err)?;
+        let subject = record.subject.as_ref().map(|s| s.to_string());
+        let referrer_json = referrer.map(serde_json::to_vec).transpose().map_err(json_err)?;
+        self.write(move |txn| {
+            txn.open_table(REPOS).map_err(meta_err)?.insert(repo.as_str(), ()).map_err(meta_err)?;
+            let mut manifests = txn.open_table(MANIFESTS).map_err(meta_err)?;
+            manifests
+                .insert((repo.as_str(), digest.as_str()), record_json.as_slice())
+                .map_err(meta_err)?;
+            if let Some(tag) = &tag {
+                let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
+                tags.insert((repo.as_str(), tag.as_str()), digest.as_str()).map_err(meta_err)?;
+            }
+            if let (Some(subject), Some(json)) = (&subject, &referrer_json) {
+                let mut referrers = txn.open_table(REFERRERS).map_err(meta_err)?;
+                referrers
+                    .insert((repo.as_str(), subject.as_str(), digest.as_str()), json.as_slice())
+                    .map_err(meta_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, StoreError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |txn| {
+            let manifests = txn.open_table(MANIFESTS).map_err(meta_err)?;
+            let found = manifests.get((repo.as_str(), digest.as_str())).map_err(meta_err)?;
+            found
+                .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |txn| {
+            let mut manifests = txn.open_table(MANIFESTS).map_err(meta_err)?;
+            let Some(removed) = manifests.remove((repo.as_str(), digest.as_str())).map_err(meta_err)?
+            else {
+                return Ok(false);
+            };
+            let record: ManifestRecord =
+                serde_json::from_slice(removed.value()).map_err(json_err)?;
+            if let Some(subject) = record.subject {
+                let subject = subject.to_string();
+                let mut referrers = txn.open_table(REFERRERS).map_err(meta_err)?;
+                referrers
+                    .remove((repo.as_str(), subject.as_str(), digest.as_str()))
+                    .map_err(meta_err)?;
+            }
+            let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
+            let mut pointing = Vec::new();
+            for entry in tags.range((repo.as_str(), "")..).map_err(meta_err)? {
+                let (key, value) = entry.map_err(meta_err)?;
+                let (r, tag) = key.value();
+                if r != repo {
+                    break;
+                }
+                if value.value() == digest {
+                    pointing.push(tag.to_string());
+                }
+            }
+            for tag in pointing {
+                tags.remove((repo.as_str(), tag.as_str())).map_err(meta_err)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.read(move |txn| {
+            let tags = txn.open_table(TAGS).map_err(meta_err)?;
+            let found = tags.get((repo.as_str(), tag.as_str())).map_err(meta_err)?;
+            found
+                .map(|v| v.value().parse().map_err(|e| StoreError::Meta(format!("corrupt tag: {e}"))))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StoreError> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.write(move |txn| {
+            let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
+            let removed = tags.remove((repo.as_str(), tag.as_str())).map_err(meta_err)?;
+            Ok(removed.is_some())
+        })
+        .await
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Page>, StoreError> {
+        let repo = repo.to_string();
+        let last = last.map(str::to_string);
+        self.read(move |txn| {
+            let repos = txn.open_table(REPOS).map_err(meta_err)?;
+            if repos.get(repo.as_str()).map_err(meta_err)?.is_none() {
+                return Ok(None);
+            }
+            let tags = txn.open_table(TAGS).map_err(meta_err)?;
+            let start = (repo.as_str(), last.as_deref().unwrap_or(""));
+            let names = tags.range(start..).map_err(meta_err)?.map_while(|entry| match entry {
+                Ok((key, _)) => {
+                    let (r, tag) = key.value();
+                    (r == repo).then(|| Ok(tag.to_string()))
+                }
+                Err(e) => Some(Err(meta_err(e))),
+            });
+            paginate(names, last.as_deref(), limit).map(Some)
+        })
+        .await
+    }
+
+    async fn list_repos(&self, last: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let last = last.map(str::to_string);
+        self.read(move |txn| {
+            let repos = txn.open_table(REPOS).map_err(meta_err)?;
+            let start = last.as_deref().unwrap_or("");
+            let names = repos
+                .range(start..)
+                .map_err(meta_err)?
+                .map(|entry| entry.map(|(key, _)| key.value().to_string()).map_err(meta_err));
+            paginate(names, last.as_deref(), limit)
+        })
+        .await
+    }
+
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool, StoreError> {
+        let repo = repo.to_string();
+        self.read(move |txn| {
+            let repos = txn.open_table(REPOS).map_err(meta_err)?;
+            Ok(repos.get(repo.as_str()).map_err(meta_err)?.is_some())
+        })
+        .await
+    }
+
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StoreError> {
+        let (repo, subject) = (repo.to_string(), subject.to_string());
+        self.read(move |txn| {
+            let referrers = txn.open_table(REFERRERS).map_err(meta_err)?;
+            let mut found = Vec::new();
+            let start = (repo.as_str(), subject.as_str(), "");
+            for entry in referrers.range(start..).map_err(meta_err)? {
+                let (key, value) = entry.map_err(meta_err)?;
+                let (r, s, _) = key.value();
+                if r != repo || s != subject {
+                    break;
+                }
+                found.push(serde_json::from_slice(value.value()).map_err(json_err)?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+}

@@ -1,0 +1,192 @@
+//! Storage: content-addressed blobs ([`BlobStore`]) and metadata ([`MetaStore`]),
+//! with the registry's rules on top ([`Registry`]).
+//!
+//! Layers, as in distribution: `api` speaks HTTP and never touches files; `Registry`
+//! holds the rules (a blob is visible in a repository only if linked there, a manifest
+//! may only reference what its repository holds); the two traits move bytes and
+//! records. This layer never sees HTTP.
+
+mod fs;
+mod meta_redb;
+mod registry;
+
+pub use fs::FsBlobStore;
+pub use meta_redb::RedbMetaStore;
+pub use registry::Registry;
+
+use crate::oci::manifest::{Descriptor, ManifestError};
+use crate::oci::{Digest, RepoName, Tag};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::pin::Pin;
+use tokio::io::AsyncRead;
+
+/// An upload session id: a UUID, validated before it names a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn new() -> UploadId {
+        UploadId(uuid::Uuid::new_v4().hyphenated().to_string())
+    }
+
+    pub fn parse(s: &str) -> Option<UploadId> {
+        let uuid = uuid::Uuid::parse_str(s).ok()?;
+        Some(UploadId(uuid.hyphenated().to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A stream of request-body bytes handed to the store. The edge implements it over
+/// the client connection, so uploads stream to disk without being buffered.
+#[async_trait]
+pub trait ByteSource: Send {
+    /// The next chunk, or `None` at the end of the body.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError>;
+}
+
+/// A blob opened for reading at some offset.
+pub struct BlobReader {
+    /// Bytes from the requested offset to the end.
+    pub reader: Pin<Box<dyn AsyncRead + Send>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("blob {0} is unknown to this repository")]
+    BlobUnknown(Digest),
+    #[error("manifest {0} is unknown to this repository")]
+    ManifestUnknown(String),
+    #[error("repository {0} is unknown to this registry")]
+    NameUnknown(RepoName),
+    #[error("upload session unknown (finished, cancelled, expired or never started)")]
+    UploadUnknown,
+    #[error("content has digest {actual}, but {expected} was given")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("chunk starts at byte {requested}, but the upload holds {size} bytes; resume at {size}")]
+    UploadOffset { size: u64, requested: u64 },
+    #[error("{0}")]
+    ManifestInvalid(ManifestError),
+    #[error("manifest references {0}, which this repository does not hold; push it first")]
+    ManifestBlobUnknown(Digest),
+    #[error("reading the request body failed: {0}")]
+    ClientBody(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metadata store: {0}")]
+    Meta(String),
+}
+
+impl StoreError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// What the registry knows about a stored manifest; its bytes live in the blob store.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+    /// The `subject` it refers to, so deleting it can drop its referrers entry.
+    pub subject: Option<Digest>,
+}
+
+/// One page of a sorted listing (tags, repositories).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// More items follow the last one returned.
+    pub more: bool,
+}
+
+/// Content-addressed bytes. Contract for every implementation:
+/// - a blob is visible only once complete and verified: readers never see partial
+///   or wrong content, also after a crash at any point;
+/// - writing an existing digest is a no-op (content addressing makes it idempotent);
+/// - uploads are resumable sessions whose bytes are appended in order.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// The size of a stored blob, or `None` if absent.
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError>;
+
+    /// Opens a blob positioned at `offset`, or `None` if absent.
+    async fn open(&self, digest: &Digest, offset: u64) -> Result<Option<BlobReader>, StoreError>;
+
+    /// Stores small content already in memory (manifests), verified against `digest`.
+    async fn put_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError>;
+
+    /// Starts an empty upload session for `repo`.
+    async fn upload_start(&self, id: &UploadId, repo: &RepoName) -> Result<(), StoreError>;
+
+    /// The repository and current size of a session, or `None` if unknown.
+    async fn upload_status(&self, id: &UploadId) -> Result<Option<(RepoName, u64)>, StoreError>;
+
+    /// Appends `body` at `offset` (which must equal the current size, if given);
+    /// returns the new size. Bytes that arrived before a broken body stay stored,
+    /// so the client can resume.
+    async fn upload_append(
+        &self,
+        id: &UploadId,
+        offset: Option<u64>,
+        body: &mut dyn ByteSource,
+    ) -> Result<u64, StoreError>;
+
+    /// Verifies the session's content against `expected`, makes it durable and
+    /// visible under that digest, and ends the session; returns the size.
+    /// On mismatch nothing is stored and the session ends.
+    async fn upload_finish(&self, id: &UploadId, expected: &Digest) -> Result<u64, StoreError>;
+
+    /// Ends a session and drops its bytes; `false` if it did not exist.
+    async fn upload_cancel(&self, id: &UploadId) -> Result<bool, StoreError>;
+}
+
+/// Registry metadata. Every method is one transaction.
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    /// Records that `repo` holds blob `digest` (pushed or mounted).
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), StoreError>;
+    /// The size of `digest` if `repo` holds it.
+    async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, StoreError>;
+    /// Removes the link; `false` if there was none.
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError>;
+
+    /// Records a manifest in `repo`, optionally tagging it, and indexes its subject.
+    async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        record: &ManifestRecord,
+        tag: Option<&Tag>,
+        referrer: Option<&Descriptor>,
+    ) -> Result<(), StoreError>;
+    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, StoreError>;
+    /// Removes a manifest, every tag pointing at it and its referrers entry.
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError>;
+
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError>;
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StoreError>;
+    /// Tags after `last`, at most `limit`; `None` if the repository is unknown.
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Page>, StoreError>;
+
+    async fn list_repos(&self, last: Option<&str>, limit: usize) -> Result<Page, StoreError>;
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool, StoreError>;
+
+    /// Descriptors of the manifests in `repo` whose `subject` is `subject`.
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StoreError>;
+}

@@ -1,0 +1,270 @@
+//! The registry's storage rules, on top of a [`BlobStore`] and a [`MetaStore`].
+//!
+//! - A blob is served from a repository only if that repository holds a link to it
+//!   (pushed, mounted or referenced), as distribution does.
+//! - A manifest is accepted only if its repository holds everything it references;
+//!   its bytes are stored exactly as received, before the metadata that points at them,
+//!   so a tag never names a missing manifest.
+
+use super::{BlobReader, BlobStore, ByteSource, ManifestRecord, MetaStore, Page, StoreError, UploadId};
+use crate::oci::digest::Hasher;
+use crate::oci::manifest::{self, Descriptor};
+use crate::oci::{Digest, Reference, RepoName};
+use bytes::Bytes;
+use std::sync::Arc;
+
+pub struct Registry {
+    blobs: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetaStore>,
+}
+
+/// A manifest as served: its digest, media type and exact bytes (or just its size for HEAD).
+pub struct ManifestContent {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+pub struct PutManifestOutcome {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+impl Registry {
+    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetaStore>) -> Registry {
+        Registry { blobs, meta }
+    }
+
+    /// The size of a blob `repo` may serve.
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StoreError> {
+        match self.meta.linked_blob(repo, digest).await? {
+            Some(size) => Ok(size),
+            None => Err(StoreError::BlobUnknown(digest.clone())),
+        }
+    }
+
+    /// Opens a blob of `repo` at `offset`.
+    pub async fn open_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<BlobReader, StoreError> {
+        self.blob_size(repo, digest).await?;
+        self.blobs
+            .open(digest, offset)
+            .await?
+            .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))
+    }
+
+    /// Removes `repo`'s link to a blob; the bytes stay until garbage collection.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
+        if self.meta.unlink_blob(repo, digest).await? {
+            Ok(())
+        } else {
+            Err(StoreError::BlobUnknown(digest.clone()))
+        }
+    }
+
+    /// Links an existing blob into `repo`. With `from`, only if `from` holds it;
+    /// without, if the store holds it at all (the spec's automatic mount).
+    /// Returns the size, or `None` when there is nothing to mount.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Option<u64>, StoreError> {
+        let size = match from {
+            Some(from) => self.meta.linked_blob(from, digest).await?,
+            None => self.blobs.stat(digest).await?,
+        };
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        // The bytes must really be there: a link alone is not content.
+        if from.is_some() && self.blobs.stat(digest).await?.is_none() {
+            return Ok(None);
+        }
+        self.meta.link_blob(repo, digest, size).await?;
+        Ok(Some(size))
+    }
+
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadId, StoreError> {
+        let id = UploadId::new();
+        self.blobs.upload_start(&id, repo).await?;
+        Ok(id)
+    }
+
+    /// The number of bytes a session of `repo` holds.
+    pub async fn upload_size(&self, repo: &RepoName, id: &UploadId) -> Result<u64, StoreError> {
+        match self.blobs.upload_status(id).await? {
+            Some((owner, size)) if &owner == repo => Ok(size),
+            _ => Err(StoreError::UploadUnknown),
+        }
+    }
+
+    pub async fn append_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: Option<u64>,
+        body: &mut dyn ByteSource,
+    ) -> Result<u64, StoreError> {
+        self.upload_size(repo, id).await?;
+        self.blobs.upload_append(id, offset, body).await
+    }
+
+    /// Completes a session: verifies `digest`, stores the blob, links it into `repo`.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        digest: &Digest,
+    ) -> Result<u64, StoreError> {
+        self.upload_size(repo, id).await?;
+        let size = self.blobs.upload_finish(id, digest).await?;
+        self.meta.link_blob(repo, digest, size).await?;
+        Ok(size)
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<(), StoreError> {
+        self.upload_size(repo, id).await?;
+        self.blobs.upload_cancel(id).await?;
+        Ok(())
+    }
+
+    /// Stores a manifest pushed to `repo` under `reference`.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PutManifestOutcome, StoreError> {
+        let parsed = manifest::parse(content_type, &bytes).map_err(StoreError::ManifestInvalid)?;
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let mut hasher = Hasher::new(expected.algorithm());
+                hasher.update(&bytes);
+                let actual = hasher.finish();
+                if &actual != expected {
+                    return Err(StoreError::DigestMismatch {
+                        expected: expected.clone(),
+                        actual,
+                    });
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(&bytes),
+        };
+        for blob in &parsed.blobs {
+            // Foreign layers (with `urls`) live elsewhere by design.
+            let local = blob.urls.is_empty();
+            if local && self.meta.linked_blob(repo, &blob.digest).await?.is_none() {
+                return Err(StoreError::ManifestBlobUnknown(blob.digest.clone()));
+            }
+        }
+        for child in &parsed.children {
+            if self.meta.manifest(repo, &child.digest).await?.is_none() {
+                return Err(StoreError::ManifestBlobUnknown(child.digest.clone()));
+            }
+        }
+        let size = bytes.len() as u64;
+        self.blobs.put_bytes(&digest, bytes).await?;
+        let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
+        let referrer = subject.as_ref().map(|_| Descriptor {
+            media_type: parsed.media_type.clone(),
+            digest: digest.clone(),
+            size,
+            artifact_type: parsed.artifact_type.clone(),
+            urls: Vec::new(),
+            annotations: parsed.annotations.clone(),
+            platform: None,
+        });
+        let record = ManifestRecord {
+            media_type: parsed.media_type,
+            size,
+            subject: subject.clone(),
+        };
+        let tag = match reference {
+            Reference::Tag(tag) => Some(tag),
+            Reference::Digest(_) => None,
+        };
+        self.meta
+            .put_manifest(repo, &digest, &record, tag, referrer.as_ref())
+            .await?;
+        Ok(PutManifestOutcome { digest, subject })
+    }
+
+    /// Finds a manifest of `repo` by tag or digest.
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestContent, StoreError> {
+        let unknown = || async {
+            if self.meta.repo_exists(repo).await? {
+                Err(StoreError::ManifestUnknown(reference.to_string()))
+            } else {
+                Err(StoreError::NameUnknown(repo.clone()))
+            }
+        };
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(tag) => match self.meta.resolve_tag(repo, tag).await? {
+                Some(d) => d,
+                None => return unknown().await,
+            },
+        };
+        match self.meta.manifest(repo, &digest).await? {
+            Some(record) => Ok(ManifestContent {
+                digest,
+                media_type: record.media_type,
+                size: record.size,
+            }),
+            None => unknown().await,
+        }
+    }
+
+    /// The exact bytes of a manifest found with [`Registry::manifest`].
+    pub async fn manifest_bytes(&self, content: &ManifestContent) -> Result<Bytes, StoreError> {
+        use tokio::io::AsyncReadExt;
+        let missing = || StoreError::ManifestUnknown(content.digest.to_string());
+        let mut blob = self.blobs.open(&content.digest, 0).await?.ok_or_else(missing)?;
+        let mut bytes = Vec::with_capacity(content.size as usize);
+        blob.reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| StoreError::io(format!("reading manifest {}", content.digest), e))?;
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Deletes a tag, or by digest the manifest with its tags and referrers entry.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), StoreError> {
+        let removed = match reference {
+            Reference::Tag(tag) => self.meta.delete_tag(repo, tag).await?,
+            Reference::Digest(digest) => self.meta.delete_manifest(repo, digest).await?,
+        };
+        if removed {
+            Ok(())
+        } else {
+            Err(StoreError::ManifestUnknown(reference.to_string()))
+        }
+    }
+
+    pub async fn tags(&self, repo: &RepoName, last: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        self.meta
+            .list_tags(repo, last, limit)
+            .await?
+            .ok_or_else(|| StoreError::NameUnknown(repo.clone()))
+    }
+
+    pub async fn catalog(&self, last: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        self.meta.list_repos(last, limit).await
+    }
+
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StoreError> {
+        self.meta.referrers(repo, subject).await
+    }
+}
