@@ -26,6 +26,12 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes read from the store per response chunk: bounds memory per connection.
 const STREAM_CHUNK: usize = 256 * 1024;
+/// After answering a request whose body was not read (refused early), keep reading and
+/// discarding it for at most this long and this many bytes before closing: closing with
+/// unread data makes the kernel reset the connection, and a client still sending its
+/// body would never see our answer (RFC 9112 §9.6, "lingering close").
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct RegistryApp {
     registry: Arc<Registry>,
@@ -116,6 +122,25 @@ async fn write_response(
     Ok(())
 }
 
+/// Discards the unread rest of a refused request body (bounded), then keeps the
+/// connection only if the body really ended.
+async fn linger(session: &mut ServerSession, continue_pending: bool) {
+    // A client waiting for the `100 Continue` we never sent has nothing in flight.
+    if !continue_pending {
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        let mut drained = 0;
+        while drained < LINGER_BYTES && !session.is_body_done() {
+            match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+                Ok(Ok(Some(chunk))) => drained += chunk.len(),
+                _ => break,
+            }
+        }
+    }
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for RegistryApp {
     async fn process_new_http(
@@ -135,24 +160,26 @@ impl HttpServerApp for RegistryApp {
         session.set_keepalive(keepalive);
         session.set_read_timeout(Some(READ_TIMEOUT));
         session.set_write_timeout(Some(WRITE_TIMEOUT));
-        // A body left unread (request refused early) is not drained: close instead.
-        session.set_close_on_response_before_downstream_finish(true);
 
         let req = request_of(&session);
         let expect_continue = req
             .header("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-        let response = {
+        let (response, continue_pending) = {
             let mut body = RequestBody {
                 session: &mut session,
                 expect_continue,
             };
-            api::handle(&self.registry, &req, &mut body).await
+            let response = api::handle(&self.registry, &req, &mut body).await;
+            (response, body.expect_continue)
         };
         let status = response.status;
         if let Err(e) = write_response(&mut session, response, req.is_head()).await {
             tracing::debug!(error = %e, method = %req.method, path = %req.path, "writing response failed");
             return None;
+        }
+        if !session.is_body_done() {
+            linger(&mut session, continue_pending).await;
         }
         tracing::debug!(method = %req.method, path = %req.path, status, "request");
         let persistent = HttpPersistentSettings::for_session(&session);
