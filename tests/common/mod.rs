@@ -1,0 +1,544 @@
+//! Shared harness for portcullis integration tests.
+//!
+//! * [`Server`] starts the real `portcullis` binary on a free loopback port
+//!   with its own data directory and kills it again on drop.
+//! * [`ImageFixture`] builds an OCI image layout on disk (real gzip'd tar
+//!   layers, a valid image config and manifest) for clients to push.
+//! * [`run_with_timeout`] / [`run_ok`] run external tools with a hard time
+//!   limit and readable failure messages.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+/// Total time a server gets to answer `GET /v2/` with 200 (all attempts together).
+const READY_BUDGET: Duration = Duration::from_secs(15);
+/// Pause between readiness probes.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How many fresh ports are tried when the server exits before becoming ready.
+const MAX_START_ATTEMPTS: usize = 5;
+/// How much of the server log is shown in failure messages.
+const LOG_TAIL_BYTES: usize = 16 * 1024;
+
+/// Ports already handed to a server by this test process, so that two tests
+/// running in parallel never race for the same port.
+static PORTS_IN_USE: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// A running `portcullis serve` child process.
+pub struct Server {
+    child: Child,
+    port: u16,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    /// Holds the log file (and, for [`Server::start`], the data directory).
+    _scratch: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server on a fresh, empty data directory that is removed when
+    /// the server is dropped.
+    pub fn start() -> Server {
+        let scratch = scratch_dir("portcullis-server-");
+        let data_dir = scratch.path().join("data");
+        fs::create_dir(&data_dir).expect("create data dir");
+        Self::launch(scratch, data_dir)
+    }
+
+    /// Starts a server on an existing data directory owned by the caller
+    /// (which therefore survives this server, e.g. for restart/crash tests).
+    pub fn start_with_data(dir: &Path) -> Server {
+        assert!(dir.is_dir(), "data dir {} does not exist", dir.display());
+        Self::launch(scratch_dir("portcullis-server-"), dir.to_path_buf())
+    }
+
+    fn launch(scratch: tempfile::TempDir, data_dir: PathBuf) -> Server {
+        let deadline = Instant::now() + READY_BUDGET;
+        let mut failures = Vec::new();
+        for attempt in 1..=MAX_START_ATTEMPTS {
+            let port = free_port();
+            let log_path = scratch.path().join(format!("server-{attempt}.log"));
+            let log = File::create(&log_path).expect("create server log file");
+            let log_out = log.try_clone().expect("clone server log handle");
+            let listen = format!("127.0.0.1:{port}");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .arg("serve")
+                .arg("--listen")
+                .arg(&listen)
+                .arg("--data")
+                .arg(&data_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log_out))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("spawn portcullis binary");
+
+            loop {
+                if let Some(status) = child.try_wait().expect("poll server process") {
+                    failures.push(format!(
+                        "attempt {attempt} (port {port}): exited with {status} before becoming ready; log:\n{}",
+                        log_tail(&log_path)
+                    ));
+                    break;
+                }
+                if probe_v2(port) == Some(200) {
+                    // Make sure it is *our* child that answered, not a stranger.
+                    thread::sleep(POLL_INTERVAL);
+                    if child.try_wait().expect("poll server process").is_none() {
+                        return Server {
+                            child,
+                            port,
+                            data_dir,
+                            log_path,
+                            _scratch: scratch,
+                        };
+                    }
+                    continue;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "portcullis did not answer 200 on GET http://{listen}/v2/ within {READY_BUDGET:?}\n\
+                         earlier attempts: {failures:#?}\nserver log:\n{}",
+                        log_tail(&log_path)
+                    );
+                }
+                thread::sleep(POLL_INTERVAL);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        panic!(
+            "portcullis failed to start after {} attempt(s):\n{}",
+            failures.len(),
+            failures.join("\n---\n")
+        );
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`, the registry host as container tools spell it.
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The directory passed as `--data`.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The last part of what the server wrote to stderr/stdout so far.
+    pub fn log(&self) -> String {
+        log_tail(&self.log_path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "---- portcullis log (port {}, data {}) ----\n{}\n---- end of portcullis log ----",
+                self.port,
+                self.data_dir.display(),
+                log_tail(&self.log_path)
+            );
+        }
+        PORTS_IN_USE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != self.port);
+    }
+}
+
+fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create temp dir")
+}
+
+/// Asks the kernel for a free loopback port and releases it again.
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        drop(listener);
+        let mut used = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+    panic!("could not find a free loopback port");
+}
+
+/// One `GET /v2/` over a raw socket; returns the HTTP status, if any.
+fn probe_v2(port: u16) -> Option<u16> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(250)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    let request =
+        format!("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.split_whitespace();
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+fn log_tail(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(LOG_TAIL_BYTES);
+            let prefix = if start > 0 { "[...]\n" } else { "" };
+            format!("{prefix}{}", String::from_utf8_lossy(&bytes[start..]))
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// External commands
+// ---------------------------------------------------------------------------
+
+/// What a finished command produced.
+pub struct CmdOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Runs `cmd` (stdin closed, stdout/stderr captured), killing it after
+/// `timeout`. Panics if it cannot be spawned or runs out of time; a non-zero
+/// exit is returned to the caller.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    // Pipes may be held open by grandchildren: wait for them only briefly.
+    let collect = |rx: mpsc::Receiver<Vec<u8>>| {
+        rx.recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| b"<output not available>".to_vec())
+    };
+    let stdout = collect(stdout);
+    let stderr = String::from_utf8_lossy(&collect(stderr)).into_owned();
+    match status {
+        Some(status) => CmdOutput {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "timed out after {timeout:?} (killed): {what}\nstdout:\n{}\nstderr:\n{stderr}",
+            String::from_utf8_lossy(&stdout)
+        ),
+    }
+}
+
+/// Like [`run_with_timeout`] but also asserts that the command succeeded.
+pub fn run_ok(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    let what = format!("{cmd:?}");
+    let out = run_with_timeout(cmd, timeout);
+    assert!(
+        out.status.success(),
+        "command failed with {}: {what}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout_str(),
+        out.stderr
+    );
+    out
+}
+
+fn drain<R: Read + Send + 'static>(mut reader: R) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = reader.read_to_end(&mut buf);
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+// ---------------------------------------------------------------------------
+// OCI image layout fixture
+// ---------------------------------------------------------------------------
+
+pub const OCI_MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER_GZIP_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// Time limit for the tar/gzip calls that build a layer.
+const LAYER_TOOL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// An OCI image layout directory holding one multi-layer linux/amd64 image
+/// under a ref name (tag). Everything lives in a temp dir removed on drop.
+pub struct ImageFixture {
+    _dir: tempfile::TempDir,
+    /// The layout directory (`oci-layout`, `index.json`, `blobs/sha256/...`).
+    pub layout: PathBuf,
+    /// The `org.opencontainers.image.ref.name` of the image in `index.json`.
+    pub tag: String,
+    /// Exact manifest bytes as stored in the layout.
+    pub manifest: Vec<u8>,
+    pub manifest_digest: String,
+    pub config: Vec<u8>,
+    pub config_digest: String,
+    /// Digests of the compressed layer blobs, in manifest order.
+    pub layer_digests: Vec<String>,
+    /// sha256 of each uncompressed layer tar, as listed in the config.
+    pub diff_ids: Vec<String>,
+    /// The config's `Cmd`.
+    pub cmd: Vec<String>,
+}
+
+impl ImageFixture {
+    /// A small three-layer image (a few hundred KiB in total).
+    pub fn small(tag: &str) -> ImageFixture {
+        Self::build(tag, &[96 * 1024, 160 * 1024, 32 * 1024])
+    }
+
+    /// Builds an image with one layer per entry of `layer_sizes`; each layer
+    /// holds a random (incompressible) file of that many bytes plus a small
+    /// text file, so even equal sizes give distinct layers.
+    pub fn build(tag: &str, layer_sizes: &[usize]) -> ImageFixture {
+        assert!(!layer_sizes.is_empty(), "an image needs at least one layer");
+        let dir = scratch_dir("portcullis-image-");
+        let layout = dir.path().join("layout");
+        let blobs = layout.join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).expect("create blobs dir");
+        let work = dir.path().join("work");
+        fs::create_dir(&work).expect("create work dir");
+
+        let mut layers = Vec::new(); // (digest, size)
+        let mut diff_ids = Vec::new();
+        for (i, &size) in layer_sizes.iter().enumerate() {
+            let root = work.join(format!("rootfs{i}"));
+            let content = root.join(format!("layer{i}"));
+            fs::create_dir_all(content.join("sub")).expect("create layer dirs");
+            write_random_file(&content.join("data.bin"), size);
+            fs::write(
+                content.join("sub").join("README.txt"),
+                format!(
+                    "portcullis test layer {i} of image {tag}\nnonce {}\n{}",
+                    uuid::Uuid::new_v4(),
+                    "compressible text line\n".repeat(64)
+                ),
+            )
+            .expect("write text file");
+
+            let tar_path = work.join(format!("layer{i}.tar"));
+            run_ok(
+                Command::new("tar")
+                    .args([
+                        "--sort=name",
+                        "--mtime=@0",
+                        "--owner=0",
+                        "--group=0",
+                        "--numeric-owner",
+                        "-cf",
+                    ])
+                    .arg(&tar_path)
+                    .arg("-C")
+                    .arg(&root)
+                    .arg("."),
+                LAYER_TOOL_TIMEOUT,
+            );
+            diff_ids.push(sha256_file(&tar_path));
+            run_ok(
+                Command::new("gzip").arg("-n").arg("-f").arg(&tar_path),
+                LAYER_TOOL_TIMEOUT,
+            );
+            let gz_path = work.join(format!("layer{i}.tar.gz"));
+            let digest = sha256_file(&gz_path);
+            let size = fs::metadata(&gz_path).expect("stat layer").len();
+            fs::rename(&gz_path, blobs.join(hex_part(&digest))).expect("move layer blob");
+            layers.push((digest, size));
+        }
+
+        let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), format!("echo {tag}")];
+        let config = serde_json::to_vec(&json!({
+            "created": "1970-01-01T00:00:00Z",
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Cmd": cmd,
+                "WorkingDir": "/",
+            },
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        }))
+        .expect("serialize config");
+        let config_digest = write_blob(&blobs, &config);
+
+        // Pretty-printed on purpose: a registry must keep the exact bytes.
+        let manifest = serde_json::to_vec_pretty(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST_TYPE,
+            "config": {
+                "mediaType": OCI_CONFIG_TYPE,
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": layers.iter().map(|(digest, size)| json!({
+                "mediaType": OCI_LAYER_GZIP_TYPE,
+                "digest": digest,
+                "size": size,
+            })).collect::<Vec<_>>(),
+            "annotations": { "org.example.fixture": format!("portcullis-tests/{tag}") },
+        }))
+        .expect("serialize manifest");
+        let manifest_digest = write_blob(&blobs, &manifest);
+
+        fs::write(
+            layout.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .expect("write oci-layout");
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX_TYPE,
+            "manifests": [{
+                "mediaType": OCI_MANIFEST_TYPE,
+                "digest": manifest_digest,
+                "size": manifest.len(),
+                "annotations": { "org.opencontainers.image.ref.name": tag },
+            }],
+        });
+        fs::write(
+            layout.join("index.json"),
+            serde_json::to_vec(&index).expect("serialize index"),
+        )
+        .expect("write index.json");
+        let _ = fs::remove_dir_all(&work);
+
+        ImageFixture {
+            _dir: dir,
+            layout,
+            tag: tag.to_string(),
+            manifest,
+            manifest_digest,
+            config,
+            config_digest,
+            layer_digests: layers.into_iter().map(|(d, _)| d).collect(),
+            diff_ids,
+            cmd,
+        }
+    }
+
+    /// Manifest, config and layer digests.
+    pub fn blob_digests(&self) -> Vec<String> {
+        let mut all = vec![self.manifest_digest.clone(), self.config_digest.clone()];
+        all.extend(self.layer_digests.iter().cloned());
+        all
+    }
+
+    /// Bytes of a blob in the layout.
+    pub fn blob(&self, digest: &str) -> Vec<u8> {
+        let path = self
+            .layout
+            .join("blobs")
+            .join("sha256")
+            .join(hex_part(digest));
+        fs::read(&path).unwrap_or_else(|e| panic!("read blob {}: {e}", path.display()))
+    }
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The hex part of a `sha256:<hex>` digest.
+pub fn hex_part(digest: &str) -> &str {
+    digest
+        .strip_prefix("sha256:")
+        .unwrap_or_else(|| panic!("not a sha256 digest: {digest}"))
+}
+
+fn write_blob(blobs: &Path, bytes: &[u8]) -> String {
+    let digest = sha256_digest(bytes);
+    fs::write(blobs.join(hex_part(&digest)), bytes).expect("write blob");
+    digest
+}
+
+fn sha256_file(path: &Path) -> String {
+    let mut file =
+        File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read for hashing");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+fn write_random_file(path: &Path, size: usize) {
+    let mut random = File::open("/dev/urandom").expect("open /dev/urandom");
+    let mut out = File::create(path).expect("create random file");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len());
+        random.read_exact(&mut buf[..n]).expect("read /dev/urandom");
+        out.write_all(&buf[..n]).expect("write random file");
+        left -= n;
+    }
+}
