@@ -1,13 +1,36 @@
-//! Configuration in two stages: [`RawConfig`] is what the TOML file says (every key
-//! optional, unknown keys refused), [`Config`] is validated and complete. Only
-//! `Config` reaches the server, and every error names the file, the key and the fix.
+//! Configuration in two stages, as ripgrep does it: [`RawConfig`] is what the TOML file
+//! and `PORTCULLIS_SECTION__KEY` variables say (every key optional, unknown keys
+//! refused); [`Config`] is validated and complete. Only `Config` reaches the server, and
+//! every error names where the value came from, the key, and the fix.
 
+use crate::auth::access::{AccessRule, AccessRules, Subject};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Prefix of environment variables that override file keys: `PORTCULLIS_SERVER__LISTEN`.
+pub const ENV_PREFIX: &str = "PORTCULLIS_";
+
+/// One value or a list of them (`listen = "a"` or `listen = ["a", "b"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,12 +39,25 @@ pub struct RawConfig {
     server: RawServer,
     #[serde(default)]
     storage: RawStorage,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    access: Vec<RawAccess>,
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    listen: Option<String>,
+    listen: Option<OneOrMany>,
+    tls_listen: Option<OneOrMany>,
+    threads: Option<usize>,
+    read_only: Option<bool>,
+    redirect_to_https: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -30,20 +66,141 @@ struct RawStorage {
     data_dir: Option<PathBuf>,
 }
 
-/// The validated configuration the server runs with.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    extra: Vec<RawCertPair>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<String>,
 }
 
-/// Values given on the command line; they win over the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertPair {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    htpasswd: Option<PathBuf>,
+    realm: Option<String>,
+    cache_ttl_secs: Option<u64>,
+    cache_capacity: Option<u64>,
+    max_failures: Option<u32>,
+    failure_window_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    repositories: OneOrMany,
+    #[serde(default)]
+    pull: Vec<String>,
+    #[serde(default)]
+    push: Vec<String>,
+    #[serde(default)]
+    delete: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body_bytes: Option<u64>,
+    max_manifest_bytes: Option<usize>,
+    max_concurrent_uploads: Option<usize>,
+    keepalive_secs: Option<u64>,
+    read_timeout_secs: Option<u64>,
+    write_timeout_secs: Option<u64>,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Plain-HTTP listeners.
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners; non-empty only with `tls`.
+    pub tls_listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub read_only: bool,
+    /// Plain HTTP arriving on a TLS port gets a 308 to https:// instead of a 400.
+    pub redirect_to_https: bool,
+    pub data_dir: PathBuf,
+    pub tls: Option<TlsConfig>,
+    pub auth: AuthConfig,
+    pub access: AccessRules,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Off,
+    /// A client certificate is verified when presented, but not required.
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// The first pair is the default; the others are chosen by SNI from their SANs.
+    pub certificates: Vec<CertPair>,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    /// No htpasswd file: every request is anonymous.
+    pub htpasswd: Option<PathBuf>,
+    pub realm: String,
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+    /// Failed logins allowed per client address and per user within `failure_window`.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_manifest_bytes: usize,
+    pub max_concurrent_uploads: usize,
+    pub keepalive_secs: u64,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: 32 << 30,
+            max_manifest_bytes: crate::oci::manifest::MAX_MANIFEST_BYTES,
+            max_concurrent_uploads: 256,
+            keepalive_secs: 60,
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Values given on the command line; they win over the file and the environment.
 #[derive(Debug, Default)]
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
 }
 
+/// A configuration error: where, which key, what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}: {message}")]
 pub struct ConfigError {
@@ -52,91 +209,375 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(origin: &str, message: impl Into<String>) -> ConfigError {
+    fn new(origin: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError {
-            origin: origin.to_string(),
+            origin: origin.into(),
             message: message.into(),
         }
     }
 }
 
-impl RawConfig {
-    /// Reads and parses a TOML file; syntax errors and unknown keys name the file.
-    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(&origin, format!("cannot read the file ({e}); check the --config path"))
-        })?;
-        RawConfig::from_toml(&text, &origin)
-    }
+/// Loads the file (if any), applies `PORTCULLIS_*` variables from `env`, then validates.
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: Overrides,
+) -> Result<Config, ConfigError> {
+    let (text, origin) = match path {
+        Some(p) => {
+            let origin = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                ConfigError::new(&origin, format!("cannot read the file ({e}); check the --config path"))
+            })?;
+            (text, origin)
+        }
+        None => (String::new(), "built-in defaults".to_string()),
+    };
+    let raw = RawConfig::parse(&text, &origin, env)?;
+    raw.resolve(&origin, overrides)
+}
 
-    fn from_toml(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let message = e.message().to_string();
-            ConfigError::new(origin, format!("{message}; see conf/portcullis.toml for every key"))
-        })
+/// Line number (1-based) of a byte offset, for error messages.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl RawConfig {
+    /// Parses TOML text and applies environment overrides on top. Each override is
+    /// checked as it is applied, so an error names the variable that caused it.
+    fn parse(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<RawConfig, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+            ConfigError::new(
+                format!("{origin}{at}"),
+                format!("{}; see conf/portcullis.toml for every key and its type", e.message().trim()),
+            )
+        })?;
+        let mut table: toml::Table = text.parse().unwrap_or_default();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some((section, key)) = rest.split_once("__") else {
+                return Err(ConfigError::new(
+                    &name,
+                    format!("variables of the form {ENV_PREFIX}SECTION__KEY set one key, e.g. {ENV_PREFIX}SERVER__LISTEN"),
+                ));
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            // A TOML literal (number, bool, array) if it parses as one, else a string.
+            let value = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value));
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(section_table) = entry.as_table_mut() else {
+                return Err(ConfigError::new(&name, format!("[{section}] is not a table in {origin}")));
+            };
+            section_table.insert(key.clone(), value);
+            raw = RawConfig::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+                ConfigError::new(
+                    format!("{name} (environment)"),
+                    format!("{section}.{key}: {}; see conf/portcullis.toml for its type", e.message().trim()),
+                )
+            })?;
+        }
+        Ok(raw)
     }
 
     /// Applies command-line overrides and defaults, and validates the result.
-    pub fn resolve(self, origin: &str, overrides: Overrides) -> Result<Config, ConfigError> {
-        let (listen, listen_origin) = match overrides.listen {
-            Some(l) => (l, "--listen".to_string()),
+    fn resolve(self, origin: &str, overrides: Overrides) -> Result<Config, ConfigError> {
+        let at = |key: &str| format!("{origin}: {key}");
+        let addresses = |values: Vec<String>, key: &str| -> Result<Vec<SocketAddr>, ConfigError> {
+            values
+                .iter()
+                .map(|v| {
+                    v.parse().map_err(|_| {
+                        ConfigError::new(
+                            at(key),
+                            format!("{v:?} is not a socket address; write IP:PORT, e.g. {DEFAULT_LISTEN} or [::]:443"),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let listen = match overrides.listen {
+            Some(l) => addresses(vec![l], "--listen")?,
             None => match self.server.listen {
-                Some(l) => (l, format!("{origin}: server.listen")),
-                None => (DEFAULT_LISTEN.to_string(), "default".to_string()),
+                Some(l) => addresses(l.into_vec(), "server.listen")?,
+                None if self.server.tls_listen.is_some() => Vec::new(),
+                None => vec![DEFAULT_LISTEN.parse().expect("valid default")],
             },
         };
-        let listen = listen.parse().map_err(|_| {
-            ConfigError::new(
-                &listen_origin,
-                format!("{listen:?} is not a socket address; write IP:PORT, e.g. {DEFAULT_LISTEN} or [::1]:5000"),
-            )
-        })?;
+        let tls_listen = addresses(
+            self.server.tls_listen.map(OneOrMany::into_vec).unwrap_or_default(),
+            "server.tls_listen",
+        )?;
+        if listen.is_empty() && tls_listen.is_empty() {
+            return Err(ConfigError::new(
+                at("server.listen"),
+                "no listener configured; set server.listen or server.tls_listen",
+            ));
+        }
+        let tls = self.tls.map(|t| resolve_tls(t, origin)).transpose()?;
+        if !tls_listen.is_empty() && tls.is_none() {
+            return Err(ConfigError::new(
+                at("server.tls_listen"),
+                "TLS listeners need a [tls] section with cert and key; `portcullis certs --out certs --name HOST` makes a pair",
+            ));
+        }
+        let auth = resolve_auth(self.auth, origin)?;
+        let access = resolve_access(self.access, self.groups, auth.htpasswd.is_some(), origin)?;
+        let limits = resolve_limits(self.limits, origin)?;
+        let threads = match self.server.threads {
+            None | Some(0) => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            Some(n) => n,
+        };
         let data_dir = overrides
             .data_dir
             .or(self.storage.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        Ok(Config { listen, data_dir })
+        Ok(Config {
+            listen,
+            tls_listen,
+            threads,
+            read_only: self.server.read_only.unwrap_or(false),
+            redirect_to_https: self.server.redirect_to_https.unwrap_or(false),
+            data_dir,
+            tls,
+            auth,
+            access,
+            limits,
+        })
     }
+}
+
+/// Checks that a configured file can be read, naming the key on failure.
+fn readable(path: &Path, origin: &str, key: &str, fix: &str) -> Result<(), ConfigError> {
+    std::fs::metadata(path).map(drop).map_err(|e| {
+        ConfigError::new(format!("{origin}: {key}"), format!("cannot read {} ({e}); {fix}", path.display()))
+    })
+}
+
+fn resolve_tls(raw: RawTls, origin: &str) -> Result<TlsConfig, ConfigError> {
+    let make = "make a pair with `portcullis certs --out certs --name HOST`";
+    let (Some(cert), Some(key)) = (raw.cert, raw.key) else {
+        return Err(ConfigError::new(format!("{origin}: tls"), format!("[tls] needs both cert and key; {make}")));
+    };
+    let mut certificates = vec![CertPair { cert, key }];
+    certificates.extend(raw.extra.into_iter().map(|p| CertPair { cert: p.cert, key: p.key }));
+    for (i, pair) in certificates.iter().enumerate() {
+        let prefix = if i == 0 { "tls".to_string() } else { format!("tls.extra[{}]", i - 1) };
+        readable(&pair.cert, origin, &format!("{prefix}.cert"), make)?;
+        readable(&pair.key, origin, &format!("{prefix}.key"), make)?;
+    }
+    let client_auth = match raw.client_auth.as_deref() {
+        None | Some("off") => ClientAuth::Off,
+        Some("optional") => ClientAuth::Optional,
+        Some("required") => ClientAuth::Required,
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{origin}: tls.client_auth"),
+                format!("{other:?} is not one of \"off\", \"optional\", \"required\""),
+            ))
+        }
+    };
+    if client_auth != ClientAuth::Off {
+        let Some(ca) = &raw.client_ca else {
+            return Err(ConfigError::new(
+                format!("{origin}: tls.client_ca"),
+                "client_auth needs client_ca, the PEM file of the CA that signs client certificates",
+            ));
+        };
+        readable(ca, origin, "tls.client_ca", "point it at the client CA's PEM file")?;
+    }
+    Ok(TlsConfig {
+        certificates,
+        client_ca: raw.client_ca,
+        client_auth,
+    })
+}
+
+fn resolve_auth(raw: RawAuth, origin: &str) -> Result<AuthConfig, ConfigError> {
+    if let Some(path) = &raw.htpasswd {
+        readable(path, origin, "auth.htpasswd", "create it with `portcullis htpasswd add FILE USER`")?;
+    }
+    let positive = |value: Option<u64>, default: u64, key: &str| -> Result<u64, ConfigError> {
+        match value {
+            Some(0) => Err(ConfigError::new(format!("{origin}: {key}"), "must be greater than 0")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        }
+    };
+    Ok(AuthConfig {
+        htpasswd: raw.htpasswd,
+        realm: raw.realm.unwrap_or_else(|| "portcullis".to_string()),
+        cache_ttl: Duration::from_secs(positive(raw.cache_ttl_secs, 120, "auth.cache_ttl_secs")?),
+        cache_capacity: positive(raw.cache_capacity, 10_000, "auth.cache_capacity")?,
+        max_failures: positive(raw.max_failures.map(u64::from), 10, "auth.max_failures")? as u32,
+        failure_window: Duration::from_secs(positive(raw.failure_window_secs, 60, "auth.failure_window_secs")?),
+    })
+}
+
+fn resolve_access(
+    raw: Vec<RawAccess>,
+    groups: BTreeMap<String, Vec<String>>,
+    auth_enabled: bool,
+    origin: &str,
+) -> Result<AccessRules, ConfigError> {
+    if raw.is_empty() {
+        return Ok(AccessRules::default_for(auth_enabled, groups));
+    }
+    let mut rules = Vec::new();
+    for (i, rule) in raw.into_iter().enumerate() {
+        let subjects = |names: Vec<String>, action: &str| -> Result<Vec<Subject>, ConfigError> {
+            names
+                .iter()
+                .map(|name| {
+                    let subject = Subject::parse(name);
+                    match &subject {
+                        Subject::Group(g) if !groups.contains_key(g) => Err(ConfigError::new(
+                            format!("{origin}: access[{i}].{action}"),
+                            format!("group {g:?} is not defined; add it under [groups]"),
+                        )),
+                        _ => Ok(subject),
+                    }
+                })
+                .collect()
+        };
+        rules.push(AccessRule {
+            repositories: rule.repositories.into_vec(),
+            pull: subjects(rule.pull, "pull")?,
+            push: subjects(rule.push, "push")?,
+            delete: subjects(rule.delete, "delete")?,
+        });
+    }
+    Ok(AccessRules::new(rules, groups))
+}
+
+fn resolve_limits(raw: RawLimits, origin: &str) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let nonzero = |value: Option<u64>, default: u64, key: &str| -> Result<u64, ConfigError> {
+        match value {
+            Some(0) => Err(ConfigError::new(format!("{origin}: limits.{key}"), "must be greater than 0")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        }
+    };
+    let secs = |v| Duration::from_secs(v);
+    Ok(Limits {
+        max_body_bytes: nonzero(raw.max_body_bytes, defaults.max_body_bytes, "max_body_bytes")?,
+        max_manifest_bytes: nonzero(
+            raw.max_manifest_bytes.map(|v| v as u64),
+            defaults.max_manifest_bytes as u64,
+            "max_manifest_bytes",
+        )? as usize,
+        max_concurrent_uploads: nonzero(
+            raw.max_concurrent_uploads.map(|v| v as u64),
+            defaults.max_concurrent_uploads as u64,
+            "max_concurrent_uploads",
+        )? as usize,
+        keepalive_secs: nonzero(raw.keepalive_secs, defaults.keepalive_secs, "keepalive_secs")?,
+        read_timeout: secs(nonzero(raw.read_timeout_secs, 60, "read_timeout_secs")?),
+        write_timeout: secs(nonzero(raw.write_timeout_secs, 60, "write_timeout_secs")?),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        RawConfig::parse(text, "t.toml", Vec::new())?.resolve("t.toml", Overrides::default())
+    }
+
     #[test]
     fn defaults_without_file() {
-        let config = RawConfig::default().resolve("none", Overrides::default()).unwrap();
-        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        let config = load(None, Vec::new(), Overrides::default()).unwrap();
+        assert_eq!(config.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
+        assert!(config.tls_listen.is_empty());
         assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.limits, Limits::default());
+        assert!(!config.read_only);
+        assert!(config.auth.htpasswd.is_none());
     }
 
     #[test]
     fn file_values_and_overrides() {
-        let raw = RawConfig::from_toml(
-            "[server]\nlisten = \"127.0.0.1:6000\"\n[storage]\ndata_dir = \"/srv/reg\"\n",
+        let raw = RawConfig::parse(
+            "[server]\nlisten = [\"127.0.0.1:6000\", \"[::1]:6000\"]\nread_only = true\n[storage]\ndata_dir = \"/srv/reg\"\n[limits]\nmax_concurrent_uploads = 3\n",
             "t.toml",
+            Vec::new(),
         )
         .unwrap();
+        let config = raw.resolve("t.toml", Overrides::default()).unwrap();
+        assert_eq!(config.listen.len(), 2);
+        assert!(config.read_only);
+        assert_eq!(config.data_dir, PathBuf::from("/srv/reg"));
+        assert_eq!(config.limits.max_concurrent_uploads, 3);
+
+        let raw = RawConfig::parse("", "t.toml", Vec::new()).unwrap();
         let overrides = Overrides {
             listen: Some("[::1]:7000".into()),
-            data_dir: None,
+            data_dir: Some("/x".into()),
         };
         let config = raw.resolve("t.toml", overrides).unwrap();
-        assert_eq!(config.listen, "[::1]:7000".parse().unwrap());
-        assert_eq!(config.data_dir, PathBuf::from("/srv/reg"));
+        assert_eq!(config.listen, vec!["[::1]:7000".parse().unwrap()]);
+        assert_eq!(config.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let env = vec![
+            ("PORTCULLIS_SERVER__LISTEN".to_string(), "127.0.0.1:7001".to_string()),
+            ("PORTCULLIS_LIMITS__MAX_CONCURRENT_UPLOADS".to_string(), "7".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let raw = RawConfig::parse("[server]\nlisten = \"127.0.0.1:1\"\n", "t.toml", env).unwrap();
+        let config = raw.resolve("t.toml", Overrides::default()).unwrap();
+        assert_eq!(config.listen, vec!["127.0.0.1:7001".parse().unwrap()]);
+        assert_eq!(config.limits.max_concurrent_uploads, 7);
+
+        let env = vec![("PORTCULLIS_LIMITS__MAX_BODY_BYTES".to_string(), "lots".to_string())];
+        let err = RawConfig::parse("", "t.toml", env).unwrap_err().to_string();
+        assert!(err.starts_with("PORTCULLIS_LIMITS__MAX_BODY_BYTES (environment): "), "{err}");
     }
 
     #[test]
     fn errors_name_file_key_and_fix() {
-        let err = RawConfig::from_toml("[server]\nlisen = 1\n", "t.toml").unwrap_err();
-        let text = err.to_string();
-        assert!(text.starts_with("t.toml: "), "{text}");
-        assert!(text.contains("lisen"), "{text}");
+        let err = parse("[server]\nlisen = 1\n").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:2: "), "{err}");
+        assert!(err.contains("lisen"), "{err}");
 
-        let raw = RawConfig::from_toml("[server]\nlisten = \"localhost\"\n", "t.toml").unwrap();
-        let text = raw.resolve("t.toml", Overrides::default()).unwrap_err().to_string();
-        assert!(text.contains("t.toml: server.listen"), "{text}");
-        assert!(text.contains("IP:PORT"), "{text}");
+        let err = parse("[server]\nlisten = \"localhost\"\n").unwrap_err().to_string();
+        assert!(err.contains("t.toml: server.listen"), "{err}");
+        assert!(err.contains("IP:PORT"), "{err}");
+
+        let err = parse("[server\n").unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:1: "), "{err}");
+
+        let err = parse("[server]\ntls_listen = \"127.0.0.1:5443\"\n").unwrap_err().to_string();
+        assert!(err.contains("server.tls_listen") && err.contains("portcullis certs"), "{err}");
+
+        let err = parse("[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.cert") && err.contains("/nonexistent.crt"), "{err}");
+
+        let err = parse("[auth]\nhtpasswd = \"/nonexistent\"\n").unwrap_err().to_string();
+        assert!(err.contains("auth.htpasswd") && err.contains("portcullis htpasswd add"), "{err}");
+
+        let err = parse("[[access]]\nrepositories = \"*\"\npush = [\"@ghosts\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("access[0].push") && err.contains("[groups]"), "{err}");
+
+        let err = parse("[limits]\nmax_concurrent_uploads = 0\n").unwrap_err().to_string();
+        assert!(err.contains("limits.max_concurrent_uploads"), "{err}");
     }
 }

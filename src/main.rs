@@ -1,20 +1,30 @@
 //! `portcullis`: a container-registry gateway. See README.md for a tour.
 //!
-//! Request path (and module tree): `edge` (connections) -> `api` (routing, handlers)
-//! -> `store` (content-addressed blobs + metadata). `oci` holds the vocabulary.
+//! Request path (and module tree): `edge` (listeners, TLS, HTTP loop) -> `auth` (who is
+//! calling, what they may do) -> `api` (routing, handlers) -> `store` (content-addressed
+//! blobs + metadata). `oci` holds the vocabulary, `config` the validated settings.
 
 mod api;
+mod auth;
+mod certs;
 mod config;
 mod edge;
 mod oci;
 mod store;
 
+use api::Api;
+use auth::Authenticator;
 use clap::{Parser, Subcommand};
-use config::{Config, Overrides, RawConfig};
+use config::{Config, Overrides};
+use edge::tls::CertStore;
+use edge::{HttpApp, Listener, Protocol, Reloader};
+use pingora::listeners::tls::Acceptor;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use store::{FsBlobStore, RedbMetaStore, Registry};
 
@@ -29,16 +39,60 @@ struct Cli {
 enum Command {
     /// Serve the registry (plain HTTP on 127.0.0.1:5000 from ./data unless told otherwise).
     Serve {
-        /// TOML configuration file (see conf/portcullis.toml).
+        /// TOML configuration file (see conf/portcullis.toml); PORTCULLIS_SECTION__KEY variables override it.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Address to listen on, IP:PORT; overrides server.listen.
+        /// Address to listen on (plain HTTP), IP:PORT; replaces server.listen.
         #[arg(long)]
         listen: Option<String>,
         /// Directory for blobs and metadata; overrides storage.data_dir.
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Validate a configuration (and the certificates and htpasswd file it names) without serving.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create a local CA and a server certificate with DNS and IP SANs.
+    Certs {
+        /// Directory for ca.crt/ca.key and server.crt/server.key (an existing CA there is reused).
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// DNS name of the server (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// IP address of the server (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        /// Also issue a client certificate with this name, for mTLS (client.crt/client.key).
+        #[arg(long)]
+        client: Option<String>,
+    },
+    /// Manage an htpasswd file (bcrypt).
+    Htpasswd {
+        #[command(subcommand)]
+        action: HtpasswdAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum HtpasswdAction {
+    /// Add a user or change their password (prompted, or read from stdin with --password-stdin).
+    Add {
+        file: PathBuf,
+        user: String,
+        /// bcrypt cost (4-31); each step doubles the time a login check takes.
+        #[arg(long, default_value_t = auth::htpasswd::DEFAULT_BCRYPT_COST)]
+        cost: u32,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    Remove { file: PathBuf, user: String },
+    /// List the users.
+    List { file: PathBuf },
 }
 
 fn main() {
@@ -51,8 +105,14 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, listen, data } => load_config(config, Overrides { listen, data_dir: data })
-            .and_then(serve),
+        Command::Serve { config, listen, data } => {
+            load_config(config.as_deref(), Overrides { listen, data_dir: data }).and_then(serve)
+        }
+        Command::Check { config } => check(&config),
+        Command::Certs { out, names, ips, client } => {
+            certs::generate(&certs::CertRequest { out, names, ips, client }).map(|text| print!("{text}"))
+        }
+        Command::Htpasswd { action } => htpasswd(action),
     };
     if let Err(message) = result {
         eprintln!("portcullis: {message}");
@@ -60,16 +120,89 @@ fn main() {
     }
 }
 
-fn load_config(path: Option<PathBuf>, overrides: Overrides) -> Result<Config, String> {
-    let (raw, origin) = match &path {
-        Some(p) => (RawConfig::from_file(p).map_err(|e| e.to_string())?, p.display().to_string()),
-        None => (RawConfig::default(), "built-in defaults".to_string()),
+fn load_config(path: Option<&Path>, overrides: Overrides) -> Result<Config, String> {
+    config::load(path, std::env::vars(), overrides).map_err(|e| e.to_string())
+}
+
+/// The parts that read files named by the config: built the same way by `check` and `serve`.
+struct Loaded {
+    auth: Arc<Authenticator>,
+    certs: Option<Arc<CertStore>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+fn load_files(config: &Config) -> Result<Loaded, String> {
+    let auth = Arc::new(Authenticator::new(&config.auth)?);
+    let (certs, tls) = match &config.tls {
+        Some(tls) => {
+            let certs = Arc::new(CertStore::load(&tls.certificates)?);
+            let server = edge::tls::server_config(tls, certs.clone())?;
+            (Some(certs), Some(server))
+        }
+        None => (None, None),
     };
-    raw.resolve(&origin, overrides).map_err(|e| e.to_string())
+    Ok(Loaded { auth, certs, tls })
+}
+
+fn check(path: &Path) -> Result<(), String> {
+    let config = load_config(Some(path), Overrides::default())?;
+    load_files(&config)?;
+    println!(
+        "{}: ok ({} plain and {} TLS listeners, authentication {}, data in {})",
+        path.display(),
+        config.listen.len(),
+        config.tls_listen.len(),
+        if config.auth.htpasswd.is_some() { "on" } else { "off" },
+        config.data_dir.display()
+    );
+    Ok(())
+}
+
+fn htpasswd(action: HtpasswdAction) -> Result<(), String> {
+    use auth::htpasswd::{add_user, list_users, remove_user};
+    match action {
+        HtpasswdAction::Add { file, user, cost, password_stdin } => {
+            if !(4..=31).contains(&cost) {
+                return Err(format!("--cost {cost}: bcrypt cost must be between 4 and 31 (10-12 is usual)"));
+            }
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map_err(|e| format!("reading stdin: {e}"))?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            } else {
+                let first = rpassword::prompt_password(format!("Password for {user}: "))
+                    .map_err(|e| format!("no terminal to prompt on ({e}); use --password-stdin"))?;
+                let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+                if first != again {
+                    return Err("the passwords differ; nothing changed".into());
+                }
+                first
+            };
+            if password.is_empty() {
+                return Err("empty password; nothing changed".into());
+            }
+            let replaced = add_user(&file, &user, &password, cost).map_err(|e| e.to_string())?;
+            println!("{} {user} in {}", if replaced { "updated" } else { "added" }, file.display());
+            println!("send SIGHUP to a running portcullis to load the change");
+        }
+        HtpasswdAction::Remove { file, user } => {
+            if !remove_user(&file, &user).map_err(|e| e.to_string())? {
+                return Err(format!("{}: no user {user:?}", file.display()));
+            }
+            println!("removed {user} from {}", file.display());
+        }
+        HtpasswdAction::List { file } => {
+            for user in list_users(&file).map_err(|e| e.to_string())? {
+                println!("{user}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Opens the store and runs the pingora server until a signal stops it.
 fn serve(config: Config) -> Result<(), String> {
+    let Loaded { auth, certs, tls } = load_files(&config)?;
     let data = &config.data_dir;
     std::fs::create_dir_all(data)
         .map_err(|e| format!("cannot create data directory {} ({e}); choose another with --data", data.display()))?;
@@ -77,20 +210,53 @@ fn serve(config: Config) -> Result<(), String> {
     let meta = RedbMetaStore::open(&data.join("meta.redb"))
         .map_err(|e| format!("{e}; is another portcullis using {}?", data.display()))?;
     let registry = Arc::new(Registry::new(Arc::new(blobs), Arc::new(meta)));
+    let api = Arc::new(Api {
+        registry,
+        auth: auth.clone(),
+        access: config.access.clone(),
+        read_only: config.read_only,
+        max_manifest_bytes: config.limits.max_manifest_bytes,
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_uploads)),
+    });
+    let http = Arc::new(HttpApp::new(api, config.limits.clone()));
 
-    let mut conf = ServerConf::default();
-    conf.threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    conf.grace_period_seconds = Some(1);
-    conf.graceful_shutdown_timeout_seconds = Some(5);
-    // Per data directory, so several instances (tests, replicas) never collide.
-    conf.pid_file = data.join("portcullis.pid").display().to_string();
-    conf.upgrade_sock = data.join("portcullis-upgrade.sock").display().to_string();
-
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        // Per data directory, so several instances (tests, replicas) never collide.
+        pid_file: data.join("portcullis.pid").display().to_string(),
+        upgrade_sock: data.join("portcullis-upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = Service::new("registry".to_string(), edge::RegistryApp::new(registry));
-    service.add_tcp(&config.listen.to_string());
-    server.add_service(service);
-    tracing::info!(listen = %config.listen, data = %data.display(), "portcullis serving");
+
+    if !config.listen.is_empty() {
+        let mut plain = Service::new("http".to_string(), Listener::new(http.clone(), Protocol::Plain));
+        for addr in &config.listen {
+            plain.add_tcp(&addr.to_string());
+        }
+        server.add_service(plain);
+    }
+    if let Some(tls) = tls.filter(|_| !config.tls_listen.is_empty()) {
+        let protocol = Protocol::Tls {
+            acceptor: Acceptor::from_server_config(tls),
+            redirect: config.redirect_to_https,
+        };
+        let mut secure = Service::new("https".to_string(), Listener::new(http, protocol));
+        for addr in &config.tls_listen {
+            secure.add_tcp(&addr.to_string());
+        }
+        server.add_service(secure);
+    }
+    server.add_service(background_service("reload on SIGHUP", Reloader { certs, auth }));
+    tracing::info!(
+        listen = ?config.listen,
+        tls_listen = ?config.tls_listen,
+        data = %data.display(),
+        read_only = config.read_only,
+        "portcullis serving"
+    );
     server.run_forever()
 }

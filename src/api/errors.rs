@@ -30,6 +30,9 @@ pub enum ErrorCode {
     RangeInvalid,
     TagInvalid,
     PaginationNumberInvalid,
+    Unauthorized,
+    Denied,
+    TooManyRequests,
     /// A fault of ours (disk, database): UNKNOWN with 500. Never used for bad input.
     Internal,
 }
@@ -67,6 +70,9 @@ impl ErrorCode {
             RangeInvalid => ("RANGE_INVALID", 416, "invalid content range"),
             TagInvalid => ("TAG_INVALID", 400, "manifest tag did not match URI"),
             PaginationNumberInvalid => ("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"),
+            Unauthorized => ("UNAUTHORIZED", 401, "authentication required"),
+            Denied => ("DENIED", 403, "requested access to the resource is denied"),
+            TooManyRequests => ("TOOMANYREQUESTS", 429, "too many requests"),
             Internal => ("UNKNOWN", 500, "unknown error"),
         }
     }
@@ -133,6 +139,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::ManifestInvalid(_) => ManifestInvalid,
             StoreError::ManifestBlobUnknown(_) => ManifestBlobUnknown,
+            StoreError::TooLarge { .. } => TooLarge,
             StoreError::ClientBody(_) => BlobUploadInvalid,
             StoreError::Io { .. } | StoreError::Meta(_) => {
                 tracing::error!(error = %err, "storage failure");

@@ -3,7 +3,6 @@
 //! Bytes are served exactly as pushed, with the digest of those bytes.
 
 use super::{ApiError, Body, ErrorCode, Request, Response};
-use crate::oci::manifest::MAX_MANIFEST_BYTES;
 use crate::oci::{Reference, RepoName};
 use crate::store::{ByteSource, Registry};
 use bytes::BytesMut;
@@ -59,8 +58,9 @@ pub async fn put(
     name: &RepoName,
     reference: &Reference,
     body: &mut dyn ByteSource,
+    max_bytes: usize,
 ) -> Result<Response, ApiError> {
-    let bytes = read_limited(req, body, MAX_MANIFEST_BYTES).await?.freeze();
+    let bytes = read_limited(req, body, max_bytes).await?.freeze();
     let content_type = req.header("content-type");
     let outcome = registry.put_manifest(name, reference, content_type, bytes).await?;
     let response = Response::new(201)

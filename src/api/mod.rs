@@ -1,8 +1,10 @@
-//! The OCI distribution API: routing and one handler module per resource.
+//! The OCI distribution API: the request phases and one handler module per resource.
 //!
-//! `route` turns the path into a typed [`Route`]; [`handle`] picks the handler by route
-//! and method; handlers return `Result<Response, ApiError>` and never log or touch
-//! files: storage rules live in [`crate::store::Registry`].
+//! [`Api::handle`] runs the phases in order, each able to end the request with an OCI
+//! error: authenticate (`auth`), route (`route.rs`, path -> typed [`Route`]), authorize
+//! (access rules, read-only mode), take an upload slot, then dispatch to a handler.
+//! Handlers return `Result<Response, ApiError>` and never log or touch files: storage
+//! rules live in [`crate::store::Registry`].
 
 mod blobs;
 mod catalog;
@@ -20,50 +22,211 @@ pub use errors::{ApiError, ErrorCode};
 pub use response::{Body, Request, Response};
 pub use route::Route;
 
+use crate::auth::access::{AccessRules, Action};
+use crate::auth::{AuthError, Authenticator, Principal};
+use crate::oci::RepoName;
 use crate::store::{ByteSource, Registry};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Answers one request. Every failure becomes an OCI error response here.
-pub async fn handle(registry: &Registry, req: &Request, body: &mut dyn ByteSource) -> Response {
-    let result = match route::parse(&req.path) {
-        Ok(route) => dispatch(registry, req, &route, body).await,
-        Err(e) => Err(e),
-    };
-    result
-        .unwrap_or_else(ApiError::into_response)
-        .header("Docker-Distribution-API-Version", "registry/2.0")
+/// Everything a request needs beyond itself: storage, who may do what, limits.
+pub struct Api {
+    pub registry: Arc<Registry>,
+    pub auth: Arc<Authenticator>,
+    pub access: AccessRules,
+    /// Maintenance mode: pulls work, pushes and deletes are refused.
+    pub read_only: bool,
+    pub max_manifest_bytes: usize,
+    /// One permit per request that writes blob data.
+    pub upload_slots: Arc<Semaphore>,
 }
 
-async fn dispatch(
-    registry: &Registry,
-    req: &Request,
-    route: &Route,
-    body: &mut dyn ByteSource,
-) -> Result<Response, ApiError> {
-    let r = registry;
-    match (route, req.method.as_str()) {
-        (Route::Base, "GET" | "HEAD") => {
-            Ok(Response::new(200).json(&serde_json::json!({}), "application/json", req.is_head()))
+/// The authenticated caller, as handlers see it.
+pub struct Caller<'a> {
+    pub principal: Principal,
+    rules: &'a AccessRules,
+}
+
+impl Caller<'_> {
+    pub fn may(&self, repo: &RepoName, action: Action) -> bool {
+        self.rules.allows(&self.principal, repo.as_str(), action)
+    }
+
+    /// Automatic mounts take a blob from any repository, so they need pull rights on all.
+    pub fn may_pull_everything(&self) -> bool {
+        self.rules.pulls_everything(&self.principal)
+    }
+}
+
+/// The repository and action a route needs permission for; `None` for `/v2/` and the catalog.
+pub fn required_action<'r>(route: &'r Route, method: &http::Method) -> Option<(&'r RepoName, Action)> {
+    let read = matches!(*method, http::Method::GET | http::Method::HEAD);
+    let action = |delete_allowed: bool| match *method {
+        _ if read => Action::Pull,
+        http::Method::DELETE if delete_allowed => Action::Delete,
+        _ => Action::Push,
+    };
+    match route {
+        Route::Base | Route::Catalog => None,
+        Route::Tags(name) | Route::Referrers(name, _) => Some((name, Action::Pull)),
+        Route::Manifest(name, _) | Route::Blob(name, _) => Some((name, action(true))),
+        // Status checks and cancels are part of pushing.
+        Route::UploadStart(name) | Route::Upload(name, _) => Some((name, Action::Push)),
+    }
+}
+
+/// Whether a request writes blob data and so needs an upload slot.
+fn writes_blob_data(route: &Route, method: &http::Method) -> bool {
+    matches!(
+        (route, method),
+        (Route::UploadStart(_), &http::Method::POST)
+            | (Route::Upload(..), &http::Method::PATCH)
+            | (Route::Upload(..), &http::Method::PUT)
+    )
+}
+
+impl Api {
+    /// Answers one request. Every failure becomes an OCI error response here.
+    pub async fn handle(&self, req: &Request, client: Option<IpAddr>, body: &mut dyn ByteSource) -> Response {
+        self.serve(req, client, body)
+            .await
+            .unwrap_or_else(ApiError::into_response)
+            .header("Docker-Distribution-API-Version", "registry/2.0")
+    }
+
+    async fn serve(
+        &self,
+        req: &Request,
+        client: Option<IpAddr>,
+        body: &mut dyn ByteSource,
+    ) -> Result<Response, ApiError> {
+        let principal = self
+            .auth
+            .authenticate(req.header("authorization"), client)
+            .await
+            .map_err(|e| self.auth_error(e))?;
+        let route = route::parse(&req.path)?;
+        self.authorize(&principal, &route, &req.method)?;
+        let _slot = self.upload_slot(&route, &req.method)?;
+        let caller = Caller {
+            principal,
+            rules: &self.access,
+        };
+        self.dispatch(&caller, req, &route, body).await
+    }
+
+    fn challenge(&self, detail: &str) -> ApiError {
+        ApiError::new(ErrorCode::Unauthorized, detail)
+            .with_header("WWW-Authenticate", format!("Basic realm=\"{}\"", self.auth.realm()))
+    }
+
+    fn auth_error(&self, err: AuthError) -> ApiError {
+        match err {
+            AuthError::InvalidCredentials => self.challenge("invalid username or password"),
+            AuthError::TooManyAttempts => ApiError::new(ErrorCode::TooManyRequests, err.to_string())
+                .with_header("Retry-After", self.auth.retry_after_secs().to_string()),
         }
-        (Route::Catalog, "GET") => catalog::list(r, req).await,
-        (Route::Tags(name), "GET") => tags::list(r, req, name).await,
-        (Route::Manifest(name, reference), "GET" | "HEAD") => {
-            manifests::get(r, req, name, reference).await
+    }
+
+    fn authorize(&self, principal: &Principal, route: &Route, method: &http::Method) -> Result<(), ApiError> {
+        let anonymous = *principal == Principal::Anonymous;
+        let Some((repo, action)) = required_action(route, method) else {
+            // `/v2/` is how clients find out that they should log in.
+            return if anonymous && self.auth.enabled() && *route == Route::Base {
+                Err(self.challenge("authentication required"))
+            } else {
+                Ok(())
+            };
+        };
+        if !self.access.allows(principal, repo.as_str(), action) {
+            return Err(if anonymous {
+                self.challenge("authentication required")
+            } else {
+                ApiError::new(ErrorCode::Denied, format!("no {action:?} access to repository {repo}"))
+            });
         }
-        (Route::Manifest(name, reference), "PUT") => {
-            manifests::put(r, req, name, reference, body).await
+        if self.read_only && action != Action::Pull {
+            return Err(ApiError::new(
+                ErrorCode::Unsupported,
+                "the registry is in read-only mode for maintenance; pulls still work",
+            ));
         }
-        (Route::Manifest(name, reference), "DELETE") => manifests::delete(r, name, reference).await,
-        (Route::Blob(name, digest), "GET" | "HEAD") => blobs::get(r, req, name, digest).await,
-        (Route::Blob(name, digest), "DELETE") => blobs::delete(r, name, digest).await,
-        (Route::UploadStart(name), "POST") => uploads::start(r, req, name, body).await,
-        (Route::Upload(name, id), "GET") => uploads::status(r, name, id).await,
-        (Route::Upload(name, id), "PATCH") => uploads::patch(r, req, name, id, body).await,
-        (Route::Upload(name, id), "PUT") => uploads::finish(r, req, name, id, body).await,
-        (Route::Upload(name, id), "DELETE") => uploads::cancel(r, name, id).await,
-        (Route::Referrers(name, digest), "GET") => referrers::list(r, req, name, digest).await,
-        (_, method) => Err(ApiError::new(
-            ErrorCode::Unsupported,
-            format!("{method} is not supported on {}", req.path),
-        )),
+        Ok(())
+    }
+
+    fn upload_slot(&self, route: &Route, method: &http::Method) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        if !writes_blob_data(route, method) {
+            return Ok(None);
+        }
+        self.upload_slots.clone().try_acquire_owned().map(Some).map_err(|_| {
+            ApiError::new(
+                ErrorCode::TooManyRequests,
+                "too many uploads in progress (limits.max_concurrent_uploads); retry shortly",
+            )
+            .with_header("Retry-After", "1".to_string())
+        })
+    }
+
+    async fn dispatch(
+        &self,
+        caller: &Caller<'_>,
+        req: &Request,
+        route: &Route,
+        body: &mut dyn ByteSource,
+    ) -> Result<Response, ApiError> {
+        let r = &*self.registry;
+        match (route, req.method.as_str()) {
+            (Route::Base, "GET" | "HEAD") => {
+                Ok(Response::new(200).json(&serde_json::json!({}), "application/json", req.is_head()))
+            }
+            (Route::Catalog, "GET") => catalog::list(r, caller, req).await,
+            (Route::Tags(name), "GET") => tags::list(r, req, name).await,
+            (Route::Manifest(name, reference), "GET" | "HEAD") => {
+                manifests::get(r, req, name, reference).await
+            }
+            (Route::Manifest(name, reference), "PUT") => {
+                manifests::put(r, req, name, reference, body, self.max_manifest_bytes).await
+            }
+            (Route::Manifest(name, reference), "DELETE") => manifests::delete(r, name, reference).await,
+            (Route::Blob(name, digest), "GET" | "HEAD") => blobs::get(r, req, name, digest).await,
+            (Route::Blob(name, digest), "DELETE") => blobs::delete(r, name, digest).await,
+            (Route::UploadStart(name), "POST") => uploads::start(r, caller, req, name, body).await,
+            (Route::Upload(name, id), "GET") => uploads::status(r, name, id).await,
+            (Route::Upload(name, id), "PATCH") => uploads::patch(r, req, name, id, body).await,
+            (Route::Upload(name, id), "PUT") => uploads::finish(r, req, name, id, body).await,
+            (Route::Upload(name, id), "DELETE") => uploads::cancel(r, name, id).await,
+            (Route::Referrers(name, digest), "GET") => referrers::list(r, req, name, digest).await,
+            (_, method) => Err(ApiError::new(
+                ErrorCode::Unsupported,
+                format!("{method} is not supported on {}", req.path),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Digest, Reference, Tag};
+    use http::Method;
+
+    #[test]
+    fn actions_by_route_and_method() {
+        let name = RepoName::parse("a/b").unwrap();
+        let manifest = Route::Manifest(name.clone(), Reference::Tag(Tag::parse("1").unwrap()));
+        let blob = Route::Blob(name.clone(), Digest::sha256_of(b""));
+        let action = |route: &Route, m: Method| required_action(route, &m).map(|(_, a)| a);
+        assert_eq!(action(&manifest, Method::GET), Some(Action::Pull));
+        assert_eq!(action(&manifest, Method::HEAD), Some(Action::Pull));
+        assert_eq!(action(&manifest, Method::PUT), Some(Action::Push));
+        assert_eq!(action(&manifest, Method::DELETE), Some(Action::Delete));
+        assert_eq!(action(&blob, Method::DELETE), Some(Action::Delete));
+        assert_eq!(action(&Route::UploadStart(name.clone()), Method::POST), Some(Action::Push));
+        assert_eq!(action(&Route::Tags(name.clone()), Method::GET), Some(Action::Pull));
+        assert_eq!(action(&Route::Catalog, Method::GET), None);
+        assert_eq!(action(&Route::Base, Method::GET), None);
+        assert!(writes_blob_data(&Route::UploadStart(name.clone()), &Method::POST));
+        assert!(!writes_blob_data(&manifest, &Method::PUT));
     }
 }

@@ -3,7 +3,6 @@
 use super::errors::{ApiError, ErrorCode};
 use super::route::{query_pairs, query_value};
 use super::{Request, Response};
-use crate::store::Page;
 
 /// Results per page when the client sends no `n`.
 pub const DEFAULT_PAGE: usize = 1000;
@@ -42,12 +41,12 @@ pub fn next_link(path: &str, limit: usize, last_item: &str) -> String {
     format!("<{path}?n={limit}&last={last}>; rel=\"next\"")
 }
 
-/// A listing response: `body` as JSON, plus a `Link` to the next page when there is one.
-pub fn listing(req: &Request, page: &Page, limit: usize, body: serde_json::Value) -> Response {
+/// A listing response: `body` as JSON, plus a `Link` to the page after `next_after`.
+pub fn listing(req: &Request, next_after: Option<&str>, limit: usize, body: serde_json::Value) -> Response {
     let response = Response::new(200).json(&body, "application/json", false);
-    match page.items.last() {
-        Some(last) if page.more => response.header("Link", next_link(&req.path, limit, last)),
-        _ => response,
+    match next_after {
+        Some(last) => response.header("Link", next_link(&req.path, limit, last)),
+        None => response,
     }
 }
 

@@ -7,7 +7,8 @@
 use super::errors::upload_range;
 use super::range::parse_content_range;
 use super::route::{query_pairs, query_value};
-use super::{ApiError, ErrorCode, Request, Response};
+use super::{ApiError, Caller, ErrorCode, Request, Response};
+use crate::auth::access::Action;
 use crate::oci::{Digest, RepoName};
 use crate::store::{ByteSource, Registry, UploadId};
 
@@ -41,9 +42,11 @@ fn digest_param(pairs: &[(String, String)], key: &str) -> Result<Option<Digest>,
 
 /// Spec: "POST /v2/<name>/blobs/uploads/" starts a session (202); with `?digest=` the
 /// body is the whole blob (201); with `?mount=<digest>[&from=<repo>]` an existing blob
-/// is linked (201), and when it cannot be, a session starts instead (202).
+/// is linked (201), and when it cannot be, a session starts instead (202). A mount
+/// only takes from where the caller could pull the blob anyway.
 pub async fn start(
     registry: &Registry,
+    caller: &Caller<'_>,
     req: &Request,
     name: &RepoName,
     body: &mut dyn ByteSource,
@@ -53,7 +56,11 @@ pub async fn start(
         let from = query_value(&pairs, "from")
             .map(|f| RepoName::parse(f).map_err(|e| ApiError::new(ErrorCode::NameInvalid, e.to_string())))
             .transpose()?;
-        if registry.mount_blob(name, &digest, from.as_ref()).await?.is_some() {
+        let readable = match &from {
+            Some(from) => caller.may(from, Action::Pull),
+            None => caller.may_pull_everything(),
+        };
+        if readable && registry.mount_blob(name, &digest, from.as_ref()).await?.is_some() {
             return Ok(created(name, &digest));
         }
     } else if let Some(digest) = digest_param(&pairs, "digest")? {

@@ -1,198 +1,204 @@
-//! The edge: pingora listeners and the per-connection HTTP loop.
+//! The edge: listeners, TLS, and the per-connection HTTP loop.
 //!
-//! We implement pingora's `HttpServerApp` by hand (not `ServeHttp`, which buffers
-//! whole bodies) so request bodies stream into the store and blobs stream out of it.
-//! One request: read the header, hand the body to `api::handle` as a `ByteSource`,
-//! write the response with an exact `Content-Length`, then offer the connection back
-//! for keep-alive.
+//! Every listener is a pingora TCP listener whose app is a [`Listener`]: it peeks at
+//! the first byte of a connection to catch the commonest mistake in registry setups,
+//! a client speaking the wrong protocol for the port. A TLS ClientHello on a plain
+//! port, or plain HTTP on a TLS port, gets an HTTP answer that says what to do
+//! (instead of a hang or garbage), so Docker reports "server gave HTTP response to
+//! HTTPS client" at once and falls back where it is allowed to. TLS handshakes run
+//! through pingora's rustls acceptor with our own config (see `tls`), then the
+//! stream goes to the HTTP loop in `http`.
 
-use crate::api::{self, Body, Request, Response};
-use crate::store::{ByteSource, Registry, StoreError};
+mod http;
+mod reload;
+pub mod tls;
+
+pub use http::HttpApp;
+pub use reload::Reloader;
+
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Idle time a keep-alive connection may wait for its next request.
-const KEEPALIVE_SECS: u64 = 60;
-/// Longest wait for the next bytes of a request (header or body chunk).
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest wait for the client to accept more response bytes.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bytes read from the store per response chunk: bounds memory per connection.
-const STREAM_CHUNK: usize = 256 * 1024;
-/// After answering a request whose body was not read (refused early), keep reading and
-/// discarding it for at most this long and this many bytes before closing: closing with
-/// unread data makes the kernel reset the connection, and a client still sending its
-/// body would never see our answer (RFC 9112 §9.6, "lingering close").
-const LINGER_TIME: Duration = Duration::from_secs(5);
-const LINGER_BYTES: usize = 64 * 1024 * 1024;
+/// How long a new connection may stay silent before it is dropped.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// First byte of a TLS record carrying a handshake (the ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-pub struct RegistryApp {
-    registry: Arc<Registry>,
-    options: HttpServerOptions,
+pub enum Protocol {
+    Plain,
+    Tls {
+        acceptor: Acceptor,
+        /// Answer plain HTTP with a redirect to https:// instead of a 400.
+        redirect: bool,
+    },
 }
 
-impl RegistryApp {
-    pub fn new(registry: Arc<Registry>) -> RegistryApp {
-        let mut options = HttpServerOptions::default();
-        // Plain-HTTP h2 with prior knowledge, for clients on loopback that ask for it.
-        options.h2c = true;
-        RegistryApp { registry, options }
+/// A pingora app for one kind of listener, in front of the shared HTTP loop.
+pub struct Listener {
+    http: Arc<HttpApp>,
+    protocol: Protocol,
+}
+
+impl Listener {
+    pub fn new(http: Arc<HttpApp>, protocol: Protocol) -> Listener {
+        Listener { http, protocol }
     }
 }
 
-/// The request body as a `ByteSource`. `Expect: 100-continue` is answered only when a
-/// handler starts reading, so a request refused early never makes the client send its body.
-struct RequestBody<'a> {
-    session: &'a mut ServerSession,
-    expect_continue: bool,
+/// What to say to a client using the wrong protocol for the port.
+#[derive(Debug, PartialEq, Eq)]
+enum WrongProtocol {
+    /// TLS on a plain port.
+    TlsOnPlainPort,
+    /// Plain HTTP on a TLS port.
+    PlainOnTlsPort,
+    /// Plain HTTP on a TLS port configured to redirect: `https://host/path`.
+    Redirect(String),
 }
 
-#[async_trait]
-impl ByteSource for RequestBody<'_> {
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
-        if self.expect_continue {
-            self.expect_continue = false;
-            self.session
-                .write_continue_response()
-                .await
-                .map_err(|e| StoreError::ClientBody(e.to_string()))?;
-        }
-        self.session
-            .read_request_body()
-            .await
-            .map_err(|e| StoreError::ClientBody(e.to_string()))
-    }
-}
-
-fn request_of(session: &ServerSession) -> Request {
-    let header = session.req_header();
-    Request {
-        method: header.method.clone(),
-        path: header.uri.path().to_string(),
-        query: header.uri.query().map(str::to_string),
-        headers: header.headers.clone(),
-    }
-}
-
-/// Writes status, headers and body. An error means the connection is unusable.
-async fn write_response(
-    session: &mut ServerSession,
-    response: Response,
-    head: bool,
-) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(response.status, Some(response.headers.len() + 1))?;
-    for (name, value) in response.headers {
-        header.append_header(name, value)?;
-    }
-    // 204 must not carry a Content-Length (RFC 9110 §8.6).
-    if response.status != 204 {
-        header.insert_header("Content-Length", response.body.content_length())?;
-    }
-    session.write_response_header(Box::new(header)).await?;
-    match response.body {
-        Body::Empty | Body::HeadOf(_) => {}
-        Body::Bytes(_) if head => {}
-        Body::Bytes(bytes) => session.write_response_body(bytes, true).await?,
-        Body::Stream { .. } if head => {}
-        Body::Stream { mut reader, len } => {
-            let mut remaining = len;
-            while remaining > 0 {
-                let mut buf = BytesMut::with_capacity(STREAM_CHUNK.min(remaining as usize));
-                let n = reader.read_buf(&mut buf).await.map_err(|e| {
-                    pingora::Error::because(pingora::ErrorType::ReadError, "reading blob from store", e)
-                })?;
-                if n == 0 {
-                    return pingora::Error::e_explain(
-                        pingora::ErrorType::ReadError,
-                        "blob ended before its recorded size",
-                    );
-                }
-                remaining -= n as u64;
-                session.write_response_body(buf.freeze(), remaining == 0).await?;
+impl WrongProtocol {
+    fn response(&self) -> String {
+        let (status, location, text) = match self {
+            WrongProtocol::TlsOnPlainPort => (
+                "400 Bad Request",
+                None,
+                "This port serves plain HTTP, but the client started a TLS handshake. Use http:// for this port \
+                 (for Docker: list it under \"insecure-registries\"), or connect to the registry's TLS port.\n",
+            ),
+            WrongProtocol::PlainOnTlsPort => (
+                "400 Bad Request",
+                None,
+                "This port serves HTTPS, but the client sent plain HTTP. Use https:// for this port.\n",
+            ),
+            WrongProtocol::Redirect(location) => {
+                ("308 Permanent Redirect", Some(location.as_str()), "Use https:// for this port.\n")
             }
-        }
-    }
-    Ok(())
-}
-
-/// Discards the unread rest of a refused request body (bounded), then keeps the
-/// connection only if the body really ended.
-async fn linger(session: &mut ServerSession, continue_pending: bool) {
-    // A client waiting for the `100 Continue` we never sent has nothing in flight.
-    if !continue_pending {
-        let deadline = tokio::time::Instant::now() + LINGER_TIME;
-        let mut drained = 0;
-        while drained < LINGER_BYTES && !session.is_body_done() {
-            match tokio::time::timeout_at(deadline, session.read_request_body()).await {
-                Ok(Ok(Some(chunk))) => drained += chunk.len(),
-                _ => break,
-            }
-        }
-    }
-    if !session.is_body_done() {
-        session.set_keepalive(None);
-    }
-}
-
-#[async_trait]
-impl HttpServerApp for RegistryApp {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                tracing::debug!(error = %e, "reading request header failed");
-                return None;
-            }
-        }
-        let keepalive = if *shutdown.borrow() { None } else { Some(KEEPALIVE_SECS) };
-        session.set_keepalive(keepalive);
-        session.set_read_timeout(Some(READ_TIMEOUT));
-        session.set_write_timeout(Some(WRITE_TIMEOUT));
-
-        let req = request_of(&session);
-        let expect_continue = req
-            .header("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-        let (response, continue_pending) = {
-            let mut body = RequestBody {
-                session: &mut session,
-                expect_continue,
-            };
-            let response = api::handle(&self.registry, &req, &mut body).await;
-            (response, body.expect_continue)
         };
-        let status = response.status;
-        if let Err(e) = write_response(&mut session, response, req.is_head()).await {
-            tracing::debug!(error = %e, method = %req.method, path = %req.path, "writing response failed");
-            return None;
+        let location = location.map(|l| format!("Location: {l}\r\n")).unwrap_or_default();
+        format!(
+            "HTTP/1.1 {status}\r\n{location}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+            text.len()
+        )
+    }
+}
+
+/// The https:// URL for a plain request head (`GET /v2/ HTTP/1.1` ... `Host: h:p`).
+fn https_location(head: &[u8]) -> Option<String> {
+    let head = std::str::from_utf8(head).ok()?;
+    let mut lines = head.split("\r\n");
+    let target = lines.next()?.split(' ').nth(1)?;
+    let host = lines
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("host")))?
+        .1
+        .trim();
+    let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+    (target.starts_with('/') && safe(target) && safe(host)).then(|| format!("https://{host}{target}"))
+}
+
+/// Answers and closes. Callers read what the client already sent first (`read_head`):
+/// closing with unread bytes would reset the connection and hide the answer.
+async fn refuse(mut stream: Stream, wrong: WrongProtocol) {
+    let _ = stream.write_all(wrong.response().as_bytes()).await;
+    let _ = stream.flush().await;
+    let _ = AsyncWriteExt::shutdown(&mut stream).await;
+}
+
+/// Reads up to 8 KiB or the end of a request head, waiting at most a moment.
+async fn read_head(stream: &mut Stream) -> Vec<u8> {
+    let mut head = vec![0u8; 8192];
+    let mut len = 0;
+    while len < head.len() && !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut head[len..])).await {
+            Ok(Ok(n)) if n > 0 => len += n,
+            _ => break,
         }
-        if !session.is_body_done() {
-            linger(&mut session, continue_pending).await;
+    }
+    head.truncate(len);
+    head
+}
+
+#[async_trait]
+impl ServerApp for Listener {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.try_peek(&mut first)).await {
+            Ok(Ok(true)) => {}
+            _ => return None,
         }
-        tracing::debug!(method = %req.method, path = %req.path, status, "request");
-        let persistent = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
-            Err(e) => {
-                tracing::debug!(error = %e, "finishing response failed");
+        let tls_hello = first[0] == TLS_HANDSHAKE_RECORD;
+        match (&self.protocol, tls_hello) {
+            (Protocol::Plain, false) => self.http.process_new(stream, shutdown).await,
+            (Protocol::Tls { acceptor, .. }, true) => {
+                // Listeners hand us TCP streams; the handshake needs the concrete type.
+                let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+                    return None;
+                };
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(*tcp)).await;
+                match tls {
+                    Ok(Ok(tls)) => self.http.process_new(Box::new(tls), shutdown).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            (Protocol::Plain, true) => {
+                read_head(&mut stream).await;
+                refuse(stream, WrongProtocol::TlsOnPlainPort).await;
+                None
+            }
+            (Protocol::Tls { redirect, .. }, false) => {
+                let head = read_head(&mut stream).await;
+                let wrong = match https_location(&head).filter(|_| *redirect) {
+                    Some(location) => WrongProtocol::Redirect(location),
+                    None => WrongProtocol::PlainOnTlsPort,
+                };
+                refuse(stream, wrong).await;
                 None
             }
         }
     }
+}
 
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        Some(&self.options)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_target_from_request_head() {
+        let head = b"GET /v2/team/app/tags/list?n=1 HTTP/1.1\r\nHost: registry.lan:5443\r\nAccept: */*\r\n\r\n";
+        assert_eq!(
+            https_location(head).as_deref(),
+            Some("https://registry.lan:5443/v2/team/app/tags/list?n=1")
+        );
+        assert_eq!(https_location(b"GET /v2/ HTTP/1.1\r\n\r\n"), None, "no Host");
+        assert_eq!(https_location(b"GET http://evil/ HTTP/1.1\r\nHost: h\r\n\r\n"), None);
+        assert_eq!(https_location(b"\x16\x03\x01"), None);
+    }
+
+    #[test]
+    fn answers_are_complete_http_responses() {
+        for wrong in [
+            WrongProtocol::TlsOnPlainPort,
+            WrongProtocol::PlainOnTlsPort,
+            WrongProtocol::Redirect("https://h/v2/".into()),
+        ] {
+            let text = wrong.response();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 "), "{head}");
+            assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        }
+        assert!(WrongProtocol::Redirect("https://h/v2/".into())
+            .response()
+            .contains("Location: https://h/v2/\r\n"));
     }
 }

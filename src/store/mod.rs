@@ -72,6 +72,8 @@ pub enum StoreError {
     ManifestInvalid(ManifestError),
     #[error("manifest references {0}, which this repository does not hold; push it first")]
     ManifestBlobUnknown(Digest),
+    #[error("request body exceeds limits.max_body_bytes ({limit} bytes)")]
+    TooLarge { limit: u64 },
     #[error("reading the request body failed: {0}")]
     ClientBody(String),
     #[error("{context}: {source}")]

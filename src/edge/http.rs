@@ -1,0 +1,211 @@
+//! The per-connection HTTP loop, for plain and TLS streams alike.
+//!
+//! We implement pingora's `HttpServerApp` by hand (not `ServeHttp`, which buffers
+//! whole bodies) so request bodies stream into the store and blobs stream out of it.
+//! One request: read the header, hand the body to [`Api::handle`] as a `ByteSource`,
+//! write the response with an exact `Content-Length`, then offer the connection back
+//! for keep-alive.
+
+use crate::api::{Api, Body, Request, Response};
+use crate::config::Limits;
+use crate::store::{ByteSource, StoreError};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// Bytes read from the store per response chunk: bounds memory per connection.
+const STREAM_CHUNK: usize = 256 * 1024;
+/// After answering a request whose body was not read (refused early), keep reading and
+/// discarding it for at most this long and this many bytes before closing: closing with
+/// unread data makes the kernel reset the connection, and a client still sending its
+/// body would never see our answer (RFC 9112 §9.6, "lingering close").
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+pub struct HttpApp {
+    api: Arc<Api>,
+    limits: Limits,
+    options: HttpServerOptions,
+}
+
+impl HttpApp {
+    pub fn new(api: Arc<Api>, limits: Limits) -> HttpApp {
+        let mut options = HttpServerOptions::default();
+        // Plain-HTTP h2 with prior knowledge, for clients that ask for it.
+        options.h2c = true;
+        HttpApp { api, limits, options }
+    }
+}
+
+/// The request body as a `ByteSource`. `Expect: 100-continue` is answered only when a
+/// handler starts reading, so a request refused early never makes the client send its body.
+struct RequestBody<'a> {
+    session: &'a mut ServerSession,
+    expect_continue: bool,
+    /// Bytes read so far, against `limit` (limits.max_body_bytes).
+    read: u64,
+    limit: u64,
+}
+
+#[async_trait]
+impl ByteSource for RequestBody<'_> {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let too_large = StoreError::TooLarge { limit: self.limit };
+        let declared = self.session.req_header().headers.get("content-length");
+        if declared.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).is_some_and(|n| n > self.limit) {
+            return Err(too_large);
+        }
+        if self.expect_continue {
+            self.expect_continue = false;
+            self.session
+                .write_continue_response()
+                .await
+                .map_err(|e| StoreError::ClientBody(e.to_string()))?;
+        }
+        let chunk = self
+            .session
+            .read_request_body()
+            .await
+            .map_err(|e| StoreError::ClientBody(e.to_string()))?;
+        self.read += chunk.as_ref().map_or(0, |c| c.len() as u64);
+        if self.read > self.limit {
+            return Err(too_large);
+        }
+        Ok(chunk)
+    }
+}
+
+fn request_of(session: &ServerSession) -> Request {
+    let header = session.req_header();
+    Request {
+        method: header.method.clone(),
+        path: header.uri.path().to_string(),
+        query: header.uri.query().map(str::to_string),
+        headers: header.headers.clone(),
+    }
+}
+
+/// Writes status, headers and body. An error means the connection is unusable.
+async fn write_response(
+    session: &mut ServerSession,
+    response: Response,
+    head: bool,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(response.status, Some(response.headers.len() + 1))?;
+    for (name, value) in response.headers {
+        header.append_header(name, value)?;
+    }
+    // 204 must not carry a Content-Length (RFC 9110 §8.6).
+    if response.status != 204 {
+        header.insert_header("Content-Length", response.body.content_length())?;
+    }
+    session.write_response_header(Box::new(header)).await?;
+    match response.body {
+        Body::Empty | Body::HeadOf(_) => {}
+        Body::Bytes(_) if head => {}
+        Body::Bytes(bytes) => session.write_response_body(bytes, true).await?,
+        Body::Stream { .. } if head => {}
+        Body::Stream { mut reader, len } => {
+            let mut remaining = len;
+            while remaining > 0 {
+                let mut buf = BytesMut::with_capacity(STREAM_CHUNK.min(remaining as usize));
+                let n = reader.read_buf(&mut buf).await.map_err(|e| {
+                    pingora::Error::because(pingora::ErrorType::ReadError, "reading blob from store", e)
+                })?;
+                if n == 0 {
+                    return pingora::Error::e_explain(
+                        pingora::ErrorType::ReadError,
+                        "blob ended before its recorded size",
+                    );
+                }
+                remaining -= n as u64;
+                session.write_response_body(buf.freeze(), remaining == 0).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Discards the unread rest of a refused request body (bounded), then keeps the
+/// connection only if the body really ended.
+async fn linger(session: &mut ServerSession, continue_pending: bool) {
+    // A client waiting for the `100 Continue` we never sent has nothing in flight.
+    if !continue_pending {
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        let mut drained = 0;
+        while drained < LINGER_BYTES && !session.is_body_done() {
+            match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+                Ok(Ok(Some(chunk))) => drained += chunk.len(),
+                _ => break,
+            }
+        }
+    }
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for HttpApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading request header failed");
+                return None;
+            }
+        }
+        let keepalive = if *shutdown.borrow() { None } else { Some(self.limits.keepalive_secs) };
+        session.set_keepalive(keepalive);
+        session.set_read_timeout(Some(self.limits.read_timeout));
+        session.set_write_timeout(Some(self.limits.write_timeout));
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+
+        let req = request_of(&session);
+        let expect_continue = req
+            .header("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let (response, continue_pending) = {
+            let mut body = RequestBody {
+                session: &mut session,
+                expect_continue,
+                read: 0,
+                limit: self.limits.max_body_bytes,
+            };
+            let response = self.api.handle(&req, client, &mut body).await;
+            (response, body.expect_continue)
+        };
+        let status = response.status;
+        if let Err(e) = write_response(&mut session, response, req.is_head()).await {
+            tracing::debug!(error = %e, method = %req.method, path = %req.path, "writing response failed");
+            return None;
+        }
+        if !session.is_body_done() {
+            linger(&mut session, continue_pending).await;
+        }
+        tracing::debug!(method = %req.method, path = %req.path, status, "request");
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
+            Err(e) => {
+                tracing::debug!(error = %e, "finishing response failed");
+                None
+            }
+        }
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
