@@ -49,15 +49,23 @@ fn rcgen_err(what: &str) -> impl FnOnce(rcgen::Error) -> String + '_ {
 fn ca(out: &Path) -> Result<(Issuer<'static, KeyPair>, bool), String> {
     let (cert_path, key_path) = (out.join("ca.crt"), out.join("ca.key"));
     if cert_path.exists() && key_path.exists() {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
         let key = KeyPair::from_pem(&read(&key_path)?).map_err(rcgen_err("ca.key"))?;
-        let issuer = Issuer::from_ca_cert_pem(&read(&cert_path)?, key).map_err(rcgen_err("ca.crt"))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&read(&cert_path)?, key).map_err(rcgen_err("ca.crt"))?;
         return Ok((issuer, false));
     }
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_err("CA"))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    params.distinguished_name.push(DnType::CommonName, "Portcullis local CA");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Portcullis local CA");
     let year = current_year();
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
@@ -78,8 +86,13 @@ fn leaf(
     issuer: &Issuer<'static, KeyPair>,
 ) -> Result<(), String> {
     let mut params = CertificateParams::new(sans).map_err(rcgen_err(stem))?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![usage];
     params.use_authority_key_identifier_extension = true;
     let year = current_year();
@@ -98,14 +111,29 @@ pub fn generate(req: &CertRequest) -> Result<String, String> {
     if req.names.is_empty() && req.ips.is_empty() {
         return Err("name the server with --name HOST and/or --ip ADDRESS (both repeatable), e.g. --name registry.lan --ip 192.168.1.10".into());
     }
-    std::fs::create_dir_all(&req.out).map_err(|e| format!("{}: cannot create ({e})", req.out.display()))?;
+    std::fs::create_dir_all(&req.out)
+        .map_err(|e| format!("{}: cannot create ({e})", req.out.display()))?;
     let (issuer, new_ca) = ca(&req.out)?;
     let mut sans = req.names.clone();
     sans.extend(req.ips.iter().map(IpAddr::to_string));
     let common_name = sans[0].clone();
-    leaf(&req.out, "server", &common_name, sans, ExtendedKeyUsagePurpose::ServerAuth, &issuer)?;
+    leaf(
+        &req.out,
+        "server",
+        &common_name,
+        sans,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &issuer,
+    )?;
     if let Some(client) = &req.client {
-        leaf(&req.out, "client", client, vec![client.clone()], ExtendedKeyUsagePurpose::ClientAuth, &issuer)?;
+        leaf(
+            &req.out,
+            "client",
+            client,
+            vec![client.clone()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &issuer,
+        )?;
     }
     Ok(instructions(req, new_ca, &common_name))
 }
@@ -114,7 +142,9 @@ fn instructions(req: &CertRequest, new_ca: bool, host: &str) -> String {
     let dir = req.out.display();
     let ca_state = if new_ca { "created" } else { "reused" };
     let client = match &req.client {
-        Some(name) => format!("  {dir}/client.crt, client.key  client certificate for {name:?} (mTLS)\n"),
+        Some(name) => {
+            format!("  {dir}/client.crt, client.key  client certificate for {name:?} (mTLS)\n")
+        }
         None => String::new(),
     };
     format!(
@@ -158,7 +188,10 @@ mod tests {
             client: Some("ci-bot".into()),
         };
         let text = generate(&req).unwrap();
-        assert!(text.contains("local CA (created)") && text.contains("/etc/docker/certs.d/"), "{text}");
+        assert!(
+            text.contains("local CA (created)") && text.contains("/etc/docker/certs.d/"),
+            "{text}"
+        );
         let ca_before = std::fs::read(dir.path().join("ca.crt")).unwrap();
         let text = generate(&req).unwrap();
         assert!(text.contains("local CA (reused)"), "{text}");
@@ -168,8 +201,14 @@ mod tests {
         let pem = std::fs::read(dir.path().join("server.crt")).unwrap();
         let (_, block) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
         let cert = block.parse_x509().unwrap();
-        let sans = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value);
-        assert!(sans.contains("registry.lan") && sans.contains("[192, 168, 1, 10]"), "{sans}");
+        let sans = format!(
+            "{:?}",
+            cert.subject_alternative_name().unwrap().unwrap().value
+        );
+        assert!(
+            sans.contains("registry.lan") && sans.contains("[192, 168, 1, 10]"),
+            "{sans}"
+        );
         let pair = crate::config::CertPair {
             cert: dir.path().join("server.crt"),
             key: dir.path().join("server.key"),
@@ -178,7 +217,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("server.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("server.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -227,7 +227,10 @@ pub fn load(
         Some(p) => {
             let origin = p.display().to_string();
             let text = std::fs::read_to_string(p).map_err(|e| {
-                ConfigError::new(&origin, format!("cannot read the file ({e}); check the --config path"))
+                ConfigError::new(
+                    &origin,
+                    format!("cannot read the file ({e}); check the --config path"),
+                )
             })?;
             (text, origin)
         }
@@ -251,15 +254,23 @@ impl RawConfig {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<RawConfig, ConfigError> {
         let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+            let at = e
+                .span()
+                .map(|s| format!(":{}", line_of(text, s.start)))
+                .unwrap_or_default();
             ConfigError::new(
                 format!("{origin}{at}"),
-                format!("{}; see conf/portcullis.toml for every key and its type", e.message().trim()),
+                format!(
+                    "{}; see conf/portcullis.toml for every key and its type",
+                    e.message().trim()
+                ),
             )
         })?;
         let mut table: toml::Table = text.parse().unwrap_or_default();
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let Some((section, key)) = rest.split_once("__") else {
                 return Err(ConfigError::new(
                     &name,
@@ -277,13 +288,19 @@ impl RawConfig {
                 .entry(section.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             let Some(section_table) = entry.as_table_mut() else {
-                return Err(ConfigError::new(&name, format!("[{section}] is not a table in {origin}")));
+                return Err(ConfigError::new(
+                    &name,
+                    format!("[{section}] is not a table in {origin}"),
+                ));
             };
             section_table.insert(key.clone(), value);
             raw = RawConfig::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
                 ConfigError::new(
                     format!("{name} (environment)"),
-                    format!("{section}.{key}: {}; see conf/portcullis.toml for its type", e.message().trim()),
+                    format!(
+                        "{section}.{key}: {}; see conf/portcullis.toml for its type",
+                        e.message().trim()
+                    ),
                 )
             })?;
         }
@@ -315,7 +332,10 @@ impl RawConfig {
             },
         };
         let tls_listen = addresses(
-            self.server.tls_listen.map(OneOrMany::into_vec).unwrap_or_default(),
+            self.server
+                .tls_listen
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
             "server.tls_listen",
         )?;
         if listen.is_empty() && tls_listen.is_empty() {
@@ -360,19 +380,32 @@ impl RawConfig {
 /// Checks that a configured file can be read, naming the key on failure.
 fn readable(path: &Path, origin: &str, key: &str, fix: &str) -> Result<(), ConfigError> {
     std::fs::metadata(path).map(drop).map_err(|e| {
-        ConfigError::new(format!("{origin}: {key}"), format!("cannot read {} ({e}); {fix}", path.display()))
+        ConfigError::new(
+            format!("{origin}: {key}"),
+            format!("cannot read {} ({e}); {fix}", path.display()),
+        )
     })
 }
 
 fn resolve_tls(raw: RawTls, origin: &str) -> Result<TlsConfig, ConfigError> {
     let make = "make a pair with `portcullis certs --out certs --name HOST`";
     let (Some(cert), Some(key)) = (raw.cert, raw.key) else {
-        return Err(ConfigError::new(format!("{origin}: tls"), format!("[tls] needs both cert and key; {make}")));
+        return Err(ConfigError::new(
+            format!("{origin}: tls"),
+            format!("[tls] needs both cert and key; {make}"),
+        ));
     };
     let mut certificates = vec![CertPair { cert, key }];
-    certificates.extend(raw.extra.into_iter().map(|p| CertPair { cert: p.cert, key: p.key }));
+    certificates.extend(raw.extra.into_iter().map(|p| CertPair {
+        cert: p.cert,
+        key: p.key,
+    }));
     for (i, pair) in certificates.iter().enumerate() {
-        let prefix = if i == 0 { "tls".to_string() } else { format!("tls.extra[{}]", i - 1) };
+        let prefix = if i == 0 {
+            "tls".to_string()
+        } else {
+            format!("tls.extra[{}]", i - 1)
+        };
         readable(&pair.cert, origin, &format!("{prefix}.cert"), make)?;
         readable(&pair.key, origin, &format!("{prefix}.key"), make)?;
     }
@@ -394,7 +427,12 @@ fn resolve_tls(raw: RawTls, origin: &str) -> Result<TlsConfig, ConfigError> {
                 "client_auth needs client_ca, the PEM file of the CA that signs client certificates",
             ));
         };
-        readable(ca, origin, "tls.client_ca", "point it at the client CA's PEM file")?;
+        readable(
+            ca,
+            origin,
+            "tls.client_ca",
+            "point it at the client CA's PEM file",
+        )?;
     }
     Ok(TlsConfig {
         certificates,
@@ -405,11 +443,19 @@ fn resolve_tls(raw: RawTls, origin: &str) -> Result<TlsConfig, ConfigError> {
 
 fn resolve_auth(raw: RawAuth, origin: &str) -> Result<AuthConfig, ConfigError> {
     if let Some(path) = &raw.htpasswd {
-        readable(path, origin, "auth.htpasswd", "create it with `portcullis htpasswd add FILE USER`")?;
+        readable(
+            path,
+            origin,
+            "auth.htpasswd",
+            "create it with `portcullis htpasswd add FILE USER`",
+        )?;
     }
     let positive = |value: Option<u64>, default: u64, key: &str| -> Result<u64, ConfigError> {
         match value {
-            Some(0) => Err(ConfigError::new(format!("{origin}: {key}"), "must be greater than 0")),
+            Some(0) => Err(ConfigError::new(
+                format!("{origin}: {key}"),
+                "must be greater than 0",
+            )),
             Some(v) => Ok(v),
             None => Ok(default),
         }
@@ -420,7 +466,11 @@ fn resolve_auth(raw: RawAuth, origin: &str) -> Result<AuthConfig, ConfigError> {
         cache_ttl: Duration::from_secs(positive(raw.cache_ttl_secs, 120, "auth.cache_ttl_secs")?),
         cache_capacity: positive(raw.cache_capacity, 10_000, "auth.cache_capacity")?,
         max_failures: positive(raw.max_failures.map(u64::from), 10, "auth.max_failures")? as u32,
-        failure_window: Duration::from_secs(positive(raw.failure_window_secs, 60, "auth.failure_window_secs")?),
+        failure_window: Duration::from_secs(positive(
+            raw.failure_window_secs,
+            60,
+            "auth.failure_window_secs",
+        )?),
     })
 }
 
@@ -464,14 +514,21 @@ fn resolve_limits(raw: RawLimits, origin: &str) -> Result<Limits, ConfigError> {
     let defaults = Limits::default();
     let nonzero = |value: Option<u64>, default: u64, key: &str| -> Result<u64, ConfigError> {
         match value {
-            Some(0) => Err(ConfigError::new(format!("{origin}: limits.{key}"), "must be greater than 0")),
+            Some(0) => Err(ConfigError::new(
+                format!("{origin}: limits.{key}"),
+                "must be greater than 0",
+            )),
             Some(v) => Ok(v),
             None => Ok(default),
         }
     };
     let secs = |v| Duration::from_secs(v);
     Ok(Limits {
-        max_body_bytes: nonzero(raw.max_body_bytes, defaults.max_body_bytes, "max_body_bytes")?,
+        max_body_bytes: nonzero(
+            raw.max_body_bytes,
+            defaults.max_body_bytes,
+            "max_body_bytes",
+        )?,
         max_manifest_bytes: nonzero(
             raw.max_manifest_bytes.map(|v| v as u64),
             defaults.max_manifest_bytes as u64,
@@ -482,7 +539,11 @@ fn resolve_limits(raw: RawLimits, origin: &str) -> Result<Limits, ConfigError> {
             defaults.max_concurrent_uploads as u64,
             "max_concurrent_uploads",
         )? as usize,
-        keepalive_secs: nonzero(raw.keepalive_secs, defaults.keepalive_secs, "keepalive_secs")?,
+        keepalive_secs: nonzero(
+            raw.keepalive_secs,
+            defaults.keepalive_secs,
+            "keepalive_secs",
+        )?,
         read_timeout: secs(nonzero(raw.read_timeout_secs, 60, "read_timeout_secs")?),
         write_timeout: secs(nonzero(raw.write_timeout_secs, 60, "write_timeout_secs")?),
     })
@@ -534,8 +595,14 @@ mod tests {
     #[test]
     fn environment_overrides_keys() {
         let env = vec![
-            ("PORTCULLIS_SERVER__LISTEN".to_string(), "127.0.0.1:7001".to_string()),
-            ("PORTCULLIS_LIMITS__MAX_CONCURRENT_UPLOADS".to_string(), "7".to_string()),
+            (
+                "PORTCULLIS_SERVER__LISTEN".to_string(),
+                "127.0.0.1:7001".to_string(),
+            ),
+            (
+                "PORTCULLIS_LIMITS__MAX_CONCURRENT_UPLOADS".to_string(),
+                "7".to_string(),
+            ),
             ("HOME".to_string(), "/root".to_string()),
         ];
         let raw = RawConfig::parse("[server]\nlisten = \"127.0.0.1:1\"\n", "t.toml", env).unwrap();
@@ -543,9 +610,15 @@ mod tests {
         assert_eq!(config.listen, vec!["127.0.0.1:7001".parse().unwrap()]);
         assert_eq!(config.limits.max_concurrent_uploads, 7);
 
-        let env = vec![("PORTCULLIS_LIMITS__MAX_BODY_BYTES".to_string(), "lots".to_string())];
+        let env = vec![(
+            "PORTCULLIS_LIMITS__MAX_BODY_BYTES".to_string(),
+            "lots".to_string(),
+        )];
         let err = RawConfig::parse("", "t.toml", env).unwrap_err().to_string();
-        assert!(err.starts_with("PORTCULLIS_LIMITS__MAX_BODY_BYTES (environment): "), "{err}");
+        assert!(
+            err.starts_with("PORTCULLIS_LIMITS__MAX_BODY_BYTES (environment): "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -554,30 +627,50 @@ mod tests {
         assert!(err.starts_with("t.toml:2: "), "{err}");
         assert!(err.contains("lisen"), "{err}");
 
-        let err = parse("[server]\nlisten = \"localhost\"\n").unwrap_err().to_string();
+        let err = parse("[server]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("t.toml: server.listen"), "{err}");
         assert!(err.contains("IP:PORT"), "{err}");
 
         let err = parse("[server\n").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:1: "), "{err}");
 
-        let err = parse("[server]\ntls_listen = \"127.0.0.1:5443\"\n").unwrap_err().to_string();
-        assert!(err.contains("server.tls_listen") && err.contains("portcullis certs"), "{err}");
+        let err = parse("[server]\ntls_listen = \"127.0.0.1:5443\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.tls_listen") && err.contains("portcullis certs"),
+            "{err}"
+        );
 
         let err = parse("[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("tls.cert") && err.contains("/nonexistent.crt"), "{err}");
+        assert!(
+            err.contains("tls.cert") && err.contains("/nonexistent.crt"),
+            "{err}"
+        );
 
-        let err = parse("[auth]\nhtpasswd = \"/nonexistent\"\n").unwrap_err().to_string();
-        assert!(err.contains("auth.htpasswd") && err.contains("portcullis htpasswd add"), "{err}");
+        let err = parse("[auth]\nhtpasswd = \"/nonexistent\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.htpasswd") && err.contains("portcullis htpasswd add"),
+            "{err}"
+        );
 
         let err = parse("[[access]]\nrepositories = \"*\"\npush = [\"@ghosts\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("access[0].push") && err.contains("[groups]"), "{err}");
+        assert!(
+            err.contains("access[0].push") && err.contains("[groups]"),
+            "{err}"
+        );
 
-        let err = parse("[limits]\nmax_concurrent_uploads = 0\n").unwrap_err().to_string();
+        let err = parse("[limits]\nmax_concurrent_uploads = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("limits.max_concurrent_uploads"), "{err}");
     }
 }

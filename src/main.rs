@@ -105,13 +105,31 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, listen, data } => {
-            load_config(config.as_deref(), Overrides { listen, data_dir: data }).and_then(serve)
-        }
+        Command::Serve {
+            config,
+            listen,
+            data,
+        } => load_config(
+            config.as_deref(),
+            Overrides {
+                listen,
+                data_dir: data,
+            },
+        )
+        .and_then(serve),
         Command::Check { config } => check(&config),
-        Command::Certs { out, names, ips, client } => {
-            certs::generate(&certs::CertRequest { out, names, ips, client }).map(|text| print!("{text}"))
-        }
+        Command::Certs {
+            out,
+            names,
+            ips,
+            client,
+        } => certs::generate(&certs::CertRequest {
+            out,
+            names,
+            ips,
+            client,
+        })
+        .map(|text| print!("{text}")),
         Command::Htpasswd { action } => htpasswd(action),
     };
     if let Err(message) = result {
@@ -152,7 +170,11 @@ fn check(path: &Path) -> Result<(), String> {
         path.display(),
         config.listen.len(),
         config.tls_listen.len(),
-        if config.auth.htpasswd.is_some() { "on" } else { "off" },
+        if config.auth.htpasswd.is_some() {
+            "on"
+        } else {
+            "off"
+        },
         config.data_dir.display()
     );
     Ok(())
@@ -161,13 +183,22 @@ fn check(path: &Path) -> Result<(), String> {
 fn htpasswd(action: HtpasswdAction) -> Result<(), String> {
     use auth::htpasswd::{add_user, list_users, remove_user};
     match action {
-        HtpasswdAction::Add { file, user, cost, password_stdin } => {
+        HtpasswdAction::Add {
+            file,
+            user,
+            cost,
+            password_stdin,
+        } => {
             if !(4..=31).contains(&cost) {
-                return Err(format!("--cost {cost}: bcrypt cost must be between 4 and 31 (10-12 is usual)"));
+                return Err(format!(
+                    "--cost {cost}: bcrypt cost must be between 4 and 31 (10-12 is usual)"
+                ));
             }
             let password = if password_stdin {
                 let mut line = String::new();
-                std::io::stdin().read_line(&mut line).map_err(|e| format!("reading stdin: {e}"))?;
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| format!("reading stdin: {e}"))?;
                 line.trim_end_matches(['\r', '\n']).to_string()
             } else {
                 let first = rpassword::prompt_password(format!("Password for {user}: "))
@@ -182,7 +213,11 @@ fn htpasswd(action: HtpasswdAction) -> Result<(), String> {
                 return Err("empty password; nothing changed".into());
             }
             let replaced = add_user(&file, &user, &password, cost).map_err(|e| e.to_string())?;
-            println!("{} {user} in {}", if replaced { "updated" } else { "added" }, file.display());
+            println!(
+                "{} {user} in {}",
+                if replaced { "updated" } else { "added" },
+                file.display()
+            );
             println!("send SIGHUP to a running portcullis to load the change");
         }
         HtpasswdAction::Remove { file, user } => {
@@ -204,8 +239,12 @@ fn htpasswd(action: HtpasswdAction) -> Result<(), String> {
 fn serve(config: Config) -> Result<(), String> {
     let Loaded { auth, certs, tls } = load_files(&config)?;
     let data = &config.data_dir;
-    std::fs::create_dir_all(data)
-        .map_err(|e| format!("cannot create data directory {} ({e}); choose another with --data", data.display()))?;
+    std::fs::create_dir_all(data).map_err(|e| {
+        format!(
+            "cannot create data directory {} ({e}); choose another with --data",
+            data.display()
+        )
+    })?;
     let blobs = FsBlobStore::open(data).map_err(|e| e.to_string())?;
     let meta = RedbMetaStore::open(&data.join("meta.redb"))
         .map_err(|e| format!("{e}; is another portcullis using {}?", data.display()))?;
@@ -216,7 +255,9 @@ fn serve(config: Config) -> Result<(), String> {
         access: config.access.clone(),
         read_only: config.read_only,
         max_manifest_bytes: config.limits.max_manifest_bytes,
-        upload_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_uploads)),
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_concurrent_uploads,
+        )),
     });
     let http = Arc::new(HttpApp::new(api, config.limits.clone()));
 
@@ -233,7 +274,10 @@ fn serve(config: Config) -> Result<(), String> {
     server.bootstrap();
 
     if !config.listen.is_empty() {
-        let mut plain = Service::new("http".to_string(), Listener::new(http.clone(), Protocol::Plain));
+        let mut plain = Service::new(
+            "http".to_string(),
+            Listener::new(http.clone(), Protocol::Plain),
+        );
         for addr in &config.listen {
             plain.add_tcp(&addr.to_string());
         }
@@ -250,7 +294,10 @@ fn serve(config: Config) -> Result<(), String> {
         }
         server.add_service(secure);
     }
-    server.add_service(background_service("reload on SIGHUP", Reloader { certs, auth }));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        Reloader { certs, auth },
+    ));
     tracing::info!(
         listen = ?config.listen,
         tls_listen = ?config.tls_listen,

@@ -33,23 +33,36 @@ pub async fn get(
         RangeRequest::Whole if req.is_head() => Ok(response.body(Body::HeadOf(size))),
         RangeRequest::Whole => {
             let blob = registry.open_blob(name, digest, 0).await?;
-            Ok(response.body(Body::Stream { reader: blob.reader, len: size }))
+            Ok(response.body(Body::Stream {
+                reader: blob.reader,
+                len: size,
+            }))
         }
         RangeRequest::Partial(r) => {
-            let mut response = response.header("Content-Range", format!("bytes {}-{}/{size}", r.start, r.end));
+            let mut response = response.header(
+                "Content-Range",
+                format!("bytes {}-{}/{size}", r.start, r.end),
+            );
             response.status = 206;
             if req.is_head() {
                 return Ok(response.body(Body::HeadOf(r.len())));
             }
             let blob = registry.open_blob(name, digest, r.start).await?;
             let reader = Box::pin(blob.reader.take(r.len()));
-            Ok(response.body(Body::Stream { reader, len: r.len() }))
+            Ok(response.body(Body::Stream {
+                reader,
+                len: r.len(),
+            }))
         }
     }
 }
 
 /// Spec: "DELETE /v2/<name>/blobs/<digest>" answers 202; the bytes go at the next GC.
-pub async fn delete(registry: &Registry, name: &RepoName, digest: &Digest) -> Result<Response, ApiError> {
+pub async fn delete(
+    registry: &Registry,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<Response, ApiError> {
     registry.delete_blob(name, digest).await?;
     Ok(Response::new(202))
 }

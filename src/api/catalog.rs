@@ -8,9 +8,15 @@ use crate::store::Registry;
 
 /// Lists only repositories the caller may pull, so private names stay private; a page
 /// can then hold fewer than `n` entries, which the spec allows.
-pub async fn list(registry: &Registry, caller: &Caller<'_>, req: &Request) -> Result<Response, ApiError> {
+pub async fn list(
+    registry: &Registry,
+    caller: &Caller<'_>,
+    req: &Request,
+) -> Result<Response, ApiError> {
     let page_req = page_request(req)?;
-    let mut page = registry.catalog(page_req.last.as_deref(), page_req.limit).await?;
+    let mut page = registry
+        .catalog(page_req.last.as_deref(), page_req.limit)
+        .await?;
     // The next page starts after the last name read, whether or not it is shown.
     let next_after = page.more.then(|| page.items.last().cloned()).flatten();
     page.items

@@ -56,20 +56,40 @@ impl ErrorCode {
         match self {
             BlobUnknown => ("BLOB_UNKNOWN", 404, "blob unknown to registry"),
             BlobUploadInvalid => ("BLOB_UPLOAD_INVALID", 400, "blob upload invalid"),
-            BlobUploadUnknown => ("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry"),
-            DigestInvalid => ("DIGEST_INVALID", 400, "provided digest did not match uploaded content"),
-            ManifestBlobUnknown => ("MANIFEST_BLOB_UNKNOWN", 400, "manifest references a manifest or blob unknown to registry"),
+            BlobUploadUnknown => (
+                "BLOB_UPLOAD_UNKNOWN",
+                404,
+                "blob upload unknown to registry",
+            ),
+            DigestInvalid => (
+                "DIGEST_INVALID",
+                400,
+                "provided digest did not match uploaded content",
+            ),
+            ManifestBlobUnknown => (
+                "MANIFEST_BLOB_UNKNOWN",
+                400,
+                "manifest references a manifest or blob unknown to registry",
+            ),
             ManifestInvalid => ("MANIFEST_INVALID", 400, "manifest invalid"),
             ManifestUnknown => ("MANIFEST_UNKNOWN", 404, "manifest unknown to registry"),
             NameInvalid => ("NAME_INVALID", 400, "invalid repository name"),
             NameUnknown => ("NAME_UNKNOWN", 404, "repository name not known to registry"),
-            SizeInvalid => ("SIZE_INVALID", 400, "provided length did not match content length"),
+            SizeInvalid => (
+                "SIZE_INVALID",
+                400,
+                "provided length did not match content length",
+            ),
             TooLarge => ("SIZE_INVALID", 413, "request body too large"),
             Unsupported => ("UNSUPPORTED", 405, "the operation is unsupported"),
             NoSuchEndpoint => ("UNSUPPORTED", 404, "no such endpoint"),
             RangeInvalid => ("RANGE_INVALID", 416, "invalid content range"),
             TagInvalid => ("TAG_INVALID", 400, "manifest tag did not match URI"),
-            PaginationNumberInvalid => ("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"),
+            PaginationNumberInvalid => (
+                "PAGINATION_NUMBER_INVALID",
+                400,
+                "invalid number of results requested",
+            ),
             Unauthorized => ("UNAUTHORIZED", 401, "authentication required"),
             Denied => ("DENIED", 403, "requested access to the resource is denied"),
             TooManyRequests => ("TOOMANYREQUESTS", 429, "too many requests"),
@@ -183,12 +203,21 @@ mod tests {
     #[test]
     fn store_errors_map_to_client_codes() {
         let d = Digest::sha256_of(b"x");
-        let mismatch = StoreError::DigestMismatch { expected: d.clone(), actual: d };
+        let mismatch = StoreError::DigestMismatch {
+            expected: d.clone(),
+            actual: d,
+        };
         assert_eq!(ApiError::from(mismatch).code, ErrorCode::DigestInvalid);
-        let offset = ApiError::from(StoreError::UploadOffset { size: 10, requested: 3 });
+        let offset = ApiError::from(StoreError::UploadOffset {
+            size: 10,
+            requested: 3,
+        });
         assert_eq!(offset.code, ErrorCode::RangeInvalid);
         assert_eq!(offset.headers, vec![("Range", "0-9".to_string())]);
-        assert_eq!(ApiError::from(StoreError::UploadUnknown).code, ErrorCode::BlobUploadUnknown);
+        assert_eq!(
+            ApiError::from(StoreError::UploadUnknown).code,
+            ErrorCode::BlobUploadUnknown
+        );
     }
 
     #[test]

@@ -28,14 +28,20 @@ pub async fn get(
 }
 
 /// Reads a whole request body of at most `limit` bytes.
-async fn read_limited(req: &Request, body: &mut dyn ByteSource, limit: usize) -> Result<BytesMut, ApiError> {
+async fn read_limited(
+    req: &Request,
+    body: &mut dyn ByteSource,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::TooLarge,
             format!("manifests are limited to {limit} bytes"),
         )
     };
-    let declared = req.header("content-length").and_then(|l| l.parse::<usize>().ok());
+    let declared = req
+        .header("content-length")
+        .and_then(|l| l.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large());
     }
@@ -62,9 +68,14 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let bytes = read_limited(req, body, max_bytes).await?.freeze();
     let content_type = req.header("content-type");
-    let outcome = registry.put_manifest(name, reference, content_type, bytes).await?;
+    let outcome = registry
+        .put_manifest(name, reference, content_type, bytes)
+        .await?;
     let response = Response::new(201)
-        .header("Location", format!("/v2/{name}/manifests/{}", outcome.digest))
+        .header(
+            "Location",
+            format!("/v2/{name}/manifests/{}", outcome.digest),
+        )
         .header("Docker-Content-Digest", outcome.digest.to_string());
     Ok(match outcome.subject {
         Some(subject) => response.header("OCI-Subject", subject.to_string()),
@@ -74,7 +85,11 @@ pub async fn put(
 
 /// Spec: "DELETE /v2/<name>/manifests/<reference>": by tag removes the tag, by digest the
 /// manifest and every tag on it; 202.
-pub async fn delete(registry: &Registry, name: &RepoName, reference: &Reference) -> Result<Response, ApiError> {
+pub async fn delete(
+    registry: &Registry,
+    name: &RepoName,
+    reference: &Reference,
+) -> Result<Response, ApiError> {
     registry.delete_manifest(name, reference).await?;
     Ok(Response::new(202))
 }

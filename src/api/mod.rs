@@ -60,7 +60,10 @@ impl Caller<'_> {
 }
 
 /// The repository and action a route needs permission for; `None` for `/v2/` and the catalog.
-pub fn required_action<'r>(route: &'r Route, method: &http::Method) -> Option<(&'r RepoName, Action)> {
+pub fn required_action<'r>(
+    route: &'r Route,
+    method: &http::Method,
+) -> Option<(&'r RepoName, Action)> {
     let read = matches!(*method, http::Method::GET | http::Method::HEAD);
     let action = |delete_allowed: bool| match *method {
         _ if read => Action::Pull,
@@ -88,7 +91,12 @@ fn writes_blob_data(route: &Route, method: &http::Method) -> bool {
 
 impl Api {
     /// Answers one request. Every failure becomes an OCI error response here.
-    pub async fn handle(&self, req: &Request, client: Option<IpAddr>, body: &mut dyn ByteSource) -> Response {
+    pub async fn handle(
+        &self,
+        req: &Request,
+        client: Option<IpAddr>,
+        body: &mut dyn ByteSource,
+    ) -> Response {
         self.serve(req, client, body)
             .await
             .unwrap_or_else(ApiError::into_response)
@@ -117,19 +125,28 @@ impl Api {
     }
 
     fn challenge(&self, detail: &str) -> ApiError {
-        ApiError::new(ErrorCode::Unauthorized, detail)
-            .with_header("WWW-Authenticate", format!("Basic realm=\"{}\"", self.auth.realm()))
+        ApiError::new(ErrorCode::Unauthorized, detail).with_header(
+            "WWW-Authenticate",
+            format!("Basic realm=\"{}\"", self.auth.realm()),
+        )
     }
 
     fn auth_error(&self, err: AuthError) -> ApiError {
         match err {
             AuthError::InvalidCredentials => self.challenge("invalid username or password"),
-            AuthError::TooManyAttempts => ApiError::new(ErrorCode::TooManyRequests, err.to_string())
-                .with_header("Retry-After", self.auth.retry_after_secs().to_string()),
+            AuthError::TooManyAttempts => {
+                ApiError::new(ErrorCode::TooManyRequests, err.to_string())
+                    .with_header("Retry-After", self.auth.retry_after_secs().to_string())
+            }
         }
     }
 
-    fn authorize(&self, principal: &Principal, route: &Route, method: &http::Method) -> Result<(), ApiError> {
+    fn authorize(
+        &self,
+        principal: &Principal,
+        route: &Route,
+        method: &http::Method,
+    ) -> Result<(), ApiError> {
         let anonymous = *principal == Principal::Anonymous;
         let Some((repo, action)) = required_action(route, method) else {
             // `/v2/` is how clients find out that they should log in.
@@ -143,7 +160,10 @@ impl Api {
             return Err(if anonymous {
                 self.challenge("authentication required")
             } else {
-                ApiError::new(ErrorCode::Denied, format!("no {action:?} access to repository {repo}"))
+                ApiError::new(
+                    ErrorCode::Denied,
+                    format!("no {action:?} access to repository {repo}"),
+                )
             });
         }
         if self.read_only && action != Action::Pull {
@@ -155,17 +175,25 @@ impl Api {
         Ok(())
     }
 
-    fn upload_slot(&self, route: &Route, method: &http::Method) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    fn upload_slot(
+        &self,
+        route: &Route,
+        method: &http::Method,
+    ) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
         if !writes_blob_data(route, method) {
             return Ok(None);
         }
-        self.upload_slots.clone().try_acquire_owned().map(Some).map_err(|_| {
-            ApiError::new(
-                ErrorCode::TooManyRequests,
-                "too many uploads in progress (limits.max_concurrent_uploads); retry shortly",
-            )
-            .with_header("Retry-After", "1".to_string())
-        })
+        self.upload_slots
+            .clone()
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    "too many uploads in progress (limits.max_concurrent_uploads); retry shortly",
+                )
+                .with_header("Retry-After", "1".to_string())
+            })
     }
 
     async fn dispatch(
@@ -177,9 +205,11 @@ impl Api {
     ) -> Result<Response, ApiError> {
         let r = &*self.registry;
         match (route, req.method.as_str()) {
-            (Route::Base, "GET" | "HEAD") => {
-                Ok(Response::new(200).json(&serde_json::json!({}), "application/json", req.is_head()))
-            }
+            (Route::Base, "GET" | "HEAD") => Ok(Response::new(200).json(
+                &serde_json::json!({}),
+                "application/json",
+                req.is_head(),
+            )),
             (Route::Catalog, "GET") => catalog::list(r, caller, req).await,
             (Route::Tags(name), "GET") => tags::list(r, req, name).await,
             (Route::Manifest(name, reference), "GET" | "HEAD") => {
@@ -188,7 +218,9 @@ impl Api {
             (Route::Manifest(name, reference), "PUT") => {
                 manifests::put(r, req, name, reference, body, self.max_manifest_bytes).await
             }
-            (Route::Manifest(name, reference), "DELETE") => manifests::delete(r, name, reference).await,
+            (Route::Manifest(name, reference), "DELETE") => {
+                manifests::delete(r, name, reference).await
+            }
             (Route::Blob(name, digest), "GET" | "HEAD") => blobs::get(r, req, name, digest).await,
             (Route::Blob(name, digest), "DELETE") => blobs::delete(r, name, digest).await,
             (Route::UploadStart(name), "POST") => uploads::start(r, caller, req, name, body).await,
@@ -222,11 +254,20 @@ mod tests {
         assert_eq!(action(&manifest, Method::PUT), Some(Action::Push));
         assert_eq!(action(&manifest, Method::DELETE), Some(Action::Delete));
         assert_eq!(action(&blob, Method::DELETE), Some(Action::Delete));
-        assert_eq!(action(&Route::UploadStart(name.clone()), Method::POST), Some(Action::Push));
-        assert_eq!(action(&Route::Tags(name.clone()), Method::GET), Some(Action::Pull));
+        assert_eq!(
+            action(&Route::UploadStart(name.clone()), Method::POST),
+            Some(Action::Push)
+        );
+        assert_eq!(
+            action(&Route::Tags(name.clone()), Method::GET),
+            Some(Action::Pull)
+        );
         assert_eq!(action(&Route::Catalog, Method::GET), None);
         assert_eq!(action(&Route::Base, Method::GET), None);
-        assert!(writes_blob_data(&Route::UploadStart(name.clone()), &Method::POST));
+        assert!(writes_blob_data(
+            &Route::UploadStart(name.clone()),
+            &Method::POST
+        ));
         assert!(!writes_blob_data(&manifest, &Method::PUT));
     }
 }

@@ -32,7 +32,11 @@ pub fn page_request(req: &Request) -> Result<PageRequest, ApiError> {
             (n.min(MAX_PAGE), true)
         }
     };
-    Ok(PageRequest { last, limit, explicit_n })
+    Ok(PageRequest {
+        last,
+        limit,
+        explicit_n,
+    })
 }
 
 /// `Link: <path?n=N&last=L>; rel="next"` for the page after `last_item`.
@@ -42,7 +46,12 @@ pub fn next_link(path: &str, limit: usize, last_item: &str) -> String {
 }
 
 /// A listing response: `body` as JSON, plus a `Link` to the page after `next_after`.
-pub fn listing(req: &Request, next_after: Option<&str>, limit: usize, body: serde_json::Value) -> Response {
+pub fn listing(
+    req: &Request,
+    next_after: Option<&str>,
+    limit: usize,
+    body: serde_json::Value,
+) -> Response {
     let response = Response::new(200).json(&body, "application/json", false);
     match next_after {
         Some(last) => response.header("Link", next_link(&req.path, limit, last)),
@@ -66,10 +75,27 @@ mod tests {
     #[test]
     fn defaults_and_limits() {
         let p = page_request(&req(None)).unwrap();
-        assert_eq!(p, PageRequest { last: None, limit: DEFAULT_PAGE, explicit_n: false });
+        assert_eq!(
+            p,
+            PageRequest {
+                last: None,
+                limit: DEFAULT_PAGE,
+                explicit_n: false
+            }
+        );
         let p = page_request(&req(Some("n=5&last=a%2Fb"))).unwrap();
-        assert_eq!(p, PageRequest { last: Some("a/b".into()), limit: 5, explicit_n: true });
-        assert_eq!(page_request(&req(Some("n=99999999"))).unwrap().limit, MAX_PAGE);
+        assert_eq!(
+            p,
+            PageRequest {
+                last: Some("a/b".into()),
+                limit: 5,
+                explicit_n: true
+            }
+        );
+        assert_eq!(
+            page_request(&req(Some("n=99999999"))).unwrap().limit,
+            MAX_PAGE
+        );
         assert_eq!(page_request(&req(Some("n=0"))).unwrap().limit, 0);
         for bad in ["n=abc", "n=-1", "n="] {
             let err = page_request(&req(Some(bad))).unwrap_err();

@@ -51,7 +51,11 @@ pub fn parse_range(header: &str, size: u64) -> RangeRequest {
             let Some(start) = number(first) else {
                 return RangeRequest::Whole;
             };
-            let end = if last.trim().is_empty() { Some(u64::MAX) } else { number(last) };
+            let end = if last.trim().is_empty() {
+                Some(u64::MAX)
+            } else {
+                number(last)
+            };
             match end {
                 None => RangeRequest::Whole,
                 Some(end) if end < start => RangeRequest::Whole,
@@ -102,7 +106,10 @@ mod tests {
     #[test]
     fn unsatisfiable_and_ignored() {
         assert_eq!(parse_range("bytes=100-", 100), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range("bytes=100-200", 100), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parse_range("bytes=100-200", 100),
+            RangeRequest::Unsatisfiable
+        );
         assert_eq!(parse_range("bytes=-0", 100), RangeRequest::Unsatisfiable);
         assert_eq!(parse_range("bytes=0-", 0), RangeRequest::Unsatisfiable);
         assert_eq!(parse_range("bytes=5-1", 100), RangeRequest::Whole);
@@ -114,7 +121,10 @@ mod tests {
     #[test]
     fn multi_gigabyte_offsets() {
         let size = 5u64 << 30;
-        assert_eq!(parse_range("bytes=4294967296-", size), partial(1 << 32, size - 1));
+        assert_eq!(
+            parse_range("bytes=4294967296-", size),
+            partial(1 << 32, size - 1)
+        );
     }
 
     #[test]

@@ -74,7 +74,11 @@ impl Response {
     /// A JSON body, or for HEAD just its length.
     pub fn json(self, value: &serde_json::Value, content_type: &str, head: bool) -> Response {
         let bytes = Bytes::from(value.to_string());
-        let body = if head { Body::HeadOf(bytes.len() as u64) } else { Body::Bytes(bytes) };
+        let body = if head {
+            Body::HeadOf(bytes.len() as u64)
+        } else {
+            Body::Bytes(bytes)
+        };
         self.header("Content-Type", content_type).body(body)
     }
 }

@@ -47,7 +47,10 @@ pub fn parse(path: &str) -> Result<Route, ApiError> {
         [name @ .., "blobs", "uploads", id] => {
             let name = name_of(name)?;
             let id = UploadId::parse(&decode(id)).ok_or_else(|| {
-                ApiError::new(ErrorCode::BlobUploadUnknown, format!("no upload session {id:?}"))
+                ApiError::new(
+                    ErrorCode::BlobUploadUnknown,
+                    format!("no upload session {id:?}"),
+                )
             })?;
             Ok(Route::Upload(name, id))
         }
@@ -84,7 +87,9 @@ fn name_of(segments: &[&str]) -> Result<RepoName, ApiError> {
 fn digest_of(segment: &str) -> Result<Digest, ApiError> {
     decode(segment)
         .parse()
-        .map_err(|e: crate::oci::DigestError| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))
+        .map_err(|e: crate::oci::DigestError| {
+            ApiError::new(ErrorCode::DigestInvalid, e.to_string())
+        })
 }
 
 /// A reference with a ':' is a digest; anything else must be a tag.
@@ -114,7 +119,10 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 
 /// The first value of `key` in decoded query pairs.
 pub fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]
@@ -137,7 +145,10 @@ mod tests {
 
     #[test]
     fn resources_with_nested_names() {
-        assert_eq!(parse("/v2/a/b/c/tags/list").unwrap(), Route::Tags(name("a/b/c")));
+        assert_eq!(
+            parse("/v2/a/b/c/tags/list").unwrap(),
+            Route::Tags(name("a/b/c"))
+        );
         assert_eq!(
             parse(&format!("/v2/team/app/blobs/{D}")).unwrap(),
             Route::Blob(name("team/app"), D.parse().unwrap())
@@ -158,8 +169,14 @@ mod tests {
 
     #[test]
     fn uploads() {
-        assert_eq!(parse("/v2/a/blobs/uploads/").unwrap(), Route::UploadStart(name("a")));
-        assert_eq!(parse("/v2/a/blobs/uploads").unwrap(), Route::UploadStart(name("a")));
+        assert_eq!(
+            parse("/v2/a/blobs/uploads/").unwrap(),
+            Route::UploadStart(name("a"))
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads").unwrap(),
+            Route::UploadStart(name("a"))
+        );
         assert_eq!(
             parse(&format!("/v2/a/b/blobs/uploads/{U}")).unwrap(),
             Route::Upload(name("a/b"), UploadId::parse(U).unwrap())
@@ -174,19 +191,48 @@ mod tests {
     fn names_that_look_like_resources() {
         assert_eq!(
             parse("/v2/blobs/manifests/manifests/latest").unwrap(),
-            Route::Manifest(name("blobs/manifests"), Reference::Tag(Tag::parse("latest").unwrap()))
+            Route::Manifest(
+                name("blobs/manifests"),
+                Reference::Tag(Tag::parse("latest").unwrap())
+            )
         );
     }
 
     #[test]
     fn invalid_components_get_their_own_codes() {
-        assert_eq!(parse("/v2/UPPER/tags/list").unwrap_err().code, ErrorCode::NameInvalid);
-        assert_eq!(parse("/v2/a/../b/tags/list").unwrap_err().code, ErrorCode::NameInvalid);
-        assert_eq!(parse("/v2/a/blobs/sha256:xyz").unwrap_err().code, ErrorCode::DigestInvalid);
-        assert_eq!(parse("/v2/a/manifests/-bad").unwrap_err().code, ErrorCode::TagInvalid);
-        assert_eq!(parse("/v2/a/manifests/md5:00").unwrap_err().code, ErrorCode::DigestInvalid);
-        for unknown in ["/", "/v1/", "/v2x", "/v2/a", "/v2/a/unknown/x", "/v2/tags/list"] {
-            assert_eq!(parse(unknown).unwrap_err().code, ErrorCode::NoSuchEndpoint, "{unknown}");
+        assert_eq!(
+            parse("/v2/UPPER/tags/list").unwrap_err().code,
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            parse("/v2/a/../b/tags/list").unwrap_err().code,
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/sha256:xyz").unwrap_err().code,
+            ErrorCode::DigestInvalid
+        );
+        assert_eq!(
+            parse("/v2/a/manifests/-bad").unwrap_err().code,
+            ErrorCode::TagInvalid
+        );
+        assert_eq!(
+            parse("/v2/a/manifests/md5:00").unwrap_err().code,
+            ErrorCode::DigestInvalid
+        );
+        for unknown in [
+            "/",
+            "/v1/",
+            "/v2x",
+            "/v2/a",
+            "/v2/a/unknown/x",
+            "/v2/tags/list",
+        ] {
+            assert_eq!(
+                parse(unknown).unwrap_err().code,
+                ErrorCode::NoSuchEndpoint,
+                "{unknown}"
+            );
         }
     }
 
@@ -200,6 +246,9 @@ mod tests {
             assert_eq!(query_value(&pairs, "digest"), None);
         }
         assert!(query_pairs(None).is_empty());
-        assert_eq!(query_pairs(Some("n")), vec![("n".to_string(), String::new())]);
+        assert_eq!(
+            query_pairs(Some("n")),
+            vec![("n".to_string(), String::new())]
+        );
     }
 }

@@ -34,8 +34,9 @@ fn created(name: &RepoName, digest: &Digest) -> Response {
 fn digest_param(pairs: &[(String, String)], key: &str) -> Result<Option<Digest>, ApiError> {
     query_value(pairs, key)
         .map(|d| {
-            d.parse()
-                .map_err(|e: crate::oci::DigestError| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))
+            d.parse().map_err(|e: crate::oci::DigestError| {
+                ApiError::new(ErrorCode::DigestInvalid, e.to_string())
+            })
         })
         .transpose()
 }
@@ -54,13 +55,20 @@ pub async fn start(
     let pairs = query_pairs(req.query.as_deref());
     if let Some(digest) = digest_param(&pairs, "mount")? {
         let from = query_value(&pairs, "from")
-            .map(|f| RepoName::parse(f).map_err(|e| ApiError::new(ErrorCode::NameInvalid, e.to_string())))
+            .map(|f| {
+                RepoName::parse(f).map_err(|e| ApiError::new(ErrorCode::NameInvalid, e.to_string()))
+            })
             .transpose()?;
         let readable = match &from {
             Some(from) => caller.may(from, Action::Pull),
             None => caller.may_pull_everything(),
         };
-        if readable && registry.mount_blob(name, &digest, from.as_ref()).await?.is_some() {
+        if readable
+            && registry
+                .mount_blob(name, &digest, from.as_ref())
+                .await?
+                .is_some()
+        {
             return Ok(created(name, &digest));
         }
     } else if let Some(digest) = digest_param(&pairs, "digest")? {
@@ -83,7 +91,11 @@ pub async fn start(
 }
 
 /// Spec: "GET /v2/<name>/blobs/uploads/<id>" answers 204 with the `Range` received so far.
-pub async fn status(registry: &Registry, name: &RepoName, id: &UploadId) -> Result<Response, ApiError> {
+pub async fn status(
+    registry: &Registry,
+    name: &RepoName,
+    id: &UploadId,
+) -> Result<Response, ApiError> {
     let size = registry.upload_size(name, id).await?;
     Ok(session_response(204, name, id, size))
 }
@@ -100,11 +112,17 @@ fn chunk_offset(req: &Request) -> Result<Option<u64>, ApiError> {
             format!("Content-Range {header:?} must be <start>-<end>"),
         )
     })?;
-    if let Some(length) = req.header("content-length").and_then(|l| l.parse::<u64>().ok()) {
+    if let Some(length) = req
+        .header("content-length")
+        .and_then(|l| l.parse::<u64>().ok())
+    {
         if length != range.len() {
             return Err(ApiError::new(
                 ErrorCode::SizeInvalid,
-                format!("Content-Range {header:?} covers {} bytes but Content-Length is {length}", range.len()),
+                format!(
+                    "Content-Range {header:?} covers {} bytes but Content-Length is {length}",
+                    range.len()
+                ),
             ));
         }
     }
@@ -143,7 +161,10 @@ pub async fn finish(
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(req.query.as_deref());
     let digest = digest_param(&pairs, "digest")?.ok_or_else(|| {
-        ApiError::new(ErrorCode::DigestInvalid, "the closing PUT needs ?digest=<algorithm>:<hex>")
+        ApiError::new(
+            ErrorCode::DigestInvalid,
+            "the closing PUT needs ?digest=<algorithm>:<hex>",
+        )
     })?;
     let offset = chunk_offset(req)?;
     registry.append_upload(name, id, offset, body).await?;
@@ -152,7 +173,11 @@ pub async fn finish(
 }
 
 /// Spec: "DELETE /v2/<name>/blobs/uploads/<id>" cancels the session: 204.
-pub async fn cancel(registry: &Registry, name: &RepoName, id: &UploadId) -> Result<Response, ApiError> {
+pub async fn cancel(
+    registry: &Registry,
+    name: &RepoName,
+    id: &UploadId,
+) -> Result<Response, ApiError> {
     registry.cancel_upload(name, id).await?;
     Ok(Response::new(204))
 }

@@ -63,7 +63,11 @@ impl AccessRules {
     /// Without rules: an open registry when there is no authentication (like `registry:2`),
     /// else every logged-in user may do everything and anonymous requests nothing.
     pub fn default_for(auth_enabled: bool, groups: BTreeMap<String, Vec<String>>) -> AccessRules {
-        let who = if auth_enabled { Subject::Authenticated } else { Subject::Anyone };
+        let who = if auth_enabled {
+            Subject::Authenticated
+        } else {
+            Subject::Anyone
+        };
         let rule = AccessRule {
             repositories: vec!["*".to_string()],
             pull: vec![who.clone()],
@@ -93,17 +97,24 @@ impl AccessRules {
     /// view that automatic mounts need, since they take a blob from any repository).
     pub fn pulls_everything(&self, principal: &Principal) -> bool {
         self.rules.iter().all(|rule| {
-            rule.pull.iter().chain(&rule.push).any(|s| self.names(s, principal))
-        }) && self.rules.iter().any(|r| r.repositories.iter().any(|p| p == "*"))
+            rule.pull
+                .iter()
+                .chain(&rule.push)
+                .any(|s| self.names(s, principal))
+        }) && self
+            .rules
+            .iter()
+            .any(|r| r.repositories.iter().any(|p| p == "*"))
     }
 
     fn names(&self, subject: &Subject, principal: &Principal) -> bool {
         match (subject, principal) {
             (Subject::Anyone, _) => true,
             (Subject::Authenticated, Principal::User(_)) => true,
-            (Subject::Group(g), Principal::User(u)) => {
-                self.groups.get(g).is_some_and(|members| members.iter().any(|m| m == &**u))
-            }
+            (Subject::Group(g), Principal::User(u)) => self
+                .groups
+                .get(g)
+                .is_some_and(|members| members.iter().any(|m| m == &**u)),
             (Subject::User(name), Principal::User(u)) => name == &**u,
             _ => false,
         }
@@ -148,7 +159,10 @@ mod tests {
     }
 
     fn rules() -> AccessRules {
-        let groups = BTreeMap::from([("devs".to_string(), vec!["alice".to_string(), "bob".to_string()])]);
+        let groups = BTreeMap::from([(
+            "devs".to_string(),
+            vec!["alice".to_string(), "bob".to_string()],
+        )]);
         AccessRules::new(
             vec![
                 AccessRule {
@@ -180,7 +194,10 @@ mod tests {
         assert!(r.allows(&user("carol"), "team/app", Action::Pull));
         assert!(r.allows(&user("alice"), "tools", Action::Push));
         assert!(!r.allows(&user("alice"), "team/app", Action::Delete));
-        assert!(!r.allows(&user("alice"), "other", Action::Pull), "no rule, no access");
+        assert!(
+            !r.allows(&user("alice"), "other", Action::Pull),
+            "no rule, no access"
+        );
     }
 
     #[test]

@@ -46,9 +46,10 @@ impl PasswordHash {
                 let actual: [u8; 20] = Sha1::digest(password.as_bytes()).into();
                 constant_time_eq(&actual, expected)
             }
-            PasswordHash::Apr1 { salt, hash } => {
-                constant_time_eq(apr1(password.as_bytes(), salt.as_bytes()).as_bytes(), hash.as_bytes())
-            }
+            PasswordHash::Apr1 { salt, hash } => constant_time_eq(
+                apr1(password.as_bytes(), salt.as_bytes()).as_bytes(),
+                hash.as_bytes(),
+            ),
         }
     }
 
@@ -77,23 +78,46 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Apache's MD5-crypt variant (`$apr1$salt$hash`); returns the 22-character hash part.
 fn apr1(password: &[u8], salt: &[u8]) -> String {
     const MAGIC: &[u8] = b"$apr1$";
-    let alt = Md5::new().chain_update(password).chain_update(salt).chain_update(password).finalize();
-    let mut ctx = Md5::new().chain_update(password).chain_update(MAGIC).chain_update(salt);
+    let alt = Md5::new()
+        .chain_update(password)
+        .chain_update(salt)
+        .chain_update(password)
+        .finalize();
+    let mut ctx = Md5::new()
+        .chain_update(password)
+        .chain_update(MAGIC)
+        .chain_update(salt);
     for chunk in password.chunks(16) {
         ctx.update(&alt[..chunk.len()]);
     }
     let mut n = password.len();
     while n > 0 {
-        ctx.update(if n & 1 == 1 { &[0u8][..] } else { &password[..1] });
+        ctx.update(if n & 1 == 1 {
+            &[0u8][..]
+        } else {
+            &password[..1]
+        });
         n >>= 1;
     }
     let mut sum = ctx.finalize();
     for round in 0..1000 {
         let mut c = Md5::new();
-        if round & 1 == 1 { c.update(password) } else { c.update(sum) }
-        if round % 3 != 0 { c.update(salt) }
-        if round % 7 != 0 { c.update(password) }
-        if round & 1 == 1 { c.update(sum) } else { c.update(password) }
+        if round & 1 == 1 {
+            c.update(password)
+        } else {
+            c.update(sum)
+        }
+        if round % 3 != 0 {
+            c.update(salt)
+        }
+        if round % 7 != 0 {
+            c.update(password)
+        }
+        if round & 1 == 1 {
+            c.update(sum)
+        } else {
+            c.update(password)
+        }
         sum = c.finalize();
     }
     const ITOA64: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -129,7 +153,10 @@ impl Htpasswd {
                 continue;
             }
             let Some((user, field)) = line.split_once(':') else {
-                parsed.warnings.push(format!("{origin}:{}: no ':' between user and hash; line ignored", n + 1));
+                parsed.warnings.push(format!(
+                    "{origin}:{}: no ':' between user and hash; line ignored",
+                    n + 1
+                ));
                 continue;
             };
             match PasswordHash::parse(field) {
@@ -164,7 +191,10 @@ impl Htpasswd {
 
     /// The highest bcrypt cost in the file, for decoy checks of unknown users.
     pub fn max_bcrypt_cost(&self) -> Option<u32> {
-        self.users.values().filter_map(PasswordHash::bcrypt_cost).max()
+        self.users
+            .values()
+            .filter_map(PasswordHash::bcrypt_cost)
+            .max()
     }
 }
 
@@ -173,13 +203,19 @@ pub enum EditError {
     #[error("user name {0:?} must be non-empty and contain no ':' or whitespace")]
     BadUser(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("bcrypt: {0}")]
     Hash(#[from] bcrypt::BcryptError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EditError + '_ {
-    move |source| EditError::Io { path: path.display().to_string(), source }
+    move |source| EditError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>, EditError> {
@@ -245,7 +281,11 @@ pub fn remove_user(path: &Path, user: &str) -> Result<bool, EditError> {
 
 pub fn list_users(path: &Path) -> Result<Vec<String>, EditError> {
     let lines = read_lines(path)?;
-    Ok(lines.iter().filter_map(|l| entry_user(l)).map(str::to_string).collect())
+    Ok(lines
+        .iter()
+        .filter_map(|l| entry_user(l))
+        .map(str::to_string)
+        .collect())
 }
 
 #[cfg(test)]
@@ -280,7 +320,10 @@ mod tests {
         let all = file.warnings.join("\n");
         assert!(all.contains("h:5: user \"dave\""), "{all}");
         assert!(all.contains("h:6: no ':'"), "{all}");
-        assert!(all.contains("alice (apr1 (MD5))") && all.contains("bob ({SHA})"), "{all}");
+        assert!(
+            all.contains("alice (apr1 (MD5))") && all.contains("bob ({SHA})"),
+            "{all}"
+        );
     }
 
     #[test]
@@ -299,11 +342,16 @@ mod tests {
         assert_eq!(list_users(&path).unwrap(), ["u1", "u2"]);
         let file = Htpasswd::parse(&std::fs::read_to_string(&path).unwrap(), "h");
         assert!(file.get("u1").unwrap().verify("new"));
-        assert!(std::fs::read_to_string(&path).unwrap().contains("u2:$2y$04$"));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("u2:$2y$04$"));
         assert!(remove_user(&path, "u1").unwrap());
         assert!(!remove_user(&path, "u1").unwrap());
         assert_eq!(list_users(&path).unwrap(), ["u2"]);
-        assert!(matches!(add_user(&path, "a:b", "p", 4), Err(EditError::BadUser(_))));
+        assert!(matches!(
+            add_user(&path, "a:b", "p", 4),
+            Err(EditError::BadUser(_))
+        ));
     }
 
     #[test]

@@ -63,7 +63,9 @@ fn load_users(path: &PathBuf) -> Result<Users, String> {
     for warning in &file.warnings {
         tracing::warn!("{warning}");
     }
-    let cost = file.max_bcrypt_cost().unwrap_or(htpasswd::DEFAULT_BCRYPT_COST);
+    let cost = file
+        .max_bcrypt_cost()
+        .unwrap_or(htpasswd::DEFAULT_BCRYPT_COST);
     let decoy = bcrypt::hash("portcullis-decoy", cost).map_err(|e| e.to_string())?;
     Ok(Users {
         file,
@@ -141,9 +143,14 @@ impl Authenticator {
         if let Some(name) = self.verified.get(&key) {
             return Ok(Principal::User(name));
         }
-        let counters = [client.map(|ip| format!("ip:{ip}")), Some(format!("user:{user}"))];
+        let counters = [
+            client.map(|ip| format!("ip:{ip}")),
+            Some(format!("user:{user}")),
+        ];
         let over_limit = counters.iter().flatten().any(|k| {
-            self.failures.get(k).is_some_and(|c| c.load(Ordering::Relaxed) >= self.max_failures)
+            self.failures
+                .get(k)
+                .is_some_and(|c| c.load(Ordering::Relaxed) >= self.max_failures)
         });
         if over_limit {
             return Err(AuthError::TooManyAttempts);
@@ -165,7 +172,9 @@ impl Authenticator {
             return Ok(Principal::User(name));
         }
         for k in counters.into_iter().flatten() {
-            self.failures.get_with(k, || Arc::new(AtomicU32::new(0))).fetch_add(1, Ordering::Relaxed);
+            self.failures
+                .get_with(k, || Arc::new(AtomicU32::new(0)))
+                .fetch_add(1, Ordering::Relaxed);
         }
         tracing::info!(client = ?client, "failed login");
         Err(AuthError::InvalidCredentials)
@@ -188,7 +197,9 @@ fn parse_basic(header: &str) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_string(), password.to_string()))
@@ -200,7 +211,8 @@ mod tests {
     use std::time::Duration;
 
     fn basic(user: &str, password: &str) -> String {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         format!("Basic {encoded}")
     }
 
@@ -220,7 +232,10 @@ mod tests {
 
     #[test]
     fn parses_basic_headers() {
-        assert_eq!(parse_basic(&basic("u", "p:q")), Some(("u".into(), "p:q".into())));
+        assert_eq!(
+            parse_basic(&basic("u", "p:q")),
+            Some(("u".into(), "p:q".into()))
+        );
         assert_eq!(parse_basic("basic dTpw"), Some(("u".into(), "p".into())));
         assert_eq!(parse_basic("Bearer abc"), None);
         assert_eq!(parse_basic("Basic !!!"), None);
@@ -231,16 +246,32 @@ mod tests {
     async fn users_anonymous_and_failures() {
         let dir = tempfile::tempdir().unwrap();
         let auth = authenticator(&dir, 3);
-        assert_eq!(auth.authenticate(None, None).await, Ok(Principal::Anonymous));
+        assert_eq!(
+            auth.authenticate(None, None).await,
+            Ok(Principal::Anonymous)
+        );
         let alice = Principal::User(Arc::from("alice"));
-        assert_eq!(auth.authenticate(Some(&basic("alice", "right")), None).await, Ok(alice.clone()));
+        assert_eq!(
+            auth.authenticate(Some(&basic("alice", "right")), None)
+                .await,
+            Ok(alice.clone())
+        );
         // Cached: still accepted.
-        assert_eq!(auth.authenticate(Some(&basic("alice", "right")), None).await, Ok(alice));
-        let wrong_password = auth.authenticate(Some(&basic("alice", "wrong")), None).await;
+        assert_eq!(
+            auth.authenticate(Some(&basic("alice", "right")), None)
+                .await,
+            Ok(alice)
+        );
+        let wrong_password = auth
+            .authenticate(Some(&basic("alice", "wrong")), None)
+            .await;
         let unknown_user = auth.authenticate(Some(&basic("mallory", "x")), None).await;
         assert_eq!(wrong_password, unknown_user, "no user enumeration");
         assert_eq!(wrong_password, Err(AuthError::InvalidCredentials));
-        assert_eq!(auth.authenticate(Some("Bearer x"), None).await, Err(AuthError::InvalidCredentials));
+        assert_eq!(
+            auth.authenticate(Some("Bearer x"), None).await,
+            Err(AuthError::InvalidCredentials)
+        );
     }
 
     #[tokio::test]
@@ -249,13 +280,21 @@ mod tests {
         let auth = authenticator(&dir, 2);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..2 {
-            let r = auth.authenticate(Some(&basic("alice", "bad")), Some(ip)).await;
+            let r = auth
+                .authenticate(Some(&basic("alice", "bad")), Some(ip))
+                .await;
             assert_eq!(r, Err(AuthError::InvalidCredentials));
         }
         let r = auth.authenticate(Some(&basic("bob", "x")), Some(ip)).await;
-        assert_eq!(r, Err(AuthError::TooManyAttempts), "address is over the limit");
+        assert_eq!(
+            r,
+            Err(AuthError::TooManyAttempts),
+            "address is over the limit"
+        );
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        let r = auth.authenticate(Some(&basic("alice", "right")), Some(other)).await;
+        let r = auth
+            .authenticate(Some(&basic("alice", "right")), Some(other))
+            .await;
         assert_eq!(r, Err(AuthError::TooManyAttempts), "user is over the limit");
     }
 
@@ -263,10 +302,15 @@ mod tests {
     async fn reload_drops_removed_users() {
         let dir = tempfile::tempdir().unwrap();
         let auth = authenticator(&dir, 10);
-        assert!(auth.authenticate(Some(&basic("alice", "right")), None).await.is_ok());
+        assert!(auth
+            .authenticate(Some(&basic("alice", "right")), None)
+            .await
+            .is_ok());
         htpasswd::remove_user(&dir.path().join("htpasswd"), "alice").unwrap();
         assert_eq!(auth.reload(), Ok(0));
-        let r = auth.authenticate(Some(&basic("alice", "right")), None).await;
+        let r = auth
+            .authenticate(Some(&basic("alice", "right")), None)
+            .await;
         assert_eq!(r, Err(AuthError::InvalidCredentials));
     }
 }

@@ -39,7 +39,11 @@ impl HttpApp {
         let mut options = HttpServerOptions::default();
         // Plain-HTTP h2 with prior knowledge, for clients that ask for it.
         options.h2c = true;
-        HttpApp { api, limits, options }
+        HttpApp {
+            api,
+            limits,
+            options,
+        }
     }
 }
 
@@ -58,7 +62,10 @@ impl ByteSource for RequestBody<'_> {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
         let too_large = StoreError::TooLarge { limit: self.limit };
         let declared = self.session.req_header().headers.get("content-length");
-        if declared.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).is_some_and(|n| n > self.limit) {
+        if declared
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > self.limit)
+        {
             return Err(too_large);
         }
         if self.expect_continue {
@@ -116,7 +123,11 @@ async fn write_response(
             while remaining > 0 {
                 let mut buf = BytesMut::with_capacity(STREAM_CHUNK.min(remaining as usize));
                 let n = reader.read_buf(&mut buf).await.map_err(|e| {
-                    pingora::Error::because(pingora::ErrorType::ReadError, "reading blob from store", e)
+                    pingora::Error::because(
+                        pingora::ErrorType::ReadError,
+                        "reading blob from store",
+                        e,
+                    )
                 })?;
                 if n == 0 {
                     return pingora::Error::e_explain(
@@ -125,7 +136,9 @@ async fn write_response(
                     );
                 }
                 remaining -= n as u64;
-                session.write_response_body(buf.freeze(), remaining == 0).await?;
+                session
+                    .write_response_body(buf.freeze(), remaining == 0)
+                    .await?;
             }
         }
     }
@@ -166,12 +179,20 @@ impl HttpServerApp for HttpApp {
                 return None;
             }
         }
-        let keepalive = if *shutdown.borrow() { None } else { Some(self.limits.keepalive_secs) };
+        let keepalive = if *shutdown.borrow() {
+            None
+        } else {
+            Some(self.limits.keepalive_secs)
+        };
         session.set_keepalive(keepalive);
         session.set_read_timeout(Some(self.limits.read_timeout));
         session.set_write_timeout(Some(self.limits.write_timeout));
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
 
+        let started = std::time::Instant::now();
         let req = request_of(&session);
         let expect_continue = req
             .header("expect")
@@ -194,7 +215,13 @@ impl HttpServerApp for HttpApp {
         if !session.is_body_done() {
             linger(&mut session, continue_pending).await;
         }
-        tracing::debug!(method = %req.method, path = %req.path, status, "request");
+        tracing::debug!(
+            method = %req.method,
+            path = %req.path,
+            status,
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        );
         let persistent = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
             Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),

@@ -82,7 +82,9 @@ impl WrongProtocol {
                 ("308 Permanent Redirect", Some(location.as_str()), "Use https:// for this port.\n")
             }
         };
-        let location = location.map(|l| format!("Location: {l}\r\n")).unwrap_or_default();
+        let location = location
+            .map(|l| format!("Location: {l}\r\n"))
+            .unwrap_or_default();
         format!(
             "HTTP/1.1 {status}\r\n{location}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
             text.len()
@@ -96,11 +98,15 @@ fn https_location(head: &[u8]) -> Option<String> {
     let mut lines = head.split("\r\n");
     let target = lines.next()?.split(' ').nth(1)?;
     let host = lines
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("host")))?
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+        })?
         .1
         .trim();
     let safe = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
-    (target.starts_with('/') && safe(target) && safe(host)).then(|| format!("https://{host}{target}"))
+    (target.starts_with('/') && safe(target) && safe(host))
+        .then(|| format!("https://{host}{target}"))
 }
 
 /// Answers and closes. Callers read what the client already sent first (`read_head`):
@@ -116,7 +122,8 @@ async fn read_head(stream: &mut Stream) -> Vec<u8> {
     let mut head = vec![0u8; 8192];
     let mut len = 0;
     while len < head.len() && !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut head[len..])).await {
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut head[len..])).await
+        {
             Ok(Ok(n)) if n > 0 => len += n,
             _ => break,
         }
@@ -127,7 +134,11 @@ async fn read_head(stream: &mut Stream) -> Vec<u8> {
 
 #[async_trait]
 impl ServerApp for Listener {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let mut first = [0u8; 1];
         match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.try_peek(&mut first)).await {
             Ok(Ok(true)) => {}
@@ -141,7 +152,8 @@ impl ServerApp for Listener {
                 let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
                     return None;
                 };
-                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(*tcp)).await;
+                let tls =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(*tcp)).await;
                 match tls {
                     Ok(Ok(tls)) => self.http.process_new(Box::new(tls), shutdown).await,
                     Ok(Err(e)) => {
@@ -180,8 +192,15 @@ mod tests {
             https_location(head).as_deref(),
             Some("https://registry.lan:5443/v2/team/app/tags/list?n=1")
         );
-        assert_eq!(https_location(b"GET /v2/ HTTP/1.1\r\n\r\n"), None, "no Host");
-        assert_eq!(https_location(b"GET http://evil/ HTTP/1.1\r\nHost: h\r\n\r\n"), None);
+        assert_eq!(
+            https_location(b"GET /v2/ HTTP/1.1\r\n\r\n"),
+            None,
+            "no Host"
+        );
+        assert_eq!(
+            https_location(b"GET http://evil/ HTTP/1.1\r\nHost: h\r\n\r\n"),
+            None
+        );
         assert_eq!(https_location(b"\x16\x03\x01"), None);
     }
 
@@ -195,7 +214,10 @@ mod tests {
             let text = wrong.response();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
             assert!(head.starts_with("HTTP/1.1 "), "{head}");
-            assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+            assert!(
+                head.contains(&format!("Content-Length: {}", body.len())),
+                "{head}"
+            );
         }
         assert!(WrongProtocol::Redirect("https://h/v2/".into())
             .response()

@@ -32,9 +32,9 @@ impl CertSet {
             return self.default.clone();
         };
         let wildcard_of = |pattern: &str| {
-            pattern.strip_prefix("*.").is_some_and(|suffix| {
-                name.split_once('.').is_some_and(|(_, rest)| rest == suffix)
-            })
+            pattern
+                .strip_prefix("*.")
+                .is_some_and(|suffix| name.split_once('.').is_some_and(|(_, rest)| rest == suffix))
         };
         self.by_name
             .iter()
@@ -97,10 +97,16 @@ fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
 }
 
 fn load_set(pairs: &[CertPair]) -> Result<CertSet, String> {
-    let mut loaded = pairs.iter().map(load_pair).collect::<Result<Vec<_>, _>>()?.into_iter();
+    let mut loaded = pairs
+        .iter()
+        .map(load_pair)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
     let (default, default_names) = loaded.next().ok_or("no certificate configured")?;
-    let mut by_name: Vec<(String, Arc<CertifiedKey>)> =
-        default_names.into_iter().map(|n| (n, default.clone())).collect();
+    let mut by_name: Vec<(String, Arc<CertifiedKey>)> = default_names
+        .into_iter()
+        .map(|n| (n, default.clone()))
+        .collect();
     for (key, names) in loaded {
         by_name.extend(names.into_iter().map(|n| (n, key.clone())));
     }
@@ -125,7 +131,11 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let set = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let set = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         Some(set.pick(hello.server_name()))
     }
 }
@@ -152,7 +162,9 @@ pub fn server_config(tls: &TlsConfig, certs: Arc<CertStore>) -> Result<Arc<Serve
             } else {
                 verifier
             };
-            builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("mTLS setup: {e}"))?)
+            builder.with_client_cert_verifier(
+                verifier.build().map_err(|e| format!("mTLS setup: {e}"))?,
+            )
         }
     };
     let mut config = builder.with_cert_resolver(certs);
@@ -195,10 +207,11 @@ mod tests {
     #[test]
     fn reads_sans_from_certificates() {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["Reg.Lan".to_string(), "10.0.0.1".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["Reg.Lan".to_string(), "10.0.0.1".to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
         assert_eq!(dns_names(cert.der()).unwrap(), ["reg.lan"]);
     }
 }

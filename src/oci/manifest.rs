@@ -77,7 +77,9 @@ pub enum ManifestError {
     Json(String),
     #[error("schemaVersion must be 2, got {0:?}")]
     SchemaVersion(Option<u32>),
-    #[error("Docker schema1 manifests are not supported; push with a current client (schema2 or OCI)")]
+    #[error(
+        "Docker schema1 manifests are not supported; push with a current client (schema2 or OCI)"
+    )]
     Schema1,
     #[error("Content-Type {header:?} disagrees with the manifest's mediaType {body:?}")]
     MediaTypeMismatch { header: String, body: String },
@@ -210,7 +212,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_manifests() {
-        assert!(matches!(parse(Some(OCI_MANIFEST), b"{not json"), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            parse(Some(OCI_MANIFEST), b"{not json"),
+            Err(ManifestError::Json(_))
+        ));
         assert!(matches!(
             parse(Some(DOCKER_SCHEMA1_SIGNED), b"{}"),
             Err(ManifestError::Schema1)
@@ -228,6 +233,9 @@ mod tests {
             Err(ManifestError::UnknownMediaType(_))
         ));
         let bad_digest = image(OCI_MANIFEST).replace(D2, "sha256:zz");
-        assert!(matches!(parse(None, bad_digest.as_bytes()), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            parse(None, bad_digest.as_bytes()),
+            Err(ManifestError::Json(_))
+        ));
     }
 }

@@ -173,7 +173,15 @@ mod tests {
         for ok in ["latest", "1.0", "_x", "v1.2.3-rc.1_b", &"a".repeat(128)] {
             assert!(Tag::parse(ok).is_ok(), "{ok:?} rejected");
         }
-        for bad in ["", "-bad", ".bad", "a/b", "a:b", "sha256:abc", &"a".repeat(129)] {
+        for bad in [
+            "",
+            "-bad",
+            ".bad",
+            "a/b",
+            "a:b",
+            "sha256:abc",
+            &"a".repeat(129),
+        ] {
             assert!(Tag::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

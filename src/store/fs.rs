@@ -195,14 +195,17 @@ impl BlobStore for FsBlobStore {
         let mut progress = session.lock().await;
         let path = self.upload_dir(id).join("data");
         let context = || "appending to upload".to_string();
-        let Some(mut file) = not_found_is_none(
-            tokio::fs::OpenOptions::new().append(true).open(&path).await,
-        )
-        .map_err(|e| StoreError::io(context(), e))?
+        let Some(mut file) =
+            not_found_is_none(tokio::fs::OpenOptions::new().append(true).open(&path).await)
+                .map_err(|e| StoreError::io(context(), e))?
         else {
             return Err(StoreError::UploadUnknown);
         };
-        let mut size = file.metadata().await.map_err(|e| StoreError::io(context(), e))?.len();
+        let mut size = file
+            .metadata()
+            .await
+            .map_err(|e| StoreError::io(context(), e))?
+            .len();
         if let Some(requested) = offset {
             if requested != size {
                 return Err(StoreError::UploadOffset { size, requested });
@@ -235,7 +238,9 @@ impl BlobStore for FsBlobStore {
             }
         };
         // Keep what arrived even if the body broke off, so the client can resume.
-        file.flush().await.map_err(|e| StoreError::io(context(), e))?;
+        file.flush()
+            .await
+            .map_err(|e| StoreError::io(context(), e))?;
         outcome.map(|()| size)
     }
 

@@ -39,7 +39,11 @@ impl RedbMetaStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path) -> Result<RedbMetaStore, StoreError> {
         let db = Database::create(path).map_err(|e| {
-            StoreError::Meta(format!("opening {}: {}", path.display(), redb::Error::from(e)))
+            StoreError::Meta(format!(
+                "opening {}: {}",
+                path.display(),
+                redb::Error::from(e)
+            ))
         })?;
         let txn = db.begin_write().map_err(meta_err)?;
         {
@@ -82,7 +86,8 @@ impl RedbMetaStore {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.run(move |db| f(&db.begin_read().map_err(meta_err)?)).await
+        self.run(move |db| f(&db.begin_read().map_err(meta_err)?))
+            .await
     }
 }
 
@@ -99,7 +104,10 @@ fn paginate(
             continue;
         }
         if items.len() == limit {
-            return Ok(Page { items, more: limit > 0 });
+            return Ok(Page {
+                items,
+                more: limit > 0,
+            });
         }
         items.push(name);
     }
@@ -108,22 +116,38 @@ fn paginate(
 
 #[async_trait]
 impl MetaStore for RedbMetaStore {
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), StoreError> {
+    async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), StoreError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |txn| {
-            txn.open_table(REPOS).map_err(meta_err)?.insert(repo.as_str(), ()).map_err(meta_err)?;
+            txn.open_table(REPOS)
+                .map_err(meta_err)?
+                .insert(repo.as_str(), ())
+                .map_err(meta_err)?;
             let mut links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
-            links.insert((repo.as_str(), digest.as_str()), size).map_err(meta_err)?;
+            links
+                .insert((repo.as_str(), digest.as_str()), size)
+                .map_err(meta_err)?;
             Ok(())
         })
         .await
     }
 
-    async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, StoreError> {
+    async fn linked_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, StoreError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.read(move |txn| {
             let links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
-            let size = links.get((repo.as_str(), digest.as_str())).map_err(meta_err)?;
+            let size = links
+                .get((repo.as_str(), digest.as_str()))
+                .map_err(meta_err)?;
             Ok(size.map(|v| v.value()))
         })
         .await
@@ -133,7 +157,9 @@ impl MetaStore for RedbMetaStore {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |txn| {
             let mut links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
-            let removed = links.remove((repo.as_str(), digest.as_str())).map_err(meta_err)?;
+            let removed = links
+                .remove((repo.as_str(), digest.as_str()))
+                .map_err(meta_err)?;
             Ok(removed.is_some())
         })
         .await
@@ -151,21 +177,31 @@ impl MetaStore for RedbMetaStore {
         let tag = tag.map(|t| t.to_string());
         let record_json = serde_json::to_vec(record).map_err(json_err)?;
         let subject = record.subject.as_ref().map(|s| s.to_string());
-        let referrer_json = referrer.map(serde_json::to_vec).transpose().map_err(json_err)?;
+        let referrer_json = referrer
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(json_err)?;
         self.write(move |txn| {
-            txn.open_table(REPOS).map_err(meta_err)?.insert(repo.as_str(), ()).map_err(meta_err)?;
+            txn.open_table(REPOS)
+                .map_err(meta_err)?
+                .insert(repo.as_str(), ())
+                .map_err(meta_err)?;
             let mut manifests = txn.open_table(MANIFESTS).map_err(meta_err)?;
             manifests
                 .insert((repo.as_str(), digest.as_str()), record_json.as_slice())
                 .map_err(meta_err)?;
             if let Some(tag) = &tag {
                 let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
-                tags.insert((repo.as_str(), tag.as_str()), digest.as_str()).map_err(meta_err)?;
+                tags.insert((repo.as_str(), tag.as_str()), digest.as_str())
+                    .map_err(meta_err)?;
             }
             if let (Some(subject), Some(json)) = (&subject, &referrer_json) {
                 let mut referrers = txn.open_table(REFERRERS).map_err(meta_err)?;
                 referrers
-                    .insert((repo.as_str(), subject.as_str(), digest.as_str()), json.as_slice())
+                    .insert(
+                        (repo.as_str(), subject.as_str(), digest.as_str()),
+                        json.as_slice(),
+                    )
                     .map_err(meta_err)?;
             }
             Ok(())
@@ -173,11 +209,17 @@ impl MetaStore for RedbMetaStore {
         .await
     }
 
-    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, StoreError> {
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, StoreError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.read(move |txn| {
             let manifests = txn.open_table(MANIFESTS).map_err(meta_err)?;
-            let found = manifests.get((repo.as_str(), digest.as_str())).map_err(meta_err)?;
+            let found = manifests
+                .get((repo.as_str(), digest.as_str()))
+                .map_err(meta_err)?;
             found
                 .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
                 .transpose()
@@ -189,7 +231,9 @@ impl MetaStore for RedbMetaStore {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |txn| {
             let mut manifests = txn.open_table(MANIFESTS).map_err(meta_err)?;
-            let Some(removed) = manifests.remove((repo.as_str(), digest.as_str())).map_err(meta_err)?
+            let Some(removed) = manifests
+                .remove((repo.as_str(), digest.as_str()))
+                .map_err(meta_err)?
             else {
                 return Ok(false);
             };
@@ -215,7 +259,8 @@ impl MetaStore for RedbMetaStore {
                 }
             }
             for tag in pointing {
-                tags.remove((repo.as_str(), tag.as_str())).map_err(meta_err)?;
+                tags.remove((repo.as_str(), tag.as_str()))
+                    .map_err(meta_err)?;
             }
             Ok(true)
         })
@@ -228,7 +273,11 @@ impl MetaStore for RedbMetaStore {
             let tags = txn.open_table(TAGS).map_err(meta_err)?;
             let found = tags.get((repo.as_str(), tag.as_str())).map_err(meta_err)?;
             found
-                .map(|v| v.value().parse().map_err(|e| StoreError::Meta(format!("corrupt tag: {e}"))))
+                .map(|v| {
+                    v.value()
+                        .parse()
+                        .map_err(|e| StoreError::Meta(format!("corrupt tag: {e}")))
+                })
                 .transpose()
         })
         .await
@@ -238,7 +287,9 @@ impl MetaStore for RedbMetaStore {
         let (repo, tag) = (repo.to_string(), tag.to_string());
         self.write(move |txn| {
             let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
-            let removed = tags.remove((repo.as_str(), tag.as_str())).map_err(meta_err)?;
+            let removed = tags
+                .remove((repo.as_str(), tag.as_str()))
+                .map_err(meta_err)?;
             Ok(removed.is_some())
         })
         .await
@@ -259,13 +310,16 @@ impl MetaStore for RedbMetaStore {
             }
             let tags = txn.open_table(TAGS).map_err(meta_err)?;
             let start = (repo.as_str(), last.as_deref().unwrap_or(""));
-            let names = tags.range(start..).map_err(meta_err)?.map_while(|entry| match entry {
-                Ok((key, _)) => {
-                    let (r, tag) = key.value();
-                    (r == repo).then(|| Ok(tag.to_string()))
-                }
-                Err(e) => Some(Err(meta_err(e))),
-            });
+            let names = tags
+                .range(start..)
+                .map_err(meta_err)?
+                .map_while(|entry| match entry {
+                    Ok((key, _)) => {
+                        let (r, tag) = key.value();
+                        (r == repo).then(|| Ok(tag.to_string()))
+                    }
+                    Err(e) => Some(Err(meta_err(e))),
+                });
             paginate(names, last.as_deref(), limit).map(Some)
         })
         .await
@@ -276,10 +330,11 @@ impl MetaStore for RedbMetaStore {
         self.read(move |txn| {
             let repos = txn.open_table(REPOS).map_err(meta_err)?;
             let start = last.as_deref().unwrap_or("");
-            let names = repos
-                .range(start..)
-                .map_err(meta_err)?
-                .map(|entry| entry.map(|(key, _)| key.value().to_string()).map_err(meta_err));
+            let names = repos.range(start..).map_err(meta_err)?.map(|entry| {
+                entry
+                    .map(|(key, _)| key.value().to_string())
+                    .map_err(meta_err)
+            });
             paginate(names, last.as_deref(), limit)
         })
         .await
@@ -294,7 +349,11 @@ impl MetaStore for RedbMetaStore {
         .await
     }
 
-    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StoreError> {
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, StoreError> {
         let (repo, subject) = (repo.to_string(), subject.to_string());
         self.read(move |txn| {
             let referrers = txn.open_table(REFERRERS).map_err(meta_err)?;

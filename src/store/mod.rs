@@ -66,7 +66,9 @@ pub enum StoreError {
     UploadUnknown,
     #[error("content has digest {actual}, but {expected} was given")]
     DigestMismatch { expected: Digest, actual: Digest },
-    #[error("chunk starts at byte {requested}, but the upload holds {size} bytes; resume at {size}")]
+    #[error(
+        "chunk starts at byte {requested}, but the upload holds {size} bytes; resume at {size}"
+    )]
     UploadOffset { size: u64, requested: u64 },
     #[error("{0}")]
     ManifestInvalid(ManifestError),
@@ -157,9 +159,18 @@ pub trait BlobStore: Send + Sync {
 #[async_trait]
 pub trait MetaStore: Send + Sync {
     /// Records that `repo` holds blob `digest` (pushed or mounted).
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), StoreError>;
+    async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), StoreError>;
     /// The size of `digest` if `repo` holds it.
-    async fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, StoreError>;
+    async fn linked_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, StoreError>;
     /// Removes the link; `false` if there was none.
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError>;
 
@@ -172,7 +183,11 @@ pub trait MetaStore: Send + Sync {
         tag: Option<&Tag>,
         referrer: Option<&Descriptor>,
     ) -> Result<(), StoreError>;
-    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, StoreError>;
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, StoreError>;
     /// Removes a manifest, every tag pointing at it and its referrers entry.
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError>;
 
@@ -190,5 +205,9 @@ pub trait MetaStore: Send + Sync {
     async fn repo_exists(&self, repo: &RepoName) -> Result<bool, StoreError>;
 
     /// Descriptors of the manifests in `repo` whose `subject` is `subject`.
-    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StoreError>;
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, StoreError>;
 }

@@ -6,7 +6,9 @@
 //!   its bytes are stored exactly as received, before the metadata that points at them,
 //!   so a tag never names a missing manifest.
 
-use super::{BlobReader, BlobStore, ByteSource, ManifestRecord, MetaStore, Page, StoreError, UploadId};
+use super::{
+    BlobReader, BlobStore, ByteSource, ManifestRecord, MetaStore, Page, StoreError, UploadId,
+};
 use crate::oci::digest::Hasher;
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Reference, RepoName};
@@ -231,7 +233,11 @@ impl Registry {
     pub async fn manifest_bytes(&self, content: &ManifestContent) -> Result<Bytes, StoreError> {
         use tokio::io::AsyncReadExt;
         let missing = || StoreError::ManifestUnknown(content.digest.to_string());
-        let mut blob = self.blobs.open(&content.digest, 0).await?.ok_or_else(missing)?;
+        let mut blob = self
+            .blobs
+            .open(&content.digest, 0)
+            .await?
+            .ok_or_else(missing)?;
         let mut bytes = Vec::with_capacity(content.size as usize);
         blob.reader
             .read_to_end(&mut bytes)
@@ -241,7 +247,11 @@ impl Registry {
     }
 
     /// Deletes a tag, or by digest the manifest with its tags and referrers entry.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), StoreError> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(), StoreError> {
         let removed = match reference {
             Reference::Tag(tag) => self.meta.delete_tag(repo, tag).await?,
             Reference::Digest(digest) => self.meta.delete_manifest(repo, digest).await?,
@@ -253,7 +263,12 @@ impl Registry {
         }
     }
 
-    pub async fn tags(&self, repo: &RepoName, last: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
         self.meta
             .list_tags(repo, last, limit)
             .await?
@@ -264,7 +279,11 @@ impl Registry {
         self.meta.list_repos(last, limit).await
     }
 
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StoreError> {
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, StoreError> {
         self.meta.referrers(repo, subject).await
     }
 }
