@@ -59,9 +59,23 @@ impl Digest {
 
     /// sha256 of `bytes`, the registry's canonical algorithm.
     pub fn sha256_of(bytes: &[u8]) -> Digest {
-        let mut hasher = Hasher::new(Algorithm::Sha256);
+        Digest::of(Algorithm::Sha256, bytes)
+    }
+
+    pub fn of(algorithm: Algorithm, bytes: &[u8]) -> Digest {
+        let mut hasher = Hasher::new(algorithm);
         hasher.update(bytes);
         hasher.finish()
+    }
+
+    /// Checks that `bytes` have this digest; on mismatch returns their actual digest.
+    pub fn verify(&self, bytes: &[u8]) -> Result<(), Digest> {
+        let actual = Digest::of(self.algorithm, bytes);
+        if actual == *self {
+            Ok(())
+        } else {
+            Err(actual)
+        }
     }
 }
 
@@ -159,6 +173,13 @@ mod tests {
     #[test]
     fn computes_sha256_of_empty_input() {
         assert_eq!(Digest::sha256_of(b"").to_string(), EMPTY_SHA256);
+    }
+
+    #[test]
+    fn verify_reports_the_actual_digest() {
+        let d = Digest::sha256_of(b"abc");
+        assert_eq!(d.verify(b"abc"), Ok(()));
+        assert_eq!(d.verify(b"abd"), Err(Digest::sha256_of(b"abd")));
     }
 
     #[test]

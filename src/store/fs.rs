@@ -138,15 +138,10 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn put_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError> {
-        let mut hasher = Hasher::new(digest.algorithm());
-        hasher.update(&bytes);
-        let actual = hasher.finish();
-        if &actual != digest {
-            return Err(StoreError::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
+        digest.verify(&bytes).map_err(|actual| StoreError::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        })?;
         let dest = self.blob_path(digest);
         let tmp = self.root.join("tmp").join(UploadId::new().as_str());
         blocking(format!("storing {digest}"), move || {

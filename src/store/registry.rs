@@ -9,7 +9,6 @@
 use super::{
     BlobReader, BlobStore, ByteSource, ManifestRecord, MetaStore, Page, StoreError, UploadId,
 };
-use crate::oci::digest::Hasher;
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Reference, RepoName};
 use bytes::Bytes;
@@ -147,16 +146,11 @@ impl Registry {
         let parsed = manifest::parse(content_type, &bytes).map_err(StoreError::ManifestInvalid)?;
         let digest = match reference {
             Reference::Digest(expected) => {
-                let mut hasher = Hasher::new(expected.algorithm());
-                hasher.update(&bytes);
-                let actual = hasher.finish();
-                if &actual != expected {
-                    return Err(StoreError::DigestMismatch {
-                        expected: expected.clone(),
-                        actual,
-                    });
-                }
-                actual
+                expected.verify(&bytes).map_err(|actual| StoreError::DigestMismatch {
+                    expected: expected.clone(),
+                    actual,
+                })?;
+                expected.clone()
             }
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
