@@ -63,9 +63,12 @@ fn ca(out: &Path) -> Result<(Issuer<'static, KeyPair>, bool), String> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    // A unique name, so a client trusting another Portcullis CA reports an unknown
+    // issuer rather than a bad signature.
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     params
         .distinguished_name
-        .push(DnType::CommonName, "Portcullis local CA");
+        .push(DnType::CommonName, format!("Portcullis local CA {id}"));
     let year = current_year();
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);

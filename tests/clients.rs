@@ -5,13 +5,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    hex_part, run_ok, run_with_timeout, sha256_digest, ImageFixture, Server, OCI_INDEX_TYPE,
-    OCI_MANIFEST_TYPE,
+    hex_part, run_ok, run_with_timeout, sha256_digest, ContainersEnv, ImageFixture, Server,
+    OCI_INDEX_TYPE, OCI_MANIFEST_TYPE,
 };
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -34,110 +33,6 @@ const SIGNATURE_LAYER_TYPE: &str = "application/vnd.example.signature.payload.v1
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A private containers configuration (registries.conf, policy, auth file,
-/// storage) so skopeo and podman never read or write the user's own config.
-struct ContainersEnv {
-    dir: tempfile::TempDir,
-}
-
-impl ContainersEnv {
-    fn new() -> ContainersEnv {
-        let dir = tempfile::Builder::new()
-            .prefix("portcullis-containers-")
-            .tempdir()
-            .expect("create containers env dir");
-        let p = dir.path();
-        for sub in [
-            "home",
-            "xdg-config/containers",
-            "xdg-data",
-            "xdg-runtime",
-            "registries.d",
-            "tmp",
-            "podman/root",
-            "podman/runroot",
-            "podman/tmp",
-            "podman/net",
-        ] {
-            fs::create_dir_all(p.join(sub)).expect("create containers env subdir");
-        }
-        fs::write(
-            p.join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )
-        .unwrap();
-        let policy = r#"{"default":[{"type":"insecureAcceptAnything"}]}"#;
-        fs::write(p.join("policy.json"), policy).unwrap();
-        fs::write(p.join("xdg-config/containers/policy.json"), policy).unwrap();
-        fs::write(p.join("auth.json"), r#"{"auths":{}}"#).unwrap();
-        fs::write(p.join("containers.conf"), "").unwrap();
-        fs::write(
-            p.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-                p.join("podman/root").display(),
-                p.join("podman/runroot").display()
-            ),
-        )
-        .unwrap();
-        ContainersEnv { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
-            .env("XDG_DATA_HOME", self.path("xdg-data"))
-            .env("XDG_RUNTIME_DIR", self.path("xdg-runtime"))
-            .env("TMPDIR", self.path("tmp"))
-            .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
-            .env("REGISTRIES_CONFIG_PATH", self.path("registries.conf"))
-            .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
-            .env("CONTAINERS_CONF", self.path("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"));
-        for proxy in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
-            cmd.env_remove(proxy);
-        }
-        cmd
-    }
-
-    /// `skopeo --policy P --registries.d D ARGS...`
-    fn skopeo(&self, args: &[&str]) -> Command {
-        let mut cmd = self.command("skopeo");
-        cmd.arg("--policy")
-            .arg(self.path("policy.json"))
-            .arg("--registries.d")
-            .arg(self.path("registries.d"))
-            .args(args);
-        cmd
-    }
-
-    /// `podman` with private storage and headless-friendly settings.
-    fn podman(&self, args: &[&str]) -> Command {
-        let mut cmd = self.command("podman");
-        cmd.arg("--root")
-            .arg(self.path("podman/root"))
-            .arg("--runroot")
-            .arg(self.path("podman/runroot"))
-            .arg("--tmpdir")
-            .arg(self.path("podman/tmp"))
-            .arg("--network-config-dir")
-            .arg(self.path("podman/net"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager=cgroupfs",
-                "--events-backend=file",
-            ])
-            .args(args);
-        cmd
-    }
-}
 
 /// Pushes the fixture image to `docker://HOST/<repo_tag>` with skopeo.
 fn skopeo_push(env: &ContainersEnv, img: &ImageFixture, server: &Server, repo_tag: &str) {

@@ -3,7 +3,8 @@
 //! Basic auth against an htpasswd file. bcrypt is slow on purpose (tens of ms), so a
 //! successful check is cached for a short time, keyed by a salted hash of the
 //! credentials, and checks run on the blocking pool. Failures are counted per client
-//! address and per user name; past the limit, requests get 429 without a bcrypt check.
+//! address and per user name; past the limit, requests get 429 without a bcrypt check,
+//! except logins verified within the cache TTL: a guesser must not lock out active users.
 //! Wrong user and wrong password look the same from outside: same answer, and an
 //! unknown user costs a decoy bcrypt check of the file's cost.
 

@@ -36,7 +36,11 @@ static PORTS_IN_USE: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 /// A running `portcullis serve` child process.
 pub struct Server {
     child: Child,
+    /// The plain-HTTP port (for [`Server::start_with_config`] without a plain
+    /// listener: the TLS port).
     port: u16,
+    /// The TLS port of a server started with [`Server::start_with_config`].
+    tls_port: Option<u16>,
     data_dir: PathBuf,
     log_path: PathBuf,
     /// Holds the log file (and, for [`Server::start`], the data directory).
@@ -96,6 +100,7 @@ impl Server {
                         return Server {
                             child,
                             port,
+                            tls_port: None,
                             data_dir,
                             log_path,
                             _scratch: scratch,
@@ -161,7 +166,7 @@ impl Drop for Server {
         PORTS_IN_USE
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| *p != self.port);
+            .retain(|p| *p != self.port && Some(*p) != self.tls_port);
     }
 }
 
@@ -540,5 +545,288 @@ fn write_random_file(path: &Path, size: usize) {
         random.read_exact(&mut buf[..n]).expect("read /dev/urandom");
         out.write_all(&buf[..n]).expect("write random file");
         left -= n;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Servers started from a configuration file (TLS, authentication, limits)
+// ---------------------------------------------------------------------------
+
+/// Placeholder for the plain-HTTP port in [`Server::start_with_config`] texts.
+#[allow(dead_code)]
+pub const PLAIN_PORT: &str = "{PLAIN_PORT}";
+/// Placeholder for the TLS port in [`Server::start_with_config`] texts.
+#[allow(dead_code)]
+pub const TLS_PORT: &str = "{TLS_PORT}";
+/// Placeholder for the (absolute) directory given to [`Server::start_with_config`].
+#[allow(dead_code)]
+pub const DIR: &str = "{DIR}";
+
+/// The `portcullis` binary under test, as a command to add arguments to.
+#[allow(dead_code)]
+pub fn portcullis() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PORTCULLIS_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+#[allow(dead_code)]
+impl Server {
+    /// Starts `portcullis serve --config DIR/portcullis.toml --data DIR/data` with the
+    /// working directory `dir` (so relative paths in the config, such as
+    /// `certs/server.crt`, resolve inside it). Before writing the file, `{PLAIN_PORT}`
+    /// and `{TLS_PORT}` are replaced with free loopback ports and `{DIR}` with `dir`.
+    /// The text must use at least one of the port placeholders.
+    ///
+    /// Ready means every configured port gives an HTTP answer to `GET /v2/` of any
+    /// status: 200, or 401 with authentication on, and on a TLS port the 400 (or 308)
+    /// a plain request gets there. The data directory belongs to `dir`, so a later
+    /// server started on the same `dir` sees the same content.
+    pub fn start_with_config(config: &str, dir: &Path) -> Server {
+        let uses_plain = config.contains(PLAIN_PORT);
+        let uses_tls = config.contains(TLS_PORT);
+        assert!(
+            uses_plain || uses_tls,
+            "the config must listen on {PLAIN_PORT} and/or {TLS_PORT}:\n{config}"
+        );
+        let dir = dir
+            .canonicalize()
+            .unwrap_or_else(|e| panic!("config dir {}: {e}", dir.display()));
+        let data_dir = dir.join("data");
+        fs::create_dir_all(&data_dir).expect("create data dir");
+        let config_path = dir.join("portcullis.toml");
+        let scratch = scratch_dir("portcullis-server-");
+        let deadline = Instant::now() + READY_BUDGET;
+        let mut failures = Vec::new();
+        for attempt in 1..=MAX_START_ATTEMPTS {
+            let plain = uses_plain.then(free_port);
+            let tls = uses_tls.then(free_port);
+            let port_text = |p: Option<u16>| p.map_or_else(String::new, |p| p.to_string());
+            let text = config
+                .replace(PLAIN_PORT, &port_text(plain))
+                .replace(TLS_PORT, &port_text(tls))
+                .replace(DIR, &dir.display().to_string());
+            fs::write(&config_path, &text).expect("write config file");
+            let log_path = scratch.path().join(format!("server-{attempt}.log"));
+            let log = File::create(&log_path).expect("create server log file");
+            let log_out = log.try_clone().expect("clone server log handle");
+            let mut child = portcullis()
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                .arg("--data")
+                .arg(&data_dir)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log_out))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("spawn portcullis binary");
+            let ports: Vec<u16> = plain.into_iter().chain(tls).collect();
+            let release = |ports: &[u16]| {
+                PORTS_IN_USE
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|p| !ports.contains(p));
+            };
+
+            loop {
+                if let Some(status) = child.try_wait().expect("poll server process") {
+                    failures.push(format!(
+                        "attempt {attempt} (ports {ports:?}): exited with {status} before becoming ready; \
+                         config:\n{text}\nlog:\n{}",
+                        log_tail(&log_path)
+                    ));
+                    release(&ports);
+                    break;
+                }
+                if ports.iter().all(|p| probe_v2(*p).is_some()) {
+                    // Make sure it is *our* child that answered, not a stranger.
+                    thread::sleep(POLL_INTERVAL);
+                    if child.try_wait().expect("poll server process").is_none() {
+                        return Server {
+                            child,
+                            port: plain.or(tls).expect("a port"),
+                            tls_port: tls,
+                            data_dir,
+                            log_path,
+                            _scratch: scratch,
+                        };
+                    }
+                    continue;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    release(&ports);
+                    panic!(
+                        "portcullis did not answer on ports {ports:?} within {READY_BUDGET:?}\n\
+                         config:\n{text}\nearlier attempts: {failures:#?}\nserver log:\n{}",
+                        log_tail(&log_path)
+                    );
+                }
+                thread::sleep(POLL_INTERVAL);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        panic!(
+            "portcullis failed to start after {} attempt(s):\n{}",
+            failures.len(),
+            failures.join("\n---\n")
+        );
+    }
+
+    /// Process id of the server, e.g. for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGHUP (re-read certificates and the htpasswd file).
+    pub fn sighup(&self) {
+        let out = run_with_timeout(
+            Command::new("kill").arg("-HUP").arg(self.pid().to_string()),
+            Duration::from_secs(10),
+        );
+        assert!(
+            out.status.success(),
+            "kill -HUP {} failed ({}): {}",
+            self.pid(),
+            out.status,
+            out.stderr
+        );
+    }
+
+    /// The TLS port; panics for a server without one.
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("this server has no TLS listener")
+    }
+
+    /// `localhost:TLS_PORT`, a name the generated server certificate covers.
+    pub fn tls_host_port(&self) -> String {
+        format!("localhost:{}", self.tls_port())
+    }
+
+    /// `https://localhost:TLS_PORT`
+    pub fn tls_url(&self) -> String {
+        format!("https://{}", self.tls_host_port())
+    }
+
+    /// The plain-HTTP port (the TLS port for a server without plain listener).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Private containers environment for skopeo and podman
+// ---------------------------------------------------------------------------
+
+/// A private containers configuration (registries.conf, policy, auth file,
+/// storage) so skopeo and podman never read or write the user's own config.
+pub struct ContainersEnv {
+    dir: tempfile::TempDir,
+}
+
+impl ContainersEnv {
+    pub fn new() -> ContainersEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-containers-")
+            .tempdir()
+            .expect("create containers env dir");
+        let p = dir.path();
+        for sub in [
+            "home",
+            "xdg-config/containers",
+            "xdg-data",
+            "xdg-runtime",
+            "registries.d",
+            "tmp",
+            "podman/root",
+            "podman/runroot",
+            "podman/tmp",
+            "podman/net",
+        ] {
+            fs::create_dir_all(p.join(sub)).expect("create containers env subdir");
+        }
+        fs::write(
+            p.join("registries.conf"),
+            "unqualified-search-registries = []\n",
+        )
+        .unwrap();
+        let policy = r#"{"default":[{"type":"insecureAcceptAnything"}]}"#;
+        fs::write(p.join("policy.json"), policy).unwrap();
+        fs::write(p.join("xdg-config/containers/policy.json"), policy).unwrap();
+        fs::write(p.join("auth.json"), r#"{"auths":{}}"#).unwrap();
+        fs::write(p.join("containers.conf"), "").unwrap();
+        fs::write(
+            p.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                p.join("podman/root").display(),
+                p.join("podman/runroot").display()
+            ),
+        )
+        .unwrap();
+        ContainersEnv { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("HOME", self.path("home"))
+            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
+            .env("XDG_DATA_HOME", self.path("xdg-data"))
+            .env("XDG_RUNTIME_DIR", self.path("xdg-runtime"))
+            .env("TMPDIR", self.path("tmp"))
+            .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
+            .env("REGISTRIES_CONFIG_PATH", self.path("registries.conf"))
+            .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
+            .env("CONTAINERS_CONF", self.path("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"));
+        for proxy in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+            cmd.env_remove(proxy);
+        }
+        cmd
+    }
+
+    /// `skopeo --policy P --registries.d D ARGS...`
+    pub fn skopeo(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command("skopeo");
+        cmd.arg("--policy")
+            .arg(self.path("policy.json"))
+            .arg("--registries.d")
+            .arg(self.path("registries.d"))
+            .args(args);
+        cmd
+    }
+
+    /// `podman` with private storage and headless-friendly settings.
+    pub fn podman(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command("podman");
+        cmd.arg("--root")
+            .arg(self.path("podman/root"))
+            .arg("--runroot")
+            .arg(self.path("podman/runroot"))
+            .arg("--tmpdir")
+            .arg(self.path("podman/tmp"))
+            .arg("--network-config-dir")
+            .arg(self.path("podman/net"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=file",
+            ])
+            .args(args);
+        cmd
     }
 }
