@@ -9,10 +9,9 @@ use crate::oci::digest::{Algorithm, Hasher};
 use crate::oci::{Digest, RepoName};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// Running sha256 of an upload's bytes so far, so finishing needs no second read.
@@ -25,9 +24,15 @@ struct HashProgress {
 /// Per-session state; its async mutex also serialises concurrent PATCHes to one session.
 type Session = Arc<tokio::sync::Mutex<Option<HashProgress>>>;
 
+/// Sessions idle this long lose their in-memory hash progress (bounding memory for
+/// abandoned uploads); their bytes stay on disk and are hashed again if they finish.
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// At most this many sessions keep hash progress in memory at once.
+const MAX_TRACKED_SESSIONS: u64 = 100_000;
+
 pub struct FsBlobStore {
     root: PathBuf,
-    sessions: Mutex<HashMap<UploadId, Session>>,
+    sessions: moka::sync::Cache<UploadId, Session>,
 }
 
 impl FsBlobStore {
@@ -40,7 +45,10 @@ impl FsBlobStore {
         }
         Ok(FsBlobStore {
             root: root.to_path_buf(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(MAX_TRACKED_SESSIONS)
+                .time_to_idle(SESSION_IDLE)
+                .build(),
         })
     }
 
@@ -58,13 +66,11 @@ impl FsBlobStore {
     }
 
     fn session(&self, id: &UploadId) -> Session {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.entry(id.clone()).or_default().clone()
+        self.sessions.get_with(id.clone(), Session::default)
     }
 
     fn forget_session(&self, id: &UploadId) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.remove(id);
+        self.sessions.invalidate(id);
     }
 }
 
