@@ -21,6 +21,9 @@ use tokio::io::AsyncReadExt;
 
 /// Bytes read from the store per response chunk: bounds memory per connection.
 const STREAM_CHUNK: usize = 256 * 1024;
+/// Chunks read ahead of the network, so the disk read of the next chunk overlaps
+/// sending this one. Memory per download stays at a few `STREAM_CHUNK`s.
+const READ_AHEAD: usize = 1;
 /// After answering a request whose body was not read (refused early), keep reading and
 /// discarding it for at most this long and this many bytes before closing: closing with
 /// unread data makes the kernel reset the connection, and a client still sending its
@@ -98,6 +101,37 @@ fn request_of(session: &ServerSession) -> Request {
     }
 }
 
+/// Reads `len` bytes from `reader` in a task of its own, `READ_AHEAD` chunks ahead of
+/// the consumer. The task stops when the consumer goes away (client disconnected).
+fn read_ahead(
+    mut reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+    len: u64,
+) -> tokio::sync::mpsc::Receiver<std::io::Result<Bytes>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let mut remaining = len;
+        while remaining > 0 {
+            let mut buf = BytesMut::with_capacity(STREAM_CHUNK.min(remaining as usize));
+            let chunk = match reader.read_buf(&mut buf).await {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "blob ended before its recorded size",
+                )),
+                Ok(n) => {
+                    remaining -= n as u64;
+                    Ok(buf.freeze())
+                }
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            if sender.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
 /// Writes status, headers and body. An error means the connection is unusable.
 async fn write_response(
     session: &mut ServerSession,
@@ -118,27 +152,28 @@ async fn write_response(
         Body::Bytes(_) if head => {}
         Body::Bytes(bytes) => session.write_response_body(bytes, true).await?,
         Body::Stream { .. } if head => {}
-        Body::Stream { mut reader, len } => {
+        Body::Stream { reader, len } => {
+            let mut chunks = read_ahead(reader, len);
             let mut remaining = len;
             while remaining > 0 {
-                let mut buf = BytesMut::with_capacity(STREAM_CHUNK.min(remaining as usize));
-                let n = reader.read_buf(&mut buf).await.map_err(|e| {
-                    pingora::Error::because(
-                        pingora::ErrorType::ReadError,
-                        "reading blob from store",
-                        e,
-                    )
-                })?;
-                if n == 0 {
-                    return pingora::Error::e_explain(
-                        pingora::ErrorType::ReadError,
-                        "blob ended before its recorded size",
-                    );
-                }
-                remaining -= n as u64;
-                session
-                    .write_response_body(buf.freeze(), remaining == 0)
-                    .await?;
+                let chunk = match chunks.recv().await {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(e)) => {
+                        return Err(pingora::Error::because(
+                            pingora::ErrorType::ReadError,
+                            "reading blob from store",
+                            e,
+                        ))
+                    }
+                    None => {
+                        return pingora::Error::e_explain(
+                            pingora::ErrorType::ReadError,
+                            "blob reader stopped early",
+                        )
+                    }
+                };
+                remaining -= chunk.len() as u64;
+                session.write_response_body(chunk, remaining == 0).await?;
             }
         }
     }

@@ -8,11 +8,72 @@ use super::{BlobReader, BlobStore, ByteSource, StoreError, UploadId};
 use crate::oci::digest::{Algorithm, Hasher};
 use crate::oci::{Digest, RepoName};
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncSeekExt;
+
+/// Uploads are written in batches of this size, each on the blocking pool while the
+/// next batch arrives from the network.
+const WRITE_BATCH: usize = 1 << 20;
+/// During an upload, written data is flushed to disk every this many bytes, so the
+/// fsync that completes the upload has little left to do.
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
+/// A file written one batch at a time on the blocking pool, one batch in flight:
+/// the caller prepares the next batch while the previous one is written.
+struct PipelinedWriter {
+    idle: Option<std::fs::File>,
+    in_flight: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>>,
+    unsynced: u64,
+}
+
+impl PipelinedWriter {
+    fn new(file: std::fs::File) -> PipelinedWriter {
+        PipelinedWriter {
+            idle: Some(file),
+            in_flight: None,
+            unsynced: 0,
+        }
+    }
+
+    /// Waits for the batch in flight and takes the file back.
+    async fn file(&mut self) -> std::io::Result<std::fs::File> {
+        if let Some(task) = self.in_flight.take() {
+            let (file, result) = task.await.map_err(std::io::Error::other)?;
+            self.idle = Some(file);
+            result?;
+        }
+        self.idle
+            .take()
+            .ok_or_else(|| std::io::Error::other("upload file lost after a failed write"))
+    }
+
+    async fn write(&mut self, batch: Bytes) -> std::io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut file = self.file().await?;
+        self.unsynced += batch.len() as u64;
+        let sync = self.unsynced >= WRITEBACK_EVERY;
+        if sync {
+            self.unsynced = 0;
+        }
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let result =
+                file.write_all(&batch)
+                    .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+            (file, result)
+        }));
+        Ok(())
+    }
+
+    /// Waits until every batch is written.
+    async fn finish(mut self) -> std::io::Result<()> {
+        self.file().await.map(drop)
+    }
+}
 
 /// Running sha256 of an upload's bytes so far, so finishing needs no second read.
 /// Lost on restart; then the file is hashed again when the upload finishes.
@@ -144,10 +205,12 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn put_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError> {
-        digest.verify(&bytes).map_err(|actual| StoreError::DigestMismatch {
-            expected: digest.clone(),
-            actual,
-        })?;
+        digest
+            .verify(&bytes)
+            .map_err(|actual| StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            })?;
         let dest = self.blob_path(digest);
         let tmp = self.root.join("tmp").join(UploadId::new().as_str());
         blocking(format!("storing {digest}"), move || {
@@ -196,7 +259,7 @@ impl BlobStore for FsBlobStore {
         let mut progress = session.lock().await;
         let path = self.upload_dir(id).join("data");
         let context = || "appending to upload".to_string();
-        let Some(mut file) =
+        let Some(file) =
             not_found_is_none(tokio::fs::OpenOptions::new().append(true).open(&path).await)
                 .map_err(|e| StoreError::io(context(), e))?
         else {
@@ -218,31 +281,46 @@ impl BlobStore for FsBlobStore {
                 hashed: 0,
             });
         }
-        let outcome = loop {
+        let mut writer = PipelinedWriter::new(file.into_std().await);
+        let mut batch = BytesMut::new();
+        // The body's own outcome (complete, or broken off by the client).
+        let mut body_outcome = Ok(());
+        let mut written = Ok(());
+        while written.is_ok() {
             let chunk = match body.next_chunk().await {
                 Ok(Some(chunk)) => chunk,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+                Ok(None) => break,
+                Err(e) => {
+                    body_outcome = Err(e);
+                    break;
+                }
             };
-            if let Err(e) = file.write_all(&chunk).await {
-                // The file may now hold part of this chunk: hash it again at the end.
-                *progress = None;
-                break Err(StoreError::io(context(), e));
-            }
-            size += chunk.len() as u64;
             match progress.as_mut() {
-                Some(p) if p.hashed + chunk.len() as u64 == size => {
+                Some(p) if p.hashed == size => {
                     p.hasher.update(&chunk);
-                    p.hashed = size;
+                    p.hashed += chunk.len() as u64;
                 }
                 _ => *progress = None,
             }
-        };
+            size += chunk.len() as u64;
+            batch.extend_from_slice(&chunk);
+            if batch.len() >= WRITE_BATCH {
+                written = writer.write(batch.split().freeze()).await;
+            }
+        }
         // Keep what arrived even if the body broke off, so the client can resume.
-        file.flush()
-            .await
-            .map_err(|e| StoreError::io(context(), e))?;
-        outcome.map(|()| size)
+        if written.is_ok() {
+            written = writer.write(batch.freeze()).await;
+        }
+        if written.is_ok() {
+            written = writer.finish().await;
+        }
+        if let Err(e) = written {
+            // The file may hold part of a batch: hash it again when the upload finishes.
+            *progress = None;
+            return Err(StoreError::io(context(), e));
+        }
+        body_outcome.map(|()| size)
     }
 
     async fn upload_finish(&self, id: &UploadId, expected: &Digest) -> Result<u64, StoreError> {

@@ -146,10 +146,12 @@ impl Registry {
         let parsed = manifest::parse(content_type, &bytes).map_err(StoreError::ManifestInvalid)?;
         let digest = match reference {
             Reference::Digest(expected) => {
-                expected.verify(&bytes).map_err(|actual| StoreError::DigestMismatch {
-                    expected: expected.clone(),
-                    actual,
-                })?;
+                expected
+                    .verify(&bytes)
+                    .map_err(|actual| StoreError::DigestMismatch {
+                        expected: expected.clone(),
+                        actual,
+                    })?;
                 expected.clone()
             }
             Reference::Tag(_) => Digest::sha256_of(&bytes),
