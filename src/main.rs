@@ -95,7 +95,19 @@ enum HtpasswdAction {
     List { file: PathBuf },
 }
 
+/// glibc gives threads that allocate their own malloc arenas, up to 8 per core; with
+/// pingora's workers and the blocking pool that makes resident memory climb in steps
+/// that are never returned. Two arenas keep it flat under load at no measurable cost.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() {
+    limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

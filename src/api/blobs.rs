@@ -4,7 +4,6 @@ use super::range::{parse_range, RangeRequest};
 use super::{ApiError, Body, ErrorCode, Request, Response};
 use crate::oci::{Digest, RepoName};
 use crate::store::Registry;
-use tokio::io::AsyncReadExt;
 
 /// Spec: "GET /v2/<name>/blobs/<digest>" returns 200 with the blob, or 206 for a
 /// satisfiable `Range`; HEAD answers with the same headers and no body.
@@ -32,11 +31,8 @@ pub async fn get(
         .with_header("Content-Range", format!("bytes */{size}"))),
         RangeRequest::Whole if req.is_head() => Ok(response.body(Body::HeadOf(size))),
         RangeRequest::Whole => {
-            let blob = registry.open_blob(name, digest, 0).await?;
-            Ok(response.body(Body::Stream {
-                reader: blob.reader,
-                len: size,
-            }))
+            let source = registry.open_blob(name, digest, 0, size).await?;
+            Ok(response.body(Body::Stream { source, len: size }))
         }
         RangeRequest::Partial(r) => {
             let mut response = response.header(
@@ -47,10 +43,9 @@ pub async fn get(
             if req.is_head() {
                 return Ok(response.body(Body::HeadOf(r.len())));
             }
-            let blob = registry.open_blob(name, digest, r.start).await?;
-            let reader = Box::pin(blob.reader.take(r.len()));
+            let source = registry.open_blob(name, digest, r.start, r.len()).await?;
             Ok(response.body(Body::Stream {
-                reader,
+                source,
                 len: r.len(),
             }))
         }

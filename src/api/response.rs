@@ -1,9 +1,8 @@
 //! The request and response shapes handlers see: plain data, no server types, so the
 //! edge can change without touching handlers.
 
+use crate::store::ByteSource;
 use bytes::Bytes;
-use std::pin::Pin;
-use tokio::io::AsyncRead;
 
 /// A request as handlers see it; the body arrives separately as a `ByteSource`.
 pub struct Request {
@@ -29,7 +28,7 @@ pub enum Body {
     Bytes(Bytes),
     /// A streamed blob (or a range of it) of exactly `len` bytes.
     Stream {
-        reader: Pin<Box<dyn AsyncRead + Send>>,
+        source: Box<dyn ByteSource>,
         len: u64,
     },
     /// The answer to a HEAD: no bytes, but `Content-Length` says what a GET would send.

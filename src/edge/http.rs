@@ -10,19 +10,16 @@ use crate::api::{Api, Body, Request, Response};
 use crate::config::Limits;
 use crate::store::{ByteSource, StoreError};
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
-/// Bytes read from the store per response chunk: bounds memory per connection.
-const STREAM_CHUNK: usize = 256 * 1024;
 /// Chunks read ahead of the network, so the disk read of the next chunk overlaps
-/// sending this one. Memory per download stays at a few `STREAM_CHUNK`s.
+/// sending this one. Memory per download stays at a few store chunks.
 const READ_AHEAD: usize = 1;
 /// After answering a request whose body was not read (refused early), keep reading and
 /// discarding it for at most this long and this many bytes before closing: closing with
@@ -101,26 +98,17 @@ fn request_of(session: &ServerSession) -> Request {
     }
 }
 
-/// Reads `len` bytes from `reader` in a task of its own, `READ_AHEAD` chunks ahead of
-/// the consumer. The task stops when the consumer goes away (client disconnected).
+/// Reads a blob's chunks in a task of its own, `READ_AHEAD` chunks ahead of the
+/// consumer. The task stops when the consumer goes away (client disconnected).
 fn read_ahead(
-    mut reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
-    len: u64,
-) -> tokio::sync::mpsc::Receiver<std::io::Result<Bytes>> {
+    mut source: Box<dyn ByteSource>,
+) -> tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
-        let mut remaining = len;
-        while remaining > 0 {
-            let mut buf = BytesMut::with_capacity(STREAM_CHUNK.min(remaining as usize));
-            let chunk = match reader.read_buf(&mut buf).await {
-                Ok(0) => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "blob ended before its recorded size",
-                )),
-                Ok(n) => {
-                    remaining -= n as u64;
-                    Ok(buf.freeze())
-                }
+        loop {
+            let chunk = match source.next_chunk().await {
+                Ok(Some(chunk)) => Ok(chunk),
+                Ok(None) => return,
                 Err(e) => Err(e),
             };
             let failed = chunk.is_err();
@@ -152,8 +140,8 @@ async fn write_response(
         Body::Bytes(_) if head => {}
         Body::Bytes(bytes) => session.write_response_body(bytes, true).await?,
         Body::Stream { .. } if head => {}
-        Body::Stream { reader, len } => {
-            let mut chunks = read_ahead(reader, len);
+        Body::Stream { source, len } => {
+            let mut chunks = read_ahead(source);
             let mut remaining = len;
             while remaining > 0 {
                 let chunk = match chunks.recv().await {

@@ -18,8 +18,6 @@ use crate::oci::manifest::{Descriptor, ManifestError};
 use crate::oci::{Digest, RepoName, Tag};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::pin::Pin;
-use tokio::io::AsyncRead;
 
 /// An upload session id: a UUID, validated before it names a directory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -40,18 +38,12 @@ impl UploadId {
     }
 }
 
-/// A stream of request-body bytes handed to the store. The edge implements it over
-/// the client connection, so uploads stream to disk without being buffered.
+/// Bytes arriving in chunks: request bodies into the store (the edge implements it over
+/// the client connection) and blobs out of it, so neither is ever buffered whole.
 #[async_trait]
 pub trait ByteSource: Send {
-    /// The next chunk, or `None` at the end of the body.
+    /// The next chunk, or `None` at the end.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError>;
-}
-
-/// A blob opened for reading at some offset.
-pub struct BlobReader {
-    /// Bytes from the requested offset to the end.
-    pub reader: Pin<Box<dyn AsyncRead + Send>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +116,16 @@ pub trait BlobStore: Send + Sync {
     /// The size of a stored blob, or `None` if absent.
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, StoreError>;
 
-    /// Opens a blob positioned at `offset`, or `None` if absent.
-    async fn open(&self, digest: &Digest, offset: u64) -> Result<Option<BlobReader>, StoreError>;
+    /// Opens `len` bytes of a blob from `offset` (within its size), or `None` if absent.
+    async fn open(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Box<dyn ByteSource>>, StoreError>;
+
+    /// A whole small blob (a manifest) in memory, or `None` if absent.
+    async fn read_all(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError>;
 
     /// Stores small content already in memory (manifests), verified against `digest`.
     async fn put_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), StoreError>;

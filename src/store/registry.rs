@@ -6,17 +6,20 @@
 //!   its bytes are stored exactly as received, before the metadata that points at them,
 //!   so a tag never names a missing manifest.
 
-use super::{
-    BlobReader, BlobStore, ByteSource, ManifestRecord, MetaStore, Page, StoreError, UploadId,
-};
+use super::{BlobStore, ByteSource, ManifestRecord, MetaStore, Page, StoreError, UploadId};
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Reference, RepoName};
 use bytes::Bytes;
 use std::sync::Arc;
 
+/// Bytes of recently served manifests kept in memory. Content addressing makes them
+/// immutable, and access is checked in the metadata before the cache is consulted.
+const MANIFEST_CACHE_BYTES: u64 = 16 << 20;
+
 pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     meta: Arc<dyn MetaStore>,
+    manifest_cache: moka::sync::Cache<Digest, Bytes>,
 }
 
 /// A manifest as served: its digest, media type and exact bytes (or just its size for HEAD).
@@ -33,7 +36,14 @@ pub struct PutManifestOutcome {
 
 impl Registry {
     pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetaStore>) -> Registry {
-        Registry { blobs, meta }
+        Registry {
+            blobs,
+            meta,
+            manifest_cache: moka::sync::Cache::builder()
+                .max_capacity(MANIFEST_CACHE_BYTES)
+                .weigher(|_, bytes: &Bytes| u32::try_from(bytes.len()).unwrap_or(u32::MAX))
+                .build(),
+        }
     }
 
     /// The size of a blob `repo` may serve.
@@ -44,16 +54,17 @@ impl Registry {
         }
     }
 
-    /// Opens a blob of `repo` at `offset`.
+    /// Opens `len` bytes from `offset` of a blob `repo` holds.
     pub async fn open_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         offset: u64,
-    ) -> Result<BlobReader, StoreError> {
+        len: u64,
+    ) -> Result<Box<dyn ByteSource>, StoreError> {
         self.blob_size(repo, digest).await?;
         self.blobs
-            .open(digest, offset)
+            .open(digest, offset, len)
             .await?
             .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))
     }
@@ -227,19 +238,17 @@ impl Registry {
 
     /// The exact bytes of a manifest found with [`Registry::manifest`].
     pub async fn manifest_bytes(&self, content: &ManifestContent) -> Result<Bytes, StoreError> {
-        use tokio::io::AsyncReadExt;
-        let missing = || StoreError::ManifestUnknown(content.digest.to_string());
-        let mut blob = self
+        if let Some(bytes) = self.manifest_cache.get(&content.digest) {
+            return Ok(bytes);
+        }
+        let bytes = self
             .blobs
-            .open(&content.digest, 0)
+            .read_all(&content.digest)
             .await?
-            .ok_or_else(missing)?;
-        let mut bytes = Vec::with_capacity(content.size as usize);
-        blob.reader
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| StoreError::io(format!("reading manifest {}", content.digest), e))?;
-        Ok(Bytes::from(bytes))
+            .ok_or_else(|| StoreError::ManifestUnknown(content.digest.to_string()))?;
+        self.manifest_cache
+            .insert(content.digest.clone(), bytes.clone());
+        Ok(bytes)
     }
 
     /// Deletes a tag, or by digest the manifest with its tags and referrers entry.
