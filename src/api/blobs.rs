@@ -22,7 +22,9 @@ pub async fn get(
         .header("Content-Type", "application/octet-stream")
         .header("Docker-Content-Digest", digest.to_string())
         .header("Accept-Ranges", "bytes")
-        .header("ETag", format!("\"{digest}\""));
+        .header("ETag", format!("\"{digest}\""))
+        // Content-addressed: the bytes behind a digest never change.
+        .header("Cache-Control", "max-age=31536000");
     match range {
         RangeRequest::Unsatisfiable => Err(ApiError::new(
             ErrorCode::RangeInvalid,
