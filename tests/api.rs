@@ -52,9 +52,11 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn hdr(resp: &Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().expect("header value is not visible ASCII").to_string())
+    resp.headers().get(name).map(|v| {
+        v.to_str()
+            .expect("header value is not visible ASCII")
+            .to_string()
+    })
 }
 
 fn must_hdr(resp: &Response, name: &str) -> String {
@@ -90,8 +92,12 @@ fn range_end(v: &str) -> i64 {
 /// Extract the `rel="next"` target of a `Link` header.
 fn next_link(resp: &Response) -> Option<String> {
     let v = hdr(resp, "link")?;
-    let start = v.find('<').unwrap_or_else(|| panic!("malformed Link header {v:?}"));
-    let end = v.find('>').unwrap_or_else(|| panic!("malformed Link header {v:?}"));
+    let start = v
+        .find('<')
+        .unwrap_or_else(|| panic!("malformed Link header {v:?}"));
+    let end = v
+        .find('>')
+        .unwrap_or_else(|| panic!("malformed Link header {v:?}"));
     assert!(
         v[end..].contains("rel=\"next\"") || v[end..].contains("rel=next"),
         "Link header without rel=\"next\": {v:?}"
@@ -129,7 +135,10 @@ async fn expect_error(resp: Response, status: u16, codes: &[&str], what: &str) -
     let st = resp.status().as_u16();
     let url = resp.url().clone();
     let body = resp.text().await.expect("read error body");
-    assert_eq!(st, status, "{what}: {url}: expected {status}, got {st}; body: {body}");
+    assert_eq!(
+        st, status,
+        "{what}: {url}: expected {status}, got {st}; body: {body}"
+    );
     let v: Value = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("{what}: {url}: error body is not JSON ({e}): {body:?}"));
     let errs = v["errors"]
@@ -382,7 +391,10 @@ impl RawConn {
         let status_line = self.read_line().await;
         let mut parts = status_line.splitn(3, ' ');
         let version = parts.next().unwrap_or_default();
-        assert!(version.starts_with("HTTP/1."), "bad status line {status_line:?}");
+        assert!(
+            version.starts_with("HTTP/1."),
+            "bad status line {status_line:?}"
+        );
         let status: u16 = parts
             .next()
             .and_then(|s| s.parse().ok())
@@ -489,9 +501,12 @@ async fn monolithic_post_with_digest_creates_blob() {
     let data = pseudo_random(3000, 1);
     let d = sha256_digest(&data);
     let r = send(
-        ctx.req(Method::POST, &format!("/v2/mono/app/blobs/uploads/?digest={d}"))
-            .header("content-type", OCTET)
-            .body(data.clone()),
+        ctx.req(
+            Method::POST,
+            &format!("/v2/mono/app/blobs/uploads/?digest={d}"),
+        )
+        .header("content-type", OCTET)
+        .body(data.clone()),
     )
     .await;
     let r = expect_status(r, 201, "monolithic POST").await;
@@ -507,9 +522,12 @@ async fn monolithic_post_with_digest_creates_blob() {
 
     // Pushing the same blob again is fine.
     let r = send(
-        ctx.req(Method::POST, &format!("/v2/mono/app/blobs/uploads/?digest={d}"))
-            .header("content-type", OCTET)
-            .body(data.clone()),
+        ctx.req(
+            Method::POST,
+            &format!("/v2/mono/app/blobs/uploads/?digest={d}"),
+        )
+        .header("content-type", OCTET)
+        .body(data.clone()),
     )
     .await;
     let r = expect_status(r, 201, "repeated monolithic POST").await;
@@ -524,7 +542,13 @@ async fn streamed_patch_without_content_range_appends() {
     let d = sha256_digest(&data);
     let mut loc = ctx.start_upload("streamed").await;
     for (i, part) in [&data[..1000], &data[1000..]].into_iter().enumerate() {
-        let r = send(ctx.c.patch(&loc).header("content-type", OCTET).body(part.to_vec())).await;
+        let r = send(
+            ctx.c
+                .patch(&loc)
+                .header("content-type", OCTET)
+                .body(part.to_vec()),
+        )
+        .await;
         let r = expect_status(r, 202, &format!("streamed PATCH {i}")).await;
         let want = if i == 0 { "0-999" } else { "0-2499" };
         assert_eq!(must_hdr(&r, "range"), want);
@@ -532,7 +556,12 @@ async fn streamed_patch_without_content_range_appends() {
     }
     let r = expect_status(send(ctx.c.put(with_digest(&loc, &d))).await, 201, "PUT").await;
     assert_eq!(must_hdr(&r, "docker-content-digest"), d);
-    let g = expect_status(ctx.get(&format!("/v2/streamed/blobs/{d}")).await, 200, "GET").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/streamed/blobs/{d}")).await,
+        200,
+        "GET",
+    )
+    .await;
     assert_eq!(g.bytes().await.unwrap().as_ref(), &data[..]);
 }
 
@@ -546,9 +575,12 @@ async fn monolithic_post_with_wrong_digest_is_rejected_and_not_stored() {
     let real = sha256_digest(&data);
     let claimed = sha256_digest(b"something else entirely");
     let r = send(
-        ctx.req(Method::POST, &format!("/v2/mono/blobs/uploads/?digest={claimed}"))
-            .header("content-type", OCTET)
-            .body(data.clone()),
+        ctx.req(
+            Method::POST,
+            &format!("/v2/mono/blobs/uploads/?digest={claimed}"),
+        )
+        .header("content-type", OCTET)
+        .body(data.clone()),
     )
     .await;
     expect_error(r, 400, &["DIGEST_INVALID"], "monolithic POST wrong digest").await;
@@ -635,14 +667,25 @@ async fn chunked_upload_session_full_flow() {
         format!("/v2/{repo}/blobs/{d}")
     );
 
-    let g = expect_status(ctx.get(&format!("/v2/{repo}/blobs/{d}")).await, 200, "GET blob").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/{repo}/blobs/{d}")).await,
+        200,
+        "GET blob",
+    )
+    .await;
     assert_eq!(g.bytes().await.unwrap().as_ref(), &data[..]);
 
     // Session is gone.
     let s = ctx.get(&loc).await;
     expect_error(s, 404, &["BLOB_UPLOAD_UNKNOWN"], "GET finished upload").await;
     let s = ctx.get(&first_loc).await;
-    expect_error(s, 404, &["BLOB_UPLOAD_UNKNOWN"], "GET finished upload (first location)").await;
+    expect_error(
+        s,
+        404,
+        &["BLOB_UPLOAD_UNKNOWN"],
+        "GET finished upload (first location)",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -710,7 +753,11 @@ async fn chunk_not_at_current_offset_is_rejected_with_416() {
             "416 for chunk {start}-{end} must report the current Range"
         );
         let s = expect_status(ctx.get(&loc).await, 204, "status after 416").await;
-        assert_eq!(must_hdr(&s, "range"), "0-1023", "rejected chunk changed the upload");
+        assert_eq!(
+            must_hdr(&s, "range"),
+            "0-1023",
+            "rejected chunk changed the upload"
+        );
     }
 
     // The session is still usable with the right offset.
@@ -739,7 +786,11 @@ async fn send_big(rb: RequestBuilder, what: &str) -> Response {
     let desc = format!("{} {}", req.method(), req.url());
     match client.execute(req).await {
         Ok(r) => {
-            assert!(!r.status().is_server_error(), "{what}: {desc}: {}", r.status());
+            assert!(
+                !r.status().is_server_error(),
+                "{what}: {desc}: {}",
+                r.status()
+            );
             r
         }
         Err(e) => panic!(
@@ -780,7 +831,13 @@ async fn early_upload_errors_reach_clients_sending_large_bodies() {
     )
     .await;
     let range = hdr(&r, "range");
-    expect_error(r, 416, &["RANGE_INVALID", "BLOB_UPLOAD_INVALID"], "out-of-order big PATCH").await;
+    expect_error(
+        r,
+        416,
+        &["RANGE_INVALID", "BLOB_UPLOAD_INVALID"],
+        "out-of-order big PATCH",
+    )
+    .await;
     assert_eq!(range.as_deref(), Some("0-9"));
 
     // Unknown session.
@@ -793,7 +850,13 @@ async fn early_upload_errors_reach_clients_sending_large_bodies() {
         "8 MiB PATCH to unknown session",
     )
     .await;
-    expect_error(r, 404, &["BLOB_UPLOAD_UNKNOWN"], "big PATCH to unknown session").await;
+    expect_error(
+        r,
+        404,
+        &["BLOB_UPLOAD_UNKNOWN"],
+        "big PATCH to unknown session",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -814,7 +877,11 @@ async fn put_with_wrong_digest_is_rejected() {
     expect_error(r, 400, &["DIGEST_INVALID"], "PUT wrong digest").await;
     for d in [&claimed, &real] {
         let h = ctx.head(&format!("/v2/wrongput/blobs/{d}")).await;
-        assert_eq!(h.status().as_u16(), 404, "blob {d} must not exist after bad PUT");
+        assert_eq!(
+            h.status().as_u16(),
+            404,
+            "blob {d} must not exist after bad PUT"
+        );
     }
 }
 
@@ -831,7 +898,9 @@ async fn put_without_digest_is_rejected() {
     )
     .await;
     expect_error(r, 400, &["DIGEST_INVALID"], "PUT without digest").await;
-    let h = ctx.head(&format!("/v2/nodigest/blobs/{}", sha256_digest(&data))).await;
+    let h = ctx
+        .head(&format!("/v2/nodigest/blobs/{}", sha256_digest(&data)))
+        .await;
     assert_eq!(h.status().as_u16(), 404);
 }
 
@@ -873,7 +942,13 @@ async fn unknown_or_invalid_upload_id() {
     let random = uuid::Uuid::new_v4().to_string();
     for id in [random.as_str(), "not-a-uuid", "..%2F..%2Fetc"] {
         let p = format!("/v2/ups/blobs/uploads/{id}");
-        expect_error(ctx.get(&p).await, 404, &["BLOB_UPLOAD_UNKNOWN"], "GET unknown upload").await;
+        expect_error(
+            ctx.get(&p).await,
+            404,
+            &["BLOB_UPLOAD_UNKNOWN"],
+            "GET unknown upload",
+        )
+        .await;
         let r = send(
             ctx.req(Method::PATCH, &p)
                 .header("content-type", OCTET)
@@ -889,7 +964,13 @@ async fn unknown_or_invalid_upload_id() {
         )
         .await;
         expect_error(r, 404, &["BLOB_UPLOAD_UNKNOWN"], "PUT unknown upload").await;
-        expect_error(ctx.delete(&p).await, 404, &["BLOB_UPLOAD_UNKNOWN"], "DELETE unknown upload").await;
+        expect_error(
+            ctx.delete(&p).await,
+            404,
+            &["BLOB_UPLOAD_UNKNOWN"],
+            "DELETE unknown upload",
+        )
+        .await;
     }
 }
 
@@ -903,7 +984,13 @@ async fn upload_session_is_scoped_to_its_repository() {
     let id = path.rsplit('/').next().unwrap().to_string();
     let foreign = format!("/v2/other/blobs/uploads/{id}");
     let r = ctx.get(&foreign).await;
-    expect_error(r, 404, &["BLOB_UPLOAD_UNKNOWN"], "GET session via foreign repo").await;
+    expect_error(
+        r,
+        404,
+        &["BLOB_UPLOAD_UNKNOWN"],
+        "GET session via foreign repo",
+    )
+    .await;
     let data = b"hijack";
     let r = send(
         ctx.req(Method::PUT, &with_digest(&foreign, &sha256_digest(data)))
@@ -911,7 +998,13 @@ async fn upload_session_is_scoped_to_its_repository() {
             .body(data.to_vec()),
     )
     .await;
-    expect_error(r, 404, &["BLOB_UPLOAD_UNKNOWN"], "PUT session via foreign repo").await;
+    expect_error(
+        r,
+        404,
+        &["BLOB_UPLOAD_UNKNOWN"],
+        "PUT session via foreign repo",
+    )
+    .await;
     // The real session is unaffected.
     let s = expect_status(ctx.get(&loc).await, 204, "original session still there").await;
     assert_eq!(must_hdr(&s, "range"), "0-0");
@@ -958,9 +1051,16 @@ async fn upload_resumes_after_dropped_connection() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(stable >= 4, "upload status never stabilised (last {range:?})");
+    assert!(
+        stable >= 4,
+        "upload status never stabilised (last {range:?})"
+    );
     let end = range_end(&range);
-    let stored = if range == "0-0" { 0 } else { (end + 1) as usize };
+    let stored = if range == "0-0" {
+        0
+    } else {
+        (end + 1) as usize
+    };
     assert!(
         stored <= SENT,
         "server claims {stored} bytes stored but only {SENT} were sent"
@@ -979,10 +1079,20 @@ async fn upload_resumes_after_dropped_connection() {
     let r = expect_status(r, 202, &format!("resume PATCH from {stored}")).await;
     assert_eq!(must_hdr(&r, "range"), format!("0-{}", TOTAL - 1));
     let loc = ctx.url(&must_hdr(&r, "location"));
-    let r = expect_status(send(ctx.c.put(with_digest(&loc, &d))).await, 201, "PUT after resume").await;
+    let r = expect_status(
+        send(ctx.c.put(with_digest(&loc, &d))).await,
+        201,
+        "PUT after resume",
+    )
+    .await;
     assert_eq!(must_hdr(&r, "docker-content-digest"), d);
 
-    let g = expect_status(ctx.get(&format!("/v2/resume/me/blobs/{d}")).await, 200, "GET").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/resume/me/blobs/{d}")).await,
+        200,
+        "GET",
+    )
+    .await;
     let body = g.bytes().await.unwrap();
     assert_eq!(body.len(), TOTAL);
     assert_eq!(sha256_digest(&body), d);
@@ -1004,7 +1114,10 @@ async fn expect_100_continue_on_patch_and_put() {
     );
     conn.write(head.as_bytes()).await;
     let (st, _) = conn.read_head().await;
-    assert_eq!(st, 100, "PATCH with Expect: 100-continue must get an interim 100");
+    assert_eq!(
+        st, 100,
+        "PATCH with Expect: 100-continue must get an interim 100"
+    );
     conn.write(&data[..4096]).await;
     let r = conn.read_response(false).await;
     assert_eq!(
@@ -1026,7 +1139,10 @@ async fn expect_100_continue_on_patch_and_put() {
     );
     conn.write(head.as_bytes()).await;
     let (st, _) = conn.read_head().await;
-    assert_eq!(st, 100, "PUT with Expect: 100-continue must get an interim 100");
+    assert_eq!(
+        st, 100,
+        "PUT with Expect: 100-continue must get an interim 100"
+    );
     conn.write(&data[4096..]).await;
     let r = conn.read_response(false).await;
     assert_eq!(
@@ -1037,7 +1153,12 @@ async fn expect_100_continue_on_patch_and_put() {
     );
     assert_eq!(r.header("docker-content-digest"), Some(d.as_str()));
 
-    let g = expect_status(ctx.get(&format!("/v2/continue/blobs/{d}")).await, 200, "GET").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/continue/blobs/{d}")).await,
+        200,
+        "GET",
+    )
+    .await;
     assert_eq!(g.bytes().await.unwrap().as_ref(), &data[..]);
 }
 
@@ -1060,7 +1181,10 @@ async fn blob_get_and_head() {
     let h = expect_status(ctx.head(&p).await, 200, "HEAD blob").await;
     assert_eq!(must_hdr(&h, "content-length"), "5000");
     assert_eq!(must_hdr(&h, "docker-content-digest"), d);
-    assert!(h.bytes().await.unwrap().is_empty(), "HEAD must not have a body");
+    assert!(
+        h.bytes().await.unwrap().is_empty(),
+        "HEAD must not have a body"
+    );
 }
 
 #[tokio::test]
@@ -1085,7 +1209,11 @@ async fn blob_range_reads() {
             slice.len().to_string(),
             "for {range}"
         );
-        assert_eq!(r.bytes().await.unwrap().as_ref(), &data[slice], "body for {range}");
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            &data[slice],
+            "body for {range}"
+        );
     }
 
     let r = send(ctx.req(Method::GET, &p).header("range", "bytes=100-")).await;
@@ -1104,7 +1232,12 @@ async fn blob_of_another_repository_is_not_visible() {
     let g = ctx.get(&format!("/v2/two/blobs/{d}")).await;
     expect_error(g, 404, &["BLOB_UNKNOWN"], "GET foreign blob").await;
     // Still visible where it was pushed.
-    expect_status(ctx.head(&format!("/v2/one/x/blobs/{d}")).await, 200, "HEAD own blob").await;
+    expect_status(
+        ctx.head(&format!("/v2/one/x/blobs/{d}")).await,
+        200,
+        "HEAD own blob",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1126,7 +1259,13 @@ async fn malformed_digests_are_rejected() {
             .body(b"abc".to_vec()),
     )
     .await;
-    expect_error(r, 400, &["DIGEST_INVALID"], "monolithic POST with malformed digest").await;
+    expect_error(
+        r,
+        400,
+        &["DIGEST_INVALID"],
+        "monolithic POST with malformed digest",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1134,9 +1273,22 @@ async fn invalid_repository_names() {
     let ctx = Ctx::new().await;
     let d = ctx.push_blob("lower/b", b"blob").await;
 
-    for name in ["UPPER", "lower/UPPER", "foo..bar", "a//b", "-dash", "trailing-"] {
+    for name in [
+        "UPPER",
+        "lower/UPPER",
+        "foo..bar",
+        "a//b",
+        "-dash",
+        "trailing-",
+    ] {
         let g = ctx.get(&format!("/v2/{name}/blobs/{d}")).await;
-        expect_error(g, 400, &["NAME_INVALID"], &format!("GET blob in repo {name:?}")).await;
+        expect_error(
+            g,
+            400,
+            &["NAME_INVALID"],
+            &format!("GET blob in repo {name:?}"),
+        )
+        .await;
     }
     let r = send(
         ctx.req(Method::POST, "/v2/UPPER/blobs/uploads/")
@@ -1168,7 +1320,10 @@ async fn invalid_repository_names() {
         let r = conn.read_response(false).await;
         let codes = raw_error_codes(&r);
         let ok = (r.status == 400 && codes.iter().any(|c| c == "NAME_INVALID"))
-            || (r.status == 404 && codes.iter().any(|c| c == "NAME_UNKNOWN" || c == "NAME_INVALID"));
+            || (r.status == 404
+                && codes
+                    .iter()
+                    .any(|c| c == "NAME_UNKNOWN" || c == "NAME_INVALID"));
         assert!(
             ok,
             "GET {target}: expected 400 NAME_INVALID or 404 NAME_UNKNOWN, got {} {codes:?}",
@@ -1185,11 +1340,32 @@ async fn blob_delete() {
     let p = format!("/v2/deleter/blobs/{d}");
     expect_status(ctx.head(&p).await, 200, "HEAD before delete").await;
     expect_status(ctx.delete(&p).await, 202, "DELETE blob").await;
-    assert_eq!(ctx.head(&p).await.status().as_u16(), 404, "HEAD after delete");
-    expect_error(ctx.get(&p).await, 404, &["BLOB_UNKNOWN"], "GET after delete").await;
-    expect_error(ctx.delete(&p).await, 404, &["BLOB_UNKNOWN"], "second DELETE").await;
+    assert_eq!(
+        ctx.head(&p).await.status().as_u16(),
+        404,
+        "HEAD after delete"
+    );
+    expect_error(
+        ctx.get(&p).await,
+        404,
+        &["BLOB_UNKNOWN"],
+        "GET after delete",
+    )
+    .await;
+    expect_error(
+        ctx.delete(&p).await,
+        404,
+        &["BLOB_UNKNOWN"],
+        "second DELETE",
+    )
+    .await;
     let other = sha256_digest(b"survivor");
-    expect_status(ctx.head(&format!("/v2/deleter/blobs/{other}")).await, 200, "other blob").await;
+    expect_status(
+        ctx.head(&format!("/v2/deleter/blobs/{other}")).await,
+        200,
+        "other blob",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1209,7 +1385,8 @@ async fn manifest_put_get_head_by_tag_and_digest() {
     let loc = ctx.url(&must_hdr(&r, "location"));
     let loc_path = Url::parse(&loc).unwrap().path().to_string();
     assert!(
-        loc_path == format!("/v2/{repo}/manifests/{d}") || loc_path == format!("/v2/{repo}/manifests/v1"),
+        loc_path == format!("/v2/{repo}/manifests/{d}")
+            || loc_path == format!("/v2/{repo}/manifests/v1"),
         "manifest Location {loc_path:?}"
     );
 
@@ -1220,7 +1397,11 @@ async fn manifest_put_get_head_by_tag_and_digest() {
         assert_eq!(must_hdr(&g, "content-type"), OCI_MANIFEST);
         assert_eq!(must_hdr(&g, "docker-content-digest"), d);
         assert_eq!(must_hdr(&g, "content-length"), m.len().to_string());
-        assert_eq!(g.bytes().await.unwrap().as_ref(), &m[..], "exact bytes via {reference}");
+        assert_eq!(
+            g.bytes().await.unwrap().as_ref(),
+            &m[..],
+            "exact bytes via {reference}"
+        );
 
         let h = send(ctx.req(Method::HEAD, &p).header("accept", OCI_MANIFEST)).await;
         let h = expect_status(h, 200, &format!("HEAD manifest {reference}")).await;
@@ -1231,7 +1412,12 @@ async fn manifest_put_get_head_by_tag_and_digest() {
     }
 
     // GET without an Accept header still works.
-    let g = expect_status(ctx.get(&format!("/v2/{repo}/manifests/v1")).await, 200, "GET no accept").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/{repo}/manifests/v1")).await,
+        200,
+        "GET no accept",
+    )
+    .await;
     assert_eq!(g.bytes().await.unwrap().as_ref(), &m[..]);
 }
 
@@ -1254,8 +1440,16 @@ async fn manifest_referencing_unknown_blob_is_rejected() {
         ],
     }))
     .unwrap();
-    let r = ctx.put_manifest(repo, "badlayer", OCI_MANIFEST, &bad_layer).await;
-    expect_error(r, 400, &["MANIFEST_BLOB_UNKNOWN"], "manifest with unknown layer").await;
+    let r = ctx
+        .put_manifest(repo, "badlayer", OCI_MANIFEST, &bad_layer)
+        .await;
+    expect_error(
+        r,
+        400,
+        &["MANIFEST_BLOB_UNKNOWN"],
+        "manifest with unknown layer",
+    )
+    .await;
 
     let bad_config = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
@@ -1263,8 +1457,16 @@ async fn manifest_referencing_unknown_blob_is_rejected() {
         "layers": [{"mediaType": OCI_LAYER, "digest": ld, "size": layer.len()}],
     }))
     .unwrap();
-    let r = ctx.put_manifest(repo, "badconfig", OCI_MANIFEST, &bad_config).await;
-    expect_error(r, 400, &["MANIFEST_BLOB_UNKNOWN"], "manifest with unknown config").await;
+    let r = ctx
+        .put_manifest(repo, "badconfig", OCI_MANIFEST, &bad_config)
+        .await;
+    expect_error(
+        r,
+        400,
+        &["MANIFEST_BLOB_UNKNOWN"],
+        "manifest with unknown config",
+    )
+    .await;
 
     // Blob known in another repository only is still unknown here.
     let foreign = pseudo_random(200, 22);
@@ -1276,11 +1478,23 @@ async fn manifest_referencing_unknown_blob_is_rejected() {
     }))
     .unwrap();
     let r = ctx.put_manifest(repo, "cross", OCI_MANIFEST, &cross).await;
-    expect_error(r, 400, &["MANIFEST_BLOB_UNKNOWN"], "manifest with blob of another repo").await;
+    expect_error(
+        r,
+        400,
+        &["MANIFEST_BLOB_UNKNOWN"],
+        "manifest with blob of another repo",
+    )
+    .await;
 
     for t in ["badlayer", "badconfig", "cross"] {
         let g = ctx.get(&format!("/v2/{repo}/manifests/{t}")).await;
-        expect_error(g, 404, &["MANIFEST_UNKNOWN"], "rejected manifest must not be tagged").await;
+        expect_error(
+            g,
+            404,
+            &["MANIFEST_UNKNOWN"],
+            "rejected manifest must not be tagged",
+        )
+        .await;
     }
 }
 
@@ -1295,7 +1509,9 @@ async fn manifest_invalid_json_is_rejected() {
         br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":"#,
     ];
     for body in bodies {
-        let r = ctx.put_manifest("badjson", "broken", OCI_MANIFEST, body).await;
+        let r = ctx
+            .put_manifest("badjson", "broken", OCI_MANIFEST, body)
+            .await;
         expect_error(
             r,
             400,
@@ -1305,7 +1521,13 @@ async fn manifest_invalid_json_is_rejected() {
         .await;
     }
     let g = ctx.get("/v2/badjson/manifests/broken").await;
-    expect_error(g, 404, &["MANIFEST_UNKNOWN"], "invalid manifest must not be stored").await;
+    expect_error(
+        g,
+        404,
+        &["MANIFEST_UNKNOWN"],
+        "invalid manifest must not be stored",
+    )
+    .await;
 }
 
 /// A syntactically valid manifest body just over the 4 MiB limit.
@@ -1346,8 +1568,19 @@ async fn manifest_over_4_mib_is_rejected_with_413() {
     };
     expect_error(r, 413, &[], "PUT 4 MiB+ manifest").await;
     let g = ctx.get("/v2/huge/manifests/big").await;
-    expect_error(g, 404, &["MANIFEST_UNKNOWN"], "oversized manifest must not be stored").await;
-    expect_status(ctx.get("/v2/huge/manifests/ok").await, 200, "server still healthy").await;
+    expect_error(
+        g,
+        404,
+        &["MANIFEST_UNKNOWN"],
+        "oversized manifest must not be stored",
+    )
+    .await;
+    expect_status(
+        ctx.get("/v2/huge/manifests/ok").await,
+        200,
+        "server still healthy",
+    )
+    .await;
 }
 
 /// With `Expect: 100-continue` the server can refuse by Content-Length alone.
@@ -1366,11 +1599,20 @@ async fn manifest_over_4_mib_with_expect_continue_gets_413_before_body() {
     )
     .await;
     let r = conn.read_response(false).await;
-    assert_eq!(r.status, 413, "expected a final 413 instead of 100 Continue");
+    assert_eq!(
+        r.status, 413,
+        "expected a final 413 instead of 100 Continue"
+    );
     assert!(!raw_error_codes(&r).is_empty());
     drop(conn);
     let g = ctx.get("/v2/huge/manifests/big").await;
-    expect_error(g, 404, &["MANIFEST_UNKNOWN"], "oversized manifest must not be stored").await;
+    expect_error(
+        g,
+        404,
+        &["MANIFEST_UNKNOWN"],
+        "oversized manifest must not be stored",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1381,14 +1623,25 @@ async fn manifest_put_by_digest() {
     let d = sha256_digest(&m);
     let wrong = sha256_digest(b"different bytes");
     let r = ctx.put_manifest(repo, &wrong, OCI_MANIFEST, &m).await;
-    expect_error(r, 400, &["DIGEST_INVALID"], "PUT manifest with mismatching digest").await;
+    expect_error(
+        r,
+        400,
+        &["DIGEST_INVALID"],
+        "PUT manifest with mismatching digest",
+    )
+    .await;
     let g = ctx.get(&format!("/v2/{repo}/manifests/{wrong}")).await;
     expect_error(g, 404, &["MANIFEST_UNKNOWN"], "GET mismatching digest").await;
 
     let r = ctx.put_manifest(repo, &d, OCI_MANIFEST, &m).await;
     let r = expect_status(r, 201, "PUT manifest by matching digest").await;
     assert_eq!(must_hdr(&r, "docker-content-digest"), d);
-    let g = expect_status(ctx.get(&format!("/v2/{repo}/manifests/{d}")).await, 200, "GET").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/{repo}/manifests/{d}")).await,
+        200,
+        "GET",
+    )
+    .await;
     assert_eq!(g.bytes().await.unwrap().as_ref(), &m[..]);
     // Untagged: not in tags list.
     assert!(ctx.tags(repo).await.is_empty());
@@ -1402,7 +1655,13 @@ async fn invalid_tags_are_rejected() {
     let long_bad = "a".repeat(129);
     for tag in ["-bad", ".bad", long_bad.as_str(), "b@d"] {
         let r = ctx.put_manifest(repo, tag, OCI_MANIFEST, &m).await;
-        expect_error(r, 400, &["TAG_INVALID"], &format!("PUT manifest with tag {tag:?}")).await;
+        expect_error(
+            r,
+            400,
+            &["TAG_INVALID"],
+            &format!("PUT manifest with tag {tag:?}"),
+        )
+        .await;
     }
     // Boundary: 128 characters, and the full allowed alphabet, are fine.
     let long_ok = format!("A{}", "b".repeat(127));
@@ -1412,7 +1671,11 @@ async fn invalid_tags_are_rejected() {
     }
     let mut tags = ctx.tags(repo).await;
     tags.sort();
-    let mut want = vec![long_ok.clone(), "_Under.score-1".to_string(), "9".to_string()];
+    let mut want = vec![
+        long_ok.clone(),
+        "_Under.score-1".to_string(),
+        "9".to_string(),
+    ];
     want.sort();
     assert_eq!(tags, want);
 }
@@ -1423,12 +1686,21 @@ async fn unknown_manifests() {
     ctx.push_image("known", "v1", 27).await;
     let g = ctx.get("/v2/known/manifests/nope").await;
     expect_error(g, 404, &["MANIFEST_UNKNOWN"], "unknown tag").await;
-    assert_eq!(ctx.head("/v2/known/manifests/nope").await.status().as_u16(), 404);
+    assert_eq!(
+        ctx.head("/v2/known/manifests/nope").await.status().as_u16(),
+        404
+    );
     let d = sha256_digest(b"no such manifest");
     let g = ctx.get(&format!("/v2/known/manifests/{d}")).await;
     expect_error(g, 404, &["MANIFEST_UNKNOWN"], "unknown digest").await;
     let g = ctx.get("/v2/never/pushed/manifests/latest").await;
-    expect_error(g, 404, &["NAME_UNKNOWN", "MANIFEST_UNKNOWN"], "unknown repository").await;
+    expect_error(
+        g,
+        404,
+        &["NAME_UNKNOWN", "MANIFEST_UNKNOWN"],
+        "unknown repository",
+    )
+    .await;
     let r = ctx.delete(&format!("/v2/known/manifests/{d}")).await;
     expect_error(r, 404, &["MANIFEST_UNKNOWN"], "DELETE unknown manifest").await;
 }
@@ -1444,17 +1716,29 @@ async fn manifests_are_stored_byte_exact() {
     newline.push(b'\n');
 
     let mut digests = Vec::new();
-    for (tag, body) in [("compact", &compact), ("pretty", &pretty), ("newline", &newline)] {
+    for (tag, body) in [
+        ("compact", &compact),
+        ("pretty", &pretty),
+        ("newline", &newline),
+    ] {
         let r = ctx.put_manifest(repo, tag, OCI_MANIFEST, body).await;
         let r = expect_status(r, 201, &format!("PUT {tag}")).await;
         let d = must_hdr(&r, "docker-content-digest");
-        assert_eq!(d, sha256_digest(body), "digest of {tag} is over the exact bytes");
+        assert_eq!(
+            d,
+            sha256_digest(body),
+            "digest of {tag} is over the exact bytes"
+        );
         digests.push(d.clone());
         for reference in [tag, d.as_str()] {
             let g = ctx.get(&format!("/v2/{repo}/manifests/{reference}")).await;
             let g = expect_status(g, 200, &format!("GET {reference}")).await;
             assert_eq!(must_hdr(&g, "docker-content-digest"), d);
-            assert_eq!(g.bytes().await.unwrap().as_ref(), &body[..], "bytes of {reference}");
+            assert_eq!(
+                g.bytes().await.unwrap().as_ref(),
+                &body[..],
+                "bytes of {reference}"
+            );
         }
     }
     assert_ne!(digests[0], digests[1]);
@@ -1533,9 +1817,21 @@ async fn oci_index_is_accepted_and_checked() {
     }))
     .unwrap();
     let r = ctx.put_manifest(repo, "broken", OCI_INDEX, &bad).await;
-    expect_error(r, 400, &["MANIFEST_BLOB_UNKNOWN"], "index with unknown child").await;
+    expect_error(
+        r,
+        400,
+        &["MANIFEST_BLOB_UNKNOWN"],
+        "index with unknown child",
+    )
+    .await;
     let g = ctx.get(&format!("/v2/{repo}/manifests/broken")).await;
-    expect_error(g, 404, &["MANIFEST_UNKNOWN"], "rejected index must not be tagged").await;
+    expect_error(
+        g,
+        404,
+        &["MANIFEST_UNKNOWN"],
+        "rejected index must not be tagged",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1545,10 +1841,20 @@ async fn pushing_a_tag_again_moves_it() {
     let (a, ad) = ctx.push_image(repo, "latest", 34).await;
     let (b, bd) = ctx.push_image(repo, "latest", 35).await;
     assert_ne!(ad, bd);
-    let g = expect_status(ctx.get(&format!("/v2/{repo}/manifests/latest")).await, 200, "GET").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/{repo}/manifests/latest")).await,
+        200,
+        "GET",
+    )
+    .await;
     assert_eq!(must_hdr(&g, "docker-content-digest"), bd);
     assert_eq!(g.bytes().await.unwrap().as_ref(), &b[..]);
-    let g = expect_status(ctx.get(&format!("/v2/{repo}/manifests/{ad}")).await, 200, "old").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/{repo}/manifests/{ad}")).await,
+        200,
+        "old",
+    )
+    .await;
     assert_eq!(g.bytes().await.unwrap().as_ref(), &a[..]);
     assert_eq!(ctx.tags(repo).await, vec!["latest"]);
 }
@@ -1564,13 +1870,28 @@ async fn delete_manifest_by_tag_keeps_digest() {
     tags.sort();
     assert_eq!(tags, vec!["gone", "keep"]);
 
-    expect_status(ctx.delete(&format!("/v2/{repo}/manifests/gone")).await, 202, "DELETE tag").await;
+    expect_status(
+        ctx.delete(&format!("/v2/{repo}/manifests/gone")).await,
+        202,
+        "DELETE tag",
+    )
+    .await;
     assert_eq!(ctx.tags(repo).await, vec!["keep"]);
     let g = ctx.get(&format!("/v2/{repo}/manifests/gone")).await;
     expect_error(g, 404, &["MANIFEST_UNKNOWN"], "GET deleted tag").await;
-    let g = expect_status(ctx.get(&format!("/v2/{repo}/manifests/{d}")).await, 200, "GET by digest").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/{repo}/manifests/{d}")).await,
+        200,
+        "GET by digest",
+    )
+    .await;
     assert_eq!(g.bytes().await.unwrap().as_ref(), &m[..]);
-    let g = expect_status(ctx.get(&format!("/v2/{repo}/manifests/keep")).await, 200, "GET other tag").await;
+    let g = expect_status(
+        ctx.get(&format!("/v2/{repo}/manifests/keep")).await,
+        200,
+        "GET other tag",
+    )
+    .await;
     assert_eq!(g.bytes().await.unwrap().as_ref(), &m[..]);
 }
 
@@ -1579,20 +1900,41 @@ async fn delete_manifest_by_digest_removes_tags() {
     let ctx = Ctx::new().await;
     let repo = "undigest";
     let (m, d) = ctx.push_image(repo, "b1", 32).await;
-    expect_status(ctx.put_manifest(repo, "b2", OCI_MANIFEST, &m).await, 201, "tag b2").await;
+    expect_status(
+        ctx.put_manifest(repo, "b2", OCI_MANIFEST, &m).await,
+        201,
+        "tag b2",
+    )
+    .await;
     let (_, other) = ctx.push_image(repo, "other", 33).await;
     assert_ne!(d, other);
 
-    expect_status(ctx.delete(&format!("/v2/{repo}/manifests/{d}")).await, 202, "DELETE by digest").await;
+    expect_status(
+        ctx.delete(&format!("/v2/{repo}/manifests/{d}")).await,
+        202,
+        "DELETE by digest",
+    )
+    .await;
     let g = ctx.get(&format!("/v2/{repo}/manifests/{d}")).await;
     expect_error(g, 404, &["MANIFEST_UNKNOWN"], "GET deleted digest").await;
-    assert_eq!(ctx.head(&format!("/v2/{repo}/manifests/{d}")).await.status().as_u16(), 404);
+    assert_eq!(
+        ctx.head(&format!("/v2/{repo}/manifests/{d}"))
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
     for t in ["b1", "b2"] {
         let g = ctx.get(&format!("/v2/{repo}/manifests/{t}")).await;
         expect_error(g, 404, &["MANIFEST_UNKNOWN"], "GET tag of deleted manifest").await;
     }
     assert_eq!(ctx.tags(repo).await, vec!["other"]);
-    expect_status(ctx.get(&format!("/v2/{repo}/manifests/{other}")).await, 200, "other survives").await;
+    expect_status(
+        ctx.get(&format!("/v2/{repo}/manifests/{other}")).await,
+        200,
+        "other survives",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1605,8 +1947,15 @@ async fn tags_list_sorted_and_paginated() {
     let repo = "paged/tags";
     let (m, _) = ctx.push_image(repo, "latest", 40).await;
     let mut expected: Vec<String> = vec!["latest".into()];
-    for t in ["t05", "a", "t00", "t09", "t01", "t02", "t08", "t03", "t04", "t07", "t06", "B"] {
-        expect_status(ctx.put_manifest(repo, t, OCI_MANIFEST, &m).await, 201, "tag").await;
+    for t in [
+        "t05", "a", "t00", "t09", "t01", "t02", "t08", "t03", "t04", "t07", "t06", "B",
+    ] {
+        expect_status(
+            ctx.put_manifest(repo, t, OCI_MANIFEST, &m).await,
+            201,
+            "tag",
+        )
+        .await;
         expected.push(t.to_string());
     }
     expected.sort();
@@ -1615,15 +1964,26 @@ async fn tags_list_sorted_and_paginated() {
     assert_eq!(ctx.tags(repo).await, expected);
 
     // n=3: first page plus a Link to the next one.
-    let r = expect_status(ctx.get(&format!("/v2/{repo}/tags/list?n=3")).await, 200, "n=3").await;
+    let r = expect_status(
+        ctx.get(&format!("/v2/{repo}/tags/list?n=3")).await,
+        200,
+        "n=3",
+    )
+    .await;
     let link = next_link(&r).expect("Link header on a partial page");
     let link = ctx.url(&link);
-    assert_eq!(Url::parse(&link).unwrap().path(), format!("/v2/{repo}/tags/list"));
+    assert_eq!(
+        Url::parse(&link).unwrap().path(),
+        format!("/v2/{repo}/tags/list")
+    );
     assert_eq!(query_param(&link, "n").as_deref(), Some("3"));
     let v: Value = r.json().await.unwrap();
     let page = tag_array(&v);
     assert_eq!(page, expected[..3].to_vec());
-    assert_eq!(query_param(&link, "last").as_deref(), Some(expected[2].as_str()));
+    assert_eq!(
+        query_param(&link, "last").as_deref(),
+        Some(expected[2].as_str())
+    );
 
     // Follow links to the end.
     let mut all = page;
@@ -1645,28 +2005,64 @@ async fn tags_list_sorted_and_paginated() {
     assert_eq!(all, expected);
 
     // n larger than the number of tags: everything, no Link.
-    let r = expect_status(ctx.get(&format!("/v2/{repo}/tags/list?n=100")).await, 200, "n=100").await;
-    assert!(hdr(&r, "link").is_none(), "no Link when the page is complete");
+    let r = expect_status(
+        ctx.get(&format!("/v2/{repo}/tags/list?n=100")).await,
+        200,
+        "n=100",
+    )
+    .await;
+    assert!(
+        hdr(&r, "link").is_none(),
+        "no Link when the page is complete"
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(tag_array(&v), expected);
 
     // n=0 → empty list.
-    let r = expect_status(ctx.get(&format!("/v2/{repo}/tags/list?n=0")).await, 200, "n=0").await;
+    let r = expect_status(
+        ctx.get(&format!("/v2/{repo}/tags/list?n=0")).await,
+        200,
+        "n=0",
+    )
+    .await;
     let v: Value = r.json().await.unwrap();
     assert!(tag_array(&v).is_empty(), "n=0 must return no tags: {v}");
 
     // last=x → only tags after x.
-    let r = expect_status(ctx.get(&format!("/v2/{repo}/tags/list?last=t04")).await, 200, "last").await;
+    let r = expect_status(
+        ctx.get(&format!("/v2/{repo}/tags/list?last=t04")).await,
+        200,
+        "last",
+    )
+    .await;
     let v: Value = r.json().await.unwrap();
-    let want: Vec<String> = expected.iter().filter(|t| t.as_str() > "t04").cloned().collect();
+    let want: Vec<String> = expected
+        .iter()
+        .filter(|t| t.as_str() > "t04")
+        .cloned()
+        .collect();
     assert_eq!(tag_array(&v), want);
     // last= a value that is not itself a tag.
-    let r = expect_status(ctx.get(&format!("/v2/{repo}/tags/list?last=s")).await, 200, "last=s").await;
+    let r = expect_status(
+        ctx.get(&format!("/v2/{repo}/tags/list?last=s")).await,
+        200,
+        "last=s",
+    )
+    .await;
     let v: Value = r.json().await.unwrap();
-    let want: Vec<String> = expected.iter().filter(|t| t.as_str() > "s").cloned().collect();
+    let want: Vec<String> = expected
+        .iter()
+        .filter(|t| t.as_str() > "s")
+        .cloned()
+        .collect();
     assert_eq!(tag_array(&v), want);
     // n and last combined.
-    let r = expect_status(ctx.get(&format!("/v2/{repo}/tags/list?n=2&last=t00")).await, 200, "n+last").await;
+    let r = expect_status(
+        ctx.get(&format!("/v2/{repo}/tags/list?n=2&last=t00")).await,
+        200,
+        "n+last",
+    )
+    .await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(tag_array(&v), vec!["t01", "t02"]);
 
@@ -1706,7 +2102,10 @@ async fn catalog_sorted_and_paginated() {
     let link = ctx.url(&next_link(&r).expect("Link header on partial catalog page"));
     assert_eq!(Url::parse(&link).unwrap().path(), "/v2/_catalog");
     assert_eq!(query_param(&link, "n").as_deref(), Some("2"));
-    assert_eq!(query_param(&link, "last").as_deref(), Some(expected[1].as_str()));
+    assert_eq!(
+        query_param(&link, "last").as_deref(),
+        Some(expected[1].as_str())
+    );
     let mut all = read(r.json().await.unwrap());
     assert_eq!(all, expected[..2].to_vec());
     let mut next = Some(link);
@@ -1763,8 +2162,15 @@ async fn push_artifact(
 
 /// GET the referrers index; returns the `OCI-Filters-Applied` header and the
 /// `manifests` array.
-async fn referrers(ctx: &Ctx, repo: &str, digest: &str, query: &str) -> (Option<String>, Vec<Value>) {
-    let r = ctx.get(&format!("/v2/{repo}/referrers/{digest}{query}")).await;
+async fn referrers(
+    ctx: &Ctx,
+    repo: &str,
+    digest: &str,
+    query: &str,
+) -> (Option<String>, Vec<Value>) {
+    let r = ctx
+        .get(&format!("/v2/{repo}/referrers/{digest}{query}"))
+        .await;
     let r = expect_status(r, 200, "GET referrers").await;
     let ct = must_hdr(&r, "content-type");
     assert!(ct.starts_with(OCI_INDEX), "referrers content-type {ct:?}");
@@ -1824,8 +2230,13 @@ async fn referrers_api() {
     assert!(list.iter().all(|e| e["digest"] != sd.as_str()));
 
     // Filtering.
-    let (filters, list) =
-        referrers(&ctx, repo, &sd, "?artifactType=application/vnd.example.sbom").await;
+    let (filters, list) = referrers(
+        &ctx,
+        repo,
+        &sd,
+        "?artifactType=application/vnd.example.sbom",
+    )
+    .await;
     assert_eq!(filters.as_deref(), Some("artifactType"));
     assert_eq!(list.len(), 1, "filtered: {list:?}");
     assert_eq!(list[0]["digest"], sbom_d.as_str());
@@ -1840,7 +2251,12 @@ async fn referrers_api() {
     expect_error(r, 400, &[], "referrers of malformed digest").await;
 
     // Deleting the referrer removes it from the list.
-    expect_status(ctx.delete(&format!("/v2/{repo}/manifests/{sbom_d}")).await, 202, "DELETE referrer").await;
+    expect_status(
+        ctx.delete(&format!("/v2/{repo}/manifests/{sbom_d}")).await,
+        202,
+        "DELETE referrer",
+    )
+    .await;
     let (_, list) = referrers(&ctx, repo, &sd, "").await;
     assert_eq!(list.len(), 1, "after delete: {list:?}");
     assert_eq!(list[0]["digest"], sig_d.as_str());
@@ -1865,7 +2281,10 @@ async fn referrers_artifact_type_falls_back_to_config_media_type() {
     let (_, list) = referrers(&ctx, repo, &sd, "").await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["digest"], d.as_str());
-    assert_eq!(list[0]["artifactType"], "application/vnd.example.config.v1+json");
+    assert_eq!(
+        list[0]["artifactType"],
+        "application/vnd.example.config.v1+json"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1885,7 +2304,11 @@ async fn unsupported_methods_and_unknown_paths() {
         let r = send(ctx.req(m.clone(), p).body(Vec::<u8>::new())).await;
         expect_error(r, 405, &["UNSUPPORTED"], &format!("{m} {p}")).await;
     }
-    for p in ["/v2/routes/frobnicate/x", "/v2/routes/blobs/uploads/a/b/c", "/v2/routes/nothing"] {
+    for p in [
+        "/v2/routes/frobnicate/x",
+        "/v2/routes/blobs/uploads/a/b/c",
+        "/v2/routes/nothing",
+    ] {
         let r = ctx.get(p).await;
         expect_error(r, 404, &[], &format!("GET {p}")).await;
     }

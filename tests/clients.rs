@@ -98,21 +98,40 @@ fn assert_layout_matches(img: &ImageFixture, out: &Path, tag: &str) {
         .iter()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
         .unwrap_or_else(|| panic!("no manifest tagged {tag} in pulled index.json: {index}"));
-    assert_eq!(entry["digest"], img.manifest_digest.as_str(), "pulled manifest digest");
+    assert_eq!(
+        entry["digest"],
+        img.manifest_digest.as_str(),
+        "pulled manifest digest"
+    );
     assert_eq!(entry["size"], img.manifest.len(), "pulled manifest size");
-    assert_eq!(entry["mediaType"], OCI_MANIFEST_TYPE, "pulled manifest media type");
+    assert_eq!(
+        entry["mediaType"], OCI_MANIFEST_TYPE,
+        "pulled manifest media type"
+    );
 
     let blob_dir = out.join("blobs").join("sha256");
     let pulled: BTreeSet<String> = fs::read_dir(&blob_dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", blob_dir.display()))
-        .map(|e| format!("sha256:{}", e.expect("dir entry").file_name().to_string_lossy()))
+        .map(|e| {
+            format!(
+                "sha256:{}",
+                e.expect("dir entry").file_name().to_string_lossy()
+            )
+        })
         .collect();
     let expected: BTreeSet<String> = img.blob_digests().into_iter().collect();
     assert_eq!(pulled, expected, "set of blobs in the pulled layout");
     for digest in &expected {
         let got = fs::read(blob_dir.join(hex_part(digest))).expect("read pulled blob");
-        assert_eq!(sha256_digest(&got), *digest, "pulled blob content hashes to its name");
-        assert!(got == img.blob(digest), "pulled blob {digest} differs from the original");
+        assert_eq!(
+            sha256_digest(&got),
+            *digest,
+            "pulled blob content hashes to its name"
+        );
+        assert!(
+            got == img.blob(digest),
+            "pulled blob {digest} differs from the original"
+        );
     }
 }
 
@@ -202,7 +221,10 @@ fn skopeo_push_inspect_pull_round_trip_is_byte_exact() {
         SKOPEO_TIMEOUT,
     )
     .stdout;
-    assert!(config == img.config, "config blob served by the registry differs");
+    assert!(
+        config == img.config,
+        "config blob served by the registry differs"
+    );
 
     // Parsed inspect: digest, layers, platform, and the tag list.
     let out = run_ok(
@@ -210,11 +232,19 @@ fn skopeo_push_inspect_pull_round_trip_is_byte_exact() {
         SKOPEO_TIMEOUT,
     );
     let info: Value = serde_json::from_slice(&out.stdout).expect("skopeo inspect JSON");
-    assert_eq!(info["Digest"], img.manifest_digest.as_str(), "inspect Digest");
+    assert_eq!(
+        info["Digest"],
+        img.manifest_digest.as_str(),
+        "inspect Digest"
+    );
     assert_eq!(info["Layers"], json!(img.layer_digests), "inspect Layers");
     assert_eq!(info["Architecture"], "amd64");
     assert_eq!(info["Os"], "linux");
-    assert_eq!(info["RepoTags"], json!(["1.0"]), "inspect RepoTags (tags/list)");
+    assert_eq!(
+        info["RepoTags"],
+        json!(["1.0"]),
+        "inspect RepoTags (tags/list)"
+    );
 
     // Pull back into a fresh layout and compare every blob.
     let dest = tempfile::tempdir().expect("tempdir");
@@ -268,7 +298,10 @@ fn skopeo_copy_between_repositories_and_cross_repo_mount() {
                 .expect("GET blob from other/app");
             assert_eq!(resp.status(), 200, "GET /v2/other/app/blobs/{digest}");
             let body = resp.bytes().await.expect("blob body");
-            assert!(body.as_ref() == img.blob(digest).as_slice(), "blob {digest} in other/app differs");
+            assert!(
+                body.as_ref() == img.blob(digest).as_slice(),
+                "blob {digest} in other/app differs"
+            );
         }
 
         // Direct cross-repository mount into a brand new repository.
@@ -311,8 +344,16 @@ fn skopeo_copy_between_repositories_and_cross_repo_mount() {
             query_escape(layer),
             query_escape("nobody/here")
         );
-        let resp = http.post(&url).send().await.expect("POST mount from empty repo");
-        assert_eq!(resp.status(), 202, "POST {url} (source repo lacks the blob)");
+        let resp = http
+            .post(&url)
+            .send()
+            .await
+            .expect("POST mount from empty repo");
+        assert_eq!(
+            resp.status(),
+            202,
+            "POST {url} (source repo lacks the blob)"
+        );
         let location = header(&resp, "location").expect("202 must carry an upload Location");
 
         // ... and that session really is usable: finish it monolithically.
@@ -328,7 +369,11 @@ fn skopeo_copy_between_repositories_and_cross_repo_mount() {
             .send()
             .await
             .expect("PUT to finish the upload session");
-        assert_eq!(resp.status(), 201, "PUT {put_url} closing the fallback session");
+        assert_eq!(
+            resp.status(),
+            201,
+            "PUT {put_url} closing the fallback session"
+        );
         let resp = http
             .get(format!("{base}/v2/fourth/app/blobs/{digest}"))
             .send()
@@ -344,9 +389,20 @@ fn skopeo_copy_between_repositories_and_cross_repo_mount() {
             query_escape(&unknown),
             query_escape("team/app")
         );
-        let resp = http.post(&url).send().await.expect("POST mount of unknown digest");
-        assert_eq!(resp.status(), 202, "POST {url} (digest unknown to the registry)");
-        assert!(header(&resp, "location").is_some(), "202 must carry Location");
+        let resp = http
+            .post(&url)
+            .send()
+            .await
+            .expect("POST mount of unknown digest");
+        assert_eq!(
+            resp.status(),
+            202,
+            "POST {url} (digest unknown to the registry)"
+        );
+        assert!(
+            header(&resp, "location").is_some(),
+            "202 must carry Location"
+        );
     });
 }
 
@@ -428,7 +484,11 @@ fn podman_pull_from_registry() {
     let images: Value = serde_json::from_slice(&inspect.stdout).expect("podman inspect JSON");
     let image = &images[0];
     assert_eq!(image["Id"], hex_part(&img.config_digest), "image Id");
-    assert_eq!(image["Digest"], img.manifest_digest.as_str(), "image Digest");
+    assert_eq!(
+        image["Digest"],
+        img.manifest_digest.as_str(),
+        "image Digest"
+    );
     let repo_digest = format!("{}/team/app@{}", server.host_port(), img.manifest_digest);
     assert!(
         image["RepoDigests"]
@@ -437,7 +497,11 @@ fn podman_pull_from_registry() {
         "RepoDigests {} lacks {repo_digest}",
         image["RepoDigests"]
     );
-    assert_eq!(image["RootFS"]["Layers"], json!(img.diff_ids), "unpacked layer diff IDs");
+    assert_eq!(
+        image["RootFS"]["Layers"],
+        json!(img.diff_ids),
+        "unpacked layer diff IDs"
+    );
     assert_eq!(image["Config"]["Cmd"], json!(img.cmd), "config Cmd");
     assert_eq!(image["Architecture"], "amd64");
     assert_eq!(image["Os"], "linux");
@@ -479,7 +543,10 @@ async fn oci_client_artifacts_and_referrers() {
     let layer = ImageLayer::new(sbom.clone(), SBOM_LAYER_TYPE.to_string(), None);
     let config = Config::new(sbom_config.clone(), SBOM_TYPE.to_string(), None);
     let sbom_annotations = BTreeMap::from([
-        ("org.opencontainers.image.created".to_string(), "2024-01-01T00:00:00Z".to_string()),
+        (
+            "org.opencontainers.image.created".to_string(),
+            "2024-01-01T00:00:00Z".to_string(),
+        ),
         ("org.example.kind".to_string(), "sbom".to_string()),
     ]);
     let manifest = OciImageManifest {
@@ -524,15 +591,24 @@ async fn oci_client_artifacts_and_referrers() {
         .expect("oci-client pull of the SBOM artifact");
     assert_eq!(pulled.digest.as_deref(), Some(sbom_digest.as_str()));
     assert_eq!(pulled.layers.len(), 1);
-    assert!(pulled.layers[0].data.as_ref() == sbom.as_slice(), "SBOM layer bytes differ");
-    assert!(pulled.config.data.as_ref() == sbom_config.as_slice(), "SBOM config bytes differ");
+    assert!(
+        pulled.layers[0].data.as_ref() == sbom.as_slice(),
+        "SBOM layer bytes differ"
+    );
+    assert!(
+        pulled.config.data.as_ref() == sbom_config.as_slice(),
+        "SBOM config bytes differ"
+    );
     assert_eq!(pulled.config.media_type, SBOM_TYPE);
 
     // --- Artifact 2: a "signature" without artifactType (so its referrer
     // descriptor must take config.mediaType), blobs via oci-client, manifest
     // via a plain PUT by digest so the response headers can be checked.
     let repo_ref: Reference = format!("{host}/team/app:unused").parse().unwrap();
-    let sig_config = serde_json::to_vec(&json!({ "signer": "tests", "nonce": uuid::Uuid::new_v4().to_string() })).unwrap();
+    let sig_config = serde_json::to_vec(
+        &json!({ "signer": "tests", "nonce": uuid::Uuid::new_v4().to_string() }),
+    )
+    .unwrap();
     let sig_payload = random_bytes(512);
     for blob in [&sig_config, &sig_payload] {
         client
@@ -540,7 +616,10 @@ async fn oci_client_artifacts_and_referrers() {
             .await
             .expect("oci-client push_blob");
         assert!(
-            client.blob_exists(&repo_ref, &sha256_digest(blob)).await.expect("blob_exists"),
+            client
+                .blob_exists(&repo_ref, &sha256_digest(blob))
+                .await
+                .expect("blob_exists"),
             "pushed blob not found"
         );
     }
@@ -563,8 +642,14 @@ async fn oci_client_artifacts_and_referrers() {
         .await
         .expect("PUT signature manifest");
     assert_eq!(resp.status(), 201, "PUT {url}");
-    assert!(header(&resp, "location").is_some(), "manifest PUT must return Location");
-    assert_eq!(header(&resp, "docker-content-digest").as_deref(), Some(sig_digest.as_str()));
+    assert!(
+        header(&resp, "location").is_some(),
+        "manifest PUT must return Location"
+    );
+    assert_eq!(
+        header(&resp, "docker-content-digest").as_deref(),
+        Some(sig_digest.as_str())
+    );
     assert_eq!(
         header(&resp, "oci-subject").as_deref(),
         Some(img.manifest_digest.as_str()),
@@ -577,11 +662,18 @@ async fn oci_client_artifacts_and_referrers() {
         .await
         .expect("GET signature manifest");
     assert_eq!(resp.status(), 200);
-    assert!(resp.bytes().await.unwrap().as_ref() == sig_manifest.as_slice(), "signature manifest bytes differ");
+    assert!(
+        resp.bytes().await.unwrap().as_ref() == sig_manifest.as_slice(),
+        "signature manifest bytes differ"
+    );
 
     // --- Referrers, unfiltered: both artifacts, as an OCI image index.
     let referrers_url = format!("{base}/v2/team/app/referrers/{}", img.manifest_digest);
-    let resp = http.get(&referrers_url).send().await.expect("GET referrers");
+    let resp = http
+        .get(&referrers_url)
+        .send()
+        .await
+        .expect("GET referrers");
     assert_eq!(resp.status(), 200, "GET {referrers_url}");
     let content_type = header(&resp, "content-type").unwrap_or_default();
     assert!(
@@ -590,7 +682,10 @@ async fn oci_client_artifacts_and_referrers() {
     );
     let index: Value = resp.json().await.expect("referrers body is JSON");
     assert_eq!(index["schemaVersion"], 2, "referrers index: {index}");
-    assert_eq!(index["mediaType"], OCI_INDEX_TYPE, "referrers index: {index}");
+    assert_eq!(
+        index["mediaType"], OCI_INDEX_TYPE,
+        "referrers index: {index}"
+    );
     let entries = index["manifests"].as_array().expect("manifests array");
     assert_eq!(entries.len(), 2, "two referrers expected: {index}");
     let find = |digest: &str| {
@@ -604,7 +699,11 @@ async fn oci_client_artifacts_and_referrers() {
     assert_eq!(sbom_entry["mediaType"], OCI_MANIFEST_TYPE);
     assert_eq!(sbom_entry["size"], raw.len());
     assert_eq!(sbom_entry["artifactType"], SBOM_TYPE);
-    assert_eq!(sbom_entry["annotations"], json!(sbom_annotations), "SBOM referrer annotations");
+    assert_eq!(
+        sbom_entry["annotations"],
+        json!(sbom_annotations),
+        "SBOM referrer annotations"
+    );
     let sig_entry = find(&sig_digest);
     assert_eq!(sig_entry["mediaType"], OCI_MANIFEST_TYPE);
     assert_eq!(sig_entry["size"], sig_manifest.len());
@@ -612,7 +711,10 @@ async fn oci_client_artifacts_and_referrers() {
         sig_entry["artifactType"], SIGNATURE_TYPE,
         "artifactType of a referrer without one must be its config mediaType"
     );
-    assert_eq!(sig_entry["annotations"], json!({ "org.example.kind": "signature" }));
+    assert_eq!(
+        sig_entry["annotations"],
+        json!({ "org.example.kind": "signature" })
+    );
 
     // --- Filtered by the SBOM type: only the SBOM, with OCI-Filters-Applied.
     let url = format!("{referrers_url}?artifactType={}", query_escape(SBOM_TYPE));
@@ -630,22 +732,44 @@ async fn oci_client_artifacts_and_referrers() {
         .iter()
         .map(|e| &e["digest"])
         .collect();
-    assert_eq!(digests, vec![&json!(sbom_digest)], "filtered referrers: {filtered}");
+    assert_eq!(
+        digests,
+        vec![&json!(sbom_digest)],
+        "filtered referrers: {filtered}"
+    );
 
     // --- Filtered by a type nobody has: empty list.
-    let url = format!("{referrers_url}?artifactType={}", query_escape("other/type"));
+    let url = format!(
+        "{referrers_url}?artifactType={}",
+        query_escape("other/type")
+    );
     let resp = http.get(&url).send().await.expect("GET filtered referrers");
     assert_eq!(resp.status(), 200, "GET {url}");
-    assert_eq!(header(&resp, "oci-filters-applied").as_deref(), Some("artifactType"));
+    assert_eq!(
+        header(&resp, "oci-filters-applied").as_deref(),
+        Some("artifactType")
+    );
     let empty: Value = resp.json().await.expect("JSON");
-    assert_eq!(empty["manifests"], json!([]), "referrers filtered by other/type: {empty}");
+    assert_eq!(
+        empty["manifests"],
+        json!([]),
+        "referrers filtered by other/type: {empty}"
+    );
 
     // --- A digest nothing refers to: 200 with an empty index, never 404.
     let url = format!("{base}/v2/team/app/referrers/{sbom_digest}");
-    let resp = http.get(&url).send().await.expect("GET referrers of the SBOM");
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .expect("GET referrers of the SBOM");
     assert_eq!(resp.status(), 200, "GET {url}");
     let none: Value = resp.json().await.expect("JSON");
-    assert_eq!(none["manifests"], json!([]), "referrers of an unreferenced digest: {none}");
+    assert_eq!(
+        none["manifests"],
+        json!([]),
+        "referrers of an unreferenced digest: {none}"
+    );
 
     // --- The same through oci-client's referrers API.
     let subject_ref: Reference = format!("{host}/team/app@{}", img.manifest_digest)

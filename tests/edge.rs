@@ -19,8 +19,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    hex_part, portcullis, run_ok, run_with_timeout, sha256_digest, CmdOutput, ContainersEnv, ImageFixture,
-    Server, OCI_CONFIG_TYPE, OCI_LAYER_GZIP_TYPE, OCI_MANIFEST_TYPE,
+    hex_part, portcullis, run_ok, run_with_timeout, sha256_digest, CmdOutput, ContainersEnv,
+    ImageFixture, Server, OCI_CONFIG_TYPE, OCI_LAYER_GZIP_TYPE, OCI_MANIFEST_TYPE,
 };
 use reqwest::{Certificate, Client, Identity, StatusCode, Version};
 use serde_json::{json, Value};
@@ -55,7 +55,10 @@ struct Workdir {
 
 impl Workdir {
     fn new() -> Workdir {
-        let dir = tempfile::Builder::new().prefix("portcullis-edge-").tempdir().expect("create work dir");
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-edge-")
+            .tempdir()
+            .expect("create work dir");
         Workdir { dir }
     }
 
@@ -84,13 +87,18 @@ impl Workdir {
 
 fn make_certs(out: &Path, client: Option<&str>) {
     let mut cmd = portcullis();
-    cmd.args(["certs", "--out"]).arg(out).args(["--name", "localhost", "--ip", "127.0.0.1"]);
+    cmd.args(["certs", "--out"])
+        .arg(out)
+        .args(["--name", "localhost", "--ip", "127.0.0.1"]);
     if let Some(client) = client {
         cmd.args(["--client", client]);
     }
     run_ok(&mut cmd, TOOL_TIMEOUT);
     for file in ["ca.crt", "server.crt", "server.key"] {
-        assert!(out.join(file).is_file(), "portcullis certs did not write {file}");
+        assert!(
+            out.join(file).is_file(),
+            "portcullis certs did not write {file}"
+        );
     }
 }
 
@@ -125,8 +133,15 @@ fn htpasswd_add(file: &Path, user: &str, password: &str) {
         std::thread::sleep(Duration::from_millis(10));
     };
     let mut stderr = String::new();
-    let _ = child.stderr.take().expect("piped stderr").read_to_string(&mut stderr);
-    assert!(status.success(), "portcullis htpasswd add {user} failed ({status}): {stderr}");
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr);
+    assert!(
+        status.success(),
+        "portcullis htpasswd add {user} failed ({status}): {stderr}"
+    );
 }
 
 /// A directory holding only `ca.crt`: what `--cert-dir` of skopeo/podman wants
@@ -158,7 +173,10 @@ fn ca_cert(ca: &Path) -> Certificate {
 
 /// A client that trusts exactly one CA (no system roots).
 fn tls_client(ca: &Path) -> Client {
-    client_builder().tls_certs_only([ca_cert(ca)]).build().expect("build TLS client")
+    client_builder()
+        .tls_certs_only([ca_cert(ca)])
+        .build()
+        .expect("build TLS client")
 }
 
 /// A client that trusts exactly one CA and presents a client certificate.
@@ -187,7 +205,9 @@ struct Answer {
 
 impl Answer {
     fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().expect("header is ASCII").to_string())
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("header is ASCII").to_string())
     }
 
     fn text(&self) -> String {
@@ -196,8 +216,13 @@ impl Answer {
 
     /// `errors[0].code` of an OCI error body.
     fn oci_code(&self) -> String {
-        let v: Value = serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{}: body is not an OCI error ({e}): {}", self.status, self.text()));
+        let v: Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{}: body is not an OCI error ({e}): {}",
+                self.status,
+                self.text()
+            )
+        });
         v["errors"][0]["code"]
             .as_str()
             .unwrap_or_else(|| panic!("{}: no errors[0].code in {v}", self.status))
@@ -205,7 +230,13 @@ impl Answer {
     }
 
     fn describe(&self) -> String {
-        format!("{} {:?} {:?}\n{}", self.status, self.version, self.headers, self.text())
+        format!(
+            "{} {:?} {:?}\n{}",
+            self.status,
+            self.version,
+            self.headers,
+            self.text()
+        )
     }
 }
 
@@ -214,17 +245,34 @@ async fn send(rb: reqwest::RequestBuilder) -> Answer {
     let (client, req) = rb.build_split();
     let req = req.expect("request builds");
     let what = format!("{} {}", req.method(), req.url());
-    let resp = client.execute(req).await.unwrap_or_else(|e| panic!("{what}: transport error: {e:?}"));
+    let resp = client
+        .execute(req)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transport error: {e:?}"));
     let status = resp.status();
     let version = resp.version();
     let headers = resp.headers().clone();
-    let body = resp.bytes().await.unwrap_or_else(|e| panic!("{what}: reading the body: {e:?}")).to_vec();
-    Answer { status, version, headers, body }
+    let body = resp
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: reading the body: {e:?}"))
+        .to_vec();
+    Answer {
+        status,
+        version,
+        headers,
+        body,
+    }
 }
 
 /// Asserts an OCI error answer: status, code and (for 401) the Basic challenge.
 fn assert_oci_error(answer: &Answer, status: u16, code: &str, what: &str) {
-    assert_eq!(answer.status.as_u16(), status, "{what}: {}", answer.describe());
+    assert_eq!(
+        answer.status.as_u16(),
+        status,
+        "{what}: {}",
+        answer.describe()
+    );
     assert_eq!(answer.oci_code(), code, "{what}: {}", answer.describe());
     if status == 401 {
         assert_eq!(
@@ -278,9 +326,17 @@ async fn push_blob(
     creds: Option<(&str, &str)>,
 ) -> String {
     let answer = post_blob(client, base, repo, bytes, creds).await;
-    assert_eq!(answer.status, 201, "monolithic upload to {repo}: {}", answer.describe());
+    assert_eq!(
+        answer.status,
+        201,
+        "monolithic upload to {repo}: {}",
+        answer.describe()
+    );
     let digest = sha256_digest(bytes);
-    assert_eq!(answer.header("docker-content-digest").as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        answer.header("docker-content-digest").as_deref(),
+        Some(digest.as_str())
+    );
     digest
 }
 
@@ -322,7 +378,12 @@ async fn push_image(
         rb = rb.basic_auth(user, Some(password));
     }
     let answer = send(rb).await;
-    assert_eq!(answer.status, 201, "PUT manifest {repo}:{tag}: {}", answer.describe());
+    assert_eq!(
+        answer.status,
+        201,
+        "PUT manifest {repo}:{tag}: {}",
+        answer.describe()
+    );
     manifest
 }
 
@@ -348,7 +409,11 @@ where
 fn wait_for_log(server: &Server, needle: &str, budget: Duration) {
     let deadline = Instant::now() + budget;
     while !server.log().contains(needle) {
-        assert!(Instant::now() < deadline, "the server log did not mention {needle:?} within {budget:?}:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "the server log did not mention {needle:?} within {budget:?}:\n{}",
+            server.log()
+        );
         std::thread::sleep(POLL);
     }
 }
@@ -376,7 +441,9 @@ fn raw_exchange(port: u16, request: &[u8], timeout: Duration) -> (String, String
         }
     }
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("answer is not HTTP: {text:?}"));
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("answer is not HTTP: {text:?}"));
     let status_line = head.lines().next().unwrap_or_default().to_string();
     (status_line, head.to_string(), body.to_string())
 }
@@ -385,14 +452,24 @@ fn raw_exchange(port: u16, request: &[u8], timeout: Duration) -> (String, String
 fn raw_header(head: &str, name: &str) -> Option<String> {
     head.lines().skip(1).find_map(|line| {
         let (k, v) = line.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
     })
 }
 
 fn curl(args: &[&str]) -> CmdOutput {
     let mut cmd = Command::new("curl");
-    cmd.args(["--silent", "--show-error", "--max-time", "20"]).args(args);
-    for proxy in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+    cmd.args(["--silent", "--show-error", "--max-time", "20"])
+        .args(args);
+    for proxy in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
         cmd.env_remove(proxy);
     }
     run_with_timeout(&mut cmd, TOOL_TIMEOUT)
@@ -405,8 +482,9 @@ fn path_str(p: &Path) -> &str {
 /// Asserts that the OCI layout at `out` holds the fixture image under `tag`, every
 /// blob byte for byte.
 fn assert_layout_is_fixture(img: &ImageFixture, out: &Path, tag: &str) {
-    let index: Value = serde_json::from_slice(&fs::read(out.join("index.json")).expect("read index.json"))
-        .expect("index.json is JSON");
+    let index: Value =
+        serde_json::from_slice(&fs::read(out.join("index.json")).expect("read index.json"))
+            .expect("index.json is JSON");
     let entry = index["manifests"]
         .as_array()
         .expect("index.manifests")
@@ -414,11 +492,20 @@ fn assert_layout_is_fixture(img: &ImageFixture, out: &Path, tag: &str) {
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
         .unwrap_or_else(|| panic!("no manifest tagged {tag} in {index}"))
         .clone();
-    assert_eq!(entry["digest"], img.manifest_digest.as_str(), "pulled manifest digest");
+    assert_eq!(
+        entry["digest"],
+        img.manifest_digest.as_str(),
+        "pulled manifest digest"
+    );
     let blobs = out.join("blobs").join("sha256");
     let mut pulled: Vec<String> = fs::read_dir(&blobs)
         .expect("read pulled blobs")
-        .map(|e| format!("sha256:{}", e.expect("dir entry").file_name().to_string_lossy()))
+        .map(|e| {
+            format!(
+                "sha256:{}",
+                e.expect("dir entry").file_name().to_string_lossy()
+            )
+        })
         .collect();
     pulled.sort();
     let mut expected = img.blob_digests();
@@ -426,7 +513,10 @@ fn assert_layout_is_fixture(img: &ImageFixture, out: &Path, tag: &str) {
     assert_eq!(pulled, expected, "blobs in the pulled layout");
     for digest in &expected {
         let got = fs::read(blobs.join(hex_part(digest))).expect("read pulled blob");
-        assert!(got == img.blob(digest), "pulled blob {digest} differs from the pushed one");
+        assert!(
+            got == img.blob(digest),
+            "pulled blob {digest} differs from the pushed one"
+        );
     }
 }
 
@@ -476,16 +566,32 @@ htpasswd = "htpasswd"
 
     // The manifest comes back byte for byte.
     let raw = run_ok(
-        &mut env.skopeo(&["inspect", "--raw", "--cert-dir", cert_dir, "--creds", &creds, &remote]),
+        &mut env.skopeo(&[
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            cert_dir,
+            "--creds",
+            &creds,
+            &remote,
+        ]),
         SKOPEO_TIMEOUT,
     )
     .stdout;
-    assert!(raw == img.manifest, "manifest served over TLS differs from the pushed one");
+    assert!(
+        raw == img.manifest,
+        "manifest served over TLS differs from the pushed one"
+    );
 
     // Without the CA the certificate is refused; without credentials the registry is.
-    let untrusted =
-        run_with_timeout(&mut env.skopeo(&["inspect", "--raw", "--creds", &creds, &remote]), SKOPEO_TIMEOUT);
-    assert!(!untrusted.status.success(), "skopeo trusted a certificate of an unknown CA");
+    let untrusted = run_with_timeout(
+        &mut env.skopeo(&["inspect", "--raw", "--creds", &creds, &remote]),
+        SKOPEO_TIMEOUT,
+    );
+    assert!(
+        !untrusted.status.success(),
+        "skopeo trusted a certificate of an unknown CA"
+    );
     assert!(
         untrusted.stderr.contains("certificate"),
         "expected a certificate error, got: {}",
@@ -495,9 +601,13 @@ htpasswd = "htpasswd"
         &mut env.skopeo(&["inspect", "--raw", "--cert-dir", cert_dir, &remote]),
         SKOPEO_TIMEOUT,
     );
-    assert!(!anonymous.status.success(), "anonymous skopeo inspect of a protected repository succeeded");
     assert!(
-        anonymous.stderr.to_lowercase().contains("unauthorized") || anonymous.stderr.contains("401"),
+        !anonymous.status.success(),
+        "anonymous skopeo inspect of a protected repository succeeded"
+    );
+    assert!(
+        anonymous.stderr.to_lowercase().contains("unauthorized")
+            || anonymous.stderr.contains("401"),
         "expected an authentication error, got: {}",
         anonymous.stderr
     );
@@ -533,7 +643,14 @@ htpasswd = "htpasswd"
     );
     let reference = format!("{}/team/app:1.0", server.tls_host_port());
     let pull = run_with_timeout(
-        &mut env.podman(&["pull", "--cert-dir", cert_dir, "--creds", &creds, &reference]),
+        &mut env.podman(&[
+            "pull",
+            "--cert-dir",
+            cert_dir,
+            "--creds",
+            &creds,
+            &reference,
+        ]),
         PODMAN_TIMEOUT,
     );
     assert!(
@@ -544,11 +661,26 @@ htpasswd = "htpasswd"
         pull.stderr,
         server.log()
     );
-    assert_eq!(pull.stdout_str().trim(), hex_part(&img.config_digest), "image ID printed by podman pull");
-    let inspect = run_ok(&mut env.podman(&["image", "inspect", &reference]), PODMAN_TIMEOUT);
+    assert_eq!(
+        pull.stdout_str().trim(),
+        hex_part(&img.config_digest),
+        "image ID printed by podman pull"
+    );
+    let inspect = run_ok(
+        &mut env.podman(&["image", "inspect", &reference]),
+        PODMAN_TIMEOUT,
+    );
     let images: Value = serde_json::from_slice(&inspect.stdout).expect("podman inspect JSON");
-    assert_eq!(images[0]["Digest"], img.manifest_digest.as_str(), "podman image Digest");
-    assert_eq!(images[0]["RootFS"]["Layers"], json!(img.diff_ids), "unpacked layer diff IDs");
+    assert_eq!(
+        images[0]["Digest"],
+        img.manifest_digest.as_str(),
+        "podman image Digest"
+    );
+    assert_eq!(
+        images[0]["RootFS"]["Layers"],
+        json!(img.diff_ids),
+        "unpacked layer diff IDs"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -590,18 +722,38 @@ push = ["alice"]
     let digest = public_digest;
 
     // The right password works.
-    let ok = send(http.get(format!("{base}/v2/")).basic_auth("alice", Some(ALICE_PW))).await;
+    let ok = send(
+        http.get(format!("{base}/v2/"))
+            .basic_auth("alice", Some(ALICE_PW)),
+    )
+    .await;
     assert_eq!(ok.status, 200, "GET /v2/ as alice: {}", ok.describe());
 
     // Wrong password and unknown user: 401 UNAUTHORIZED with the challenge, and the
     // two are indistinguishable (status, challenge and body).
     for path in ["/v2/".to_string(), format!("/v2/team/app/blobs/{digest}")] {
-        let wrong_password =
-            send(http.get(format!("{base}{path}")).basic_auth("alice", Some("not-her-password"))).await;
-        assert_oci_error(&wrong_password, 401, "UNAUTHORIZED", &format!("GET {path} with a wrong password"));
-        let wrong_user =
-            send(http.get(format!("{base}{path}")).basic_auth("mallory", Some("not-her-password"))).await;
-        assert_oci_error(&wrong_user, 401, "UNAUTHORIZED", &format!("GET {path} as an unknown user"));
+        let wrong_password = send(
+            http.get(format!("{base}{path}"))
+                .basic_auth("alice", Some("not-her-password")),
+        )
+        .await;
+        assert_oci_error(
+            &wrong_password,
+            401,
+            "UNAUTHORIZED",
+            &format!("GET {path} with a wrong password"),
+        );
+        let wrong_user = send(
+            http.get(format!("{base}{path}"))
+                .basic_auth("mallory", Some("not-her-password")),
+        )
+        .await;
+        assert_oci_error(
+            &wrong_user,
+            401,
+            "UNAUTHORIZED",
+            &format!("GET {path} as an unknown user"),
+        );
         assert_eq!(
             wrong_password.body,
             wrong_user.body,
@@ -609,62 +761,150 @@ push = ["alice"]
             wrong_password.text(),
             wrong_user.text()
         );
-        assert_eq!(wrong_password.header("www-authenticate"), wrong_user.header("www-authenticate"));
-        assert_eq!(wrong_password.header("content-type"), wrong_user.header("content-type"));
+        assert_eq!(
+            wrong_password.header("www-authenticate"),
+            wrong_user.header("www-authenticate")
+        );
+        assert_eq!(
+            wrong_password.header("content-type"),
+            wrong_user.header("content-type")
+        );
     }
 
     // A malformed Authorization header is also just a 401.
-    let garbage = send(http.get(format!("{base}/v2/")).header("authorization", "Basic !!!")).await;
-    assert_oci_error(&garbage, 401, "UNAUTHORIZED", "GET /v2/ with a malformed Authorization header");
+    let garbage = send(
+        http.get(format!("{base}/v2/"))
+            .header("authorization", "Basic !!!"),
+    )
+    .await;
+    assert_oci_error(
+        &garbage,
+        401,
+        "UNAUTHORIZED",
+        "GET /v2/ with a malformed Authorization header",
+    );
 
     // Missing credentials: /v2/ and a protected repository challenge.
     let anon_base = send(http.get(format!("{base}/v2/"))).await;
     assert_oci_error(&anon_base, 401, "UNAUTHORIZED", "anonymous GET /v2/");
     let anon_team = send(http.get(format!("{base}/v2/team/app/blobs/{digest}"))).await;
-    assert_oci_error(&anon_team, 401, "UNAUTHORIZED", "anonymous GET of a blob in team/app");
+    assert_oci_error(
+        &anon_team,
+        401,
+        "UNAUTHORIZED",
+        "anonymous GET of a blob in team/app",
+    );
     let anon_tags = send(http.get(format!("{base}/v2/team/app/tags/list"))).await;
-    assert_oci_error(&anon_tags, 401, "UNAUTHORIZED", "anonymous GET team/app tags");
+    assert_oci_error(
+        &anon_tags,
+        401,
+        "UNAUTHORIZED",
+        "anonymous GET team/app tags",
+    );
     // A repository no rule matches: no access for anyone.
     let anon_other = send(http.get(format!("{base}/v2/other/app/blobs/{digest}"))).await;
-    assert_oci_error(&anon_other, 401, "UNAUTHORIZED", "anonymous GET in a repository no rule names");
-    let alice_other =
-        send(http.get(format!("{base}/v2/other/app/blobs/{digest}")).basic_auth("alice", Some(ALICE_PW)))
-            .await;
-    assert_oci_error(&alice_other, 403, "DENIED", "alice in a repository no rule names");
+    assert_oci_error(
+        &anon_other,
+        401,
+        "UNAUTHORIZED",
+        "anonymous GET in a repository no rule names",
+    );
+    let alice_other = send(
+        http.get(format!("{base}/v2/other/app/blobs/{digest}"))
+            .basic_auth("alice", Some(ALICE_PW)),
+    )
+    .await;
+    assert_oci_error(
+        &alice_other,
+        403,
+        "DENIED",
+        "alice in a repository no rule names",
+    );
 
     // Anonymous pull where the rule says pull = ["anonymous"].
     let anon_public = send(http.get(format!("{base}/v2/public/app/blobs/{digest}"))).await;
-    assert_eq!(anon_public.status, 200, "anonymous pull of public/app: {}", anon_public.describe());
-    assert!(anon_public.body == blob, "anonymous pull returned other bytes");
+    assert_eq!(
+        anon_public.status,
+        200,
+        "anonymous pull of public/app: {}",
+        anon_public.describe()
+    );
+    assert!(
+        anon_public.body == blob,
+        "anonymous pull returned other bytes"
+    );
     let anon_head = send(http.head(format!("{base}/v2/public/app/blobs/{digest}"))).await;
     assert_eq!(anon_head.status, 200, "anonymous HEAD in public/app");
     // ... but not push there: anonymous callers are asked to log in.
     let anon_push = send(http.post(format!("{base}/v2/public/app/blobs/uploads/"))).await;
-    assert_oci_error(&anon_push, 401, "UNAUTHORIZED", "anonymous POST upload to public/app");
+    assert_oci_error(
+        &anon_push,
+        401,
+        "UNAUTHORIZED",
+        "anonymous POST upload to public/app",
+    );
 
     // bob may pull team/app (pull = ["*"]) but not push: 403 DENIED.
-    let bob_pull =
-        send(http.get(format!("{base}/v2/team/app/blobs/{digest}")).basic_auth("bob", Some(BOB_PW))).await;
-    assert_eq!(bob_pull.status, 200, "bob pulls team/app: {}", bob_pull.describe());
-    let bob_push =
-        send(http.post(format!("{base}/v2/team/app/blobs/uploads/")).basic_auth("bob", Some(BOB_PW))).await;
+    let bob_pull = send(
+        http.get(format!("{base}/v2/team/app/blobs/{digest}"))
+            .basic_auth("bob", Some(BOB_PW)),
+    )
+    .await;
+    assert_eq!(
+        bob_pull.status,
+        200,
+        "bob pulls team/app: {}",
+        bob_pull.describe()
+    );
+    let bob_push = send(
+        http.post(format!("{base}/v2/team/app/blobs/uploads/"))
+            .basic_auth("bob", Some(BOB_PW)),
+    )
+    .await;
     assert_oci_error(&bob_push, 403, "DENIED", "bob POSTs an upload to team/app");
-    let bob_mono = post_blob(&http, &base, "team/app", &pseudo_random(1000, 2), Some(("bob", BOB_PW))).await;
-    assert_oci_error(&bob_mono, 403, "DENIED", "bob's monolithic upload to team/app");
-    let bob_public =
-        post_blob(&http, &base, "public/app", &pseudo_random(1000, 3), Some(("bob", BOB_PW))).await;
+    let bob_mono = post_blob(
+        &http,
+        &base,
+        "team/app",
+        &pseudo_random(1000, 2),
+        Some(("bob", BOB_PW)),
+    )
+    .await;
+    assert_oci_error(
+        &bob_mono,
+        403,
+        "DENIED",
+        "bob's monolithic upload to team/app",
+    );
+    let bob_public = post_blob(
+        &http,
+        &base,
+        "public/app",
+        &pseudo_random(1000, 3),
+        Some(("bob", BOB_PW)),
+    )
+    .await;
     assert_oci_error(&bob_public, 403, "DENIED", "bob's upload to public/app");
     let refused = sha256_digest(&pseudo_random(1000, 2));
-    let head =
-        send(http.head(format!("{base}/v2/team/app/blobs/{refused}")).basic_auth("alice", Some(ALICE_PW)))
-            .await;
+    let head = send(
+        http.head(format!("{base}/v2/team/app/blobs/{refused}"))
+            .basic_auth("alice", Some(ALICE_PW)),
+    )
+    .await;
     assert_eq!(head.status, 404, "a refused upload must store nothing");
 
     // alice may push (a session start is 202).
-    let alice_push =
-        send(http.post(format!("{base}/v2/team/app/blobs/uploads/")).basic_auth("alice", Some(ALICE_PW)))
-            .await;
-    assert_eq!(alice_push.status, 202, "alice starts an upload: {}", alice_push.describe());
+    let alice_push = send(
+        http.post(format!("{base}/v2/team/app/blobs/uploads/"))
+            .basic_auth("alice", Some(ALICE_PW)),
+    )
+    .await;
+    assert_eq!(
+        alice_push.status,
+        202,
+        "alice starts an upload: {}",
+        alice_push.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -692,24 +932,46 @@ failure_window_secs = 60
 
     for attempt in 1..=3 {
         let answer = send(http.get(&url).basic_auth("alice", Some("guess"))).await;
-        assert_oci_error(&answer, 401, "UNAUTHORIZED", &format!("failed login {attempt} of 3"));
+        assert_oci_error(
+            &answer,
+            401,
+            "UNAUTHORIZED",
+            &format!("failed login {attempt} of 3"),
+        );
     }
     let fourth = send(http.get(&url).basic_auth("alice", Some("guess"))).await;
     assert_oci_error(&fourth, 429, "TOOMANYREQUESTS", "4th failed login");
     let retry_after = fourth
         .header("retry-after")
         .unwrap_or_else(|| panic!("429 without Retry-After: {}", fourth.describe()));
-    let secs: u64 =
-        retry_after.parse().unwrap_or_else(|_| panic!("Retry-After {retry_after:?} is not seconds"));
-    assert!(secs > 0 && secs <= 60, "Retry-After {secs} should be within the 60 s window");
+    let secs: u64 = retry_after
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After {retry_after:?} is not seconds"));
+    assert!(
+        secs > 0 && secs <= 60,
+        "Retry-After {secs} should be within the 60 s window"
+    );
 
     // While limited, even the right password is refused ...
     let right = send(http.get(&url).basic_auth("alice", Some(ALICE_PW))).await;
-    assert_oci_error(&right, 429, "TOOMANYREQUESTS", "alice's right password while limited");
-    assert!(right.header("retry-after").is_some(), "429 without Retry-After");
+    assert_oci_error(
+        &right,
+        429,
+        "TOOMANYREQUESTS",
+        "alice's right password while limited",
+    );
+    assert!(
+        right.header("retry-after").is_some(),
+        "429 without Retry-After"
+    );
     // ... and so is another user from the same client address.
     let bob = send(http.get(&url).basic_auth("bob", Some(BOB_PW))).await;
-    assert_oci_error(&bob, 429, "TOOMANYREQUESTS", "bob's right password from the same address");
+    assert_oci_error(
+        &bob,
+        429,
+        "TOOMANYREQUESTS",
+        "bob's right password from the same address",
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -718,7 +980,11 @@ failure_window_secs = 60
 
 /// Outcome of `GET /v2/` over a fresh connection trusting only `ca`.
 async fn get_v2_trusting(ca: &Path, server: &Server) -> Result<StatusCode, String> {
-    match tls_client(ca).get(format!("{}/v2/", server.tls_url())).send().await {
+    match tls_client(ca)
+        .get(format!("{}/v2/", server.tls_url()))
+        .send()
+        .await
+    {
         Ok(resp) => Ok(resp.status()),
         Err(e) => Err(format!("{e:?}")),
     }
@@ -777,13 +1043,20 @@ key = "certs/server.key"
             tokio::time::sleep(POLL).await;
         }
     }
-    assert!(received < BIG, "the whole blob arrived before the reload; nothing to test");
+    assert!(
+        received < BIG,
+        "the whole blob arrived before the reload; nothing to test"
+    );
 
     // Before the reload: the old CA is trusted, a new one is not (sanity).
     assert_eq!(get_v2_trusting(&old_ca, &server).await, Ok(StatusCode::OK));
     let new_certs = work.certs("certs-new", None);
     let new_ca = new_certs.join("ca.crt");
-    assert_ne!(fs::read(&new_ca).unwrap(), fs::read(&old_ca).unwrap(), "certs made a new CA");
+    assert_ne!(
+        fs::read(&new_ca).unwrap(),
+        fs::read(&old_ca).unwrap(),
+        "certs made a new CA"
+    );
     assert!(
         get_v2_trusting(&new_ca, &server).await.is_err(),
         "a client trusting only the new CA connected before the reload"
@@ -794,13 +1067,16 @@ key = "certs/server.key"
     fs::copy(new_certs.join("server.key"), certs.join("server.key")).expect("replace server.key");
     server.sighup();
 
-    let status = eventually("a new connection trusting only the new CA succeeds", RELOAD_BUDGET, || {
-        get_v2_trusting(&new_ca, &server)
-    })
+    let status = eventually(
+        "a new connection trusting only the new CA succeeds",
+        RELOAD_BUDGET,
+        || get_v2_trusting(&new_ca, &server),
+    )
     .await;
     assert_eq!(status, StatusCode::OK);
     let old = get_v2_trusting(&old_ca, &server).await;
-    let error = old.expect_err("a new connection trusting only the OLD CA succeeded after the reload");
+    let error =
+        old.expect_err("a new connection trusting only the OLD CA succeeded after the reload");
     assert!(
         error.contains("UnknownIssuer") || error.to_lowercase().contains("certificate"),
         "expected a certificate verification error, got: {error}"
@@ -814,9 +1090,19 @@ key = "certs/server.key"
         path_str(&new_ca),
         &format!("{}/v2/", server.tls_url()),
     ]);
-    assert_eq!(curl_new.stdout_str(), "200", "curl trusting the new CA: {}", curl_new.stderr);
-    let curl_old =
-        curl(&["-o", "/dev/null", "--cacert", path_str(&old_ca), &format!("{}/v2/", server.tls_url())]);
+    assert_eq!(
+        curl_new.stdout_str(),
+        "200",
+        "curl trusting the new CA: {}",
+        curl_new.stderr
+    );
+    let curl_old = curl(&[
+        "-o",
+        "/dev/null",
+        "--cacert",
+        path_str(&old_ca),
+        &format!("{}/v2/", server.tls_url()),
+    ]);
     assert_eq!(
         curl_old.status.code(),
         Some(60),
@@ -838,8 +1124,15 @@ key = "certs/server.key"
             None => break,
         }
     }
-    assert_eq!(received, BIG, "bytes of the download that spanned the reload");
-    assert_eq!(format!("sha256:{}", hex::encode(hasher.finalize())), digest, "sha256 of the download");
+    assert_eq!(
+        received, BIG,
+        "bytes of the download that spanned the reload"
+    );
+    assert_eq!(
+        format!("sha256:{}", hex::encode(hasher.finalize())),
+        digest,
+        "sha256 of the download"
+    );
 
     // A broken key file at the next SIGHUP: the certificates in force stay.
     fs::write(certs.join("server.key"), "not a key\n").expect("break server.key");
@@ -882,13 +1175,24 @@ max_failures = 1000
     let carol = login("carol", "carol-secret").await;
     assert_oci_error(&carol, 401, "UNAUTHORIZED", "carol before she is added");
     let bob = login("bob", BOB_PW).await;
-    assert_eq!(bob.status, 200, "bob before the reload (now cached): {}", bob.describe());
+    assert_eq!(
+        bob.status,
+        200,
+        "bob before the reload (now cached): {}",
+        bob.describe()
+    );
 
     // Add carol (and dave, who will not log in yet), remove bob (he has a cached
     // login), then SIGHUP.
     htpasswd_add(&htpasswd, "carol", "carol-secret");
     htpasswd_add(&htpasswd, "dave", "dave-secret");
-    run_ok(portcullis().args(["htpasswd", "remove"]).arg(&htpasswd).arg("bob"), TOOL_TIMEOUT);
+    run_ok(
+        portcullis()
+            .args(["htpasswd", "remove"])
+            .arg(&htpasswd)
+            .arg("bob"),
+        TOOL_TIMEOUT,
+    );
     let still_out = login("carol", "carol-secret").await;
     assert_eq!(still_out.status, 401, "the file is only read on SIGHUP");
     server.sighup();
@@ -906,9 +1210,19 @@ max_failures = 1000
     })
     .await;
     let bob = login("bob", BOB_PW).await;
-    assert_oci_error(&bob, 401, "UNAUTHORIZED", "bob (removed, cached before) after the reload");
+    assert_oci_error(
+        &bob,
+        401,
+        "UNAUTHORIZED",
+        "bob (removed, cached before) after the reload",
+    );
     let alice = login("alice", ALICE_PW).await;
-    assert_eq!(alice.status, 200, "alice is untouched by the reload: {}", alice.describe());
+    assert_eq!(
+        alice.status,
+        200,
+        "alice is untouched by the reload: {}",
+        alice.describe()
+    );
     let wrong = login("carol", "not-carols").await;
     assert_oci_error(&wrong, 401, "UNAUTHORIZED", "carol with a wrong password");
 
@@ -918,7 +1232,12 @@ max_failures = 1000
     server.sighup();
     wait_for_log(&server, "htpasswd not reloaded", RELOAD_BUDGET);
     let dave = login("dave", "dave-secret").await;
-    assert_eq!(dave.status, 200, "dave after a failed reload: {}", dave.describe());
+    assert_eq!(
+        dave.status,
+        200,
+        "dave after a failed reload: {}",
+        dave.describe()
+    );
     let bob = login("bob", BOB_PW).await;
     assert_eq!(bob.status, 401, "bob stays removed after a failed reload");
 }
@@ -960,8 +1279,17 @@ htpasswd = "htpasswd"
         "%{http_version} %{http_code}",
         &v2,
     ]);
-    assert!(out.status.success(), "curl --http2 failed ({}): {}", out.status, out.stderr);
-    assert_eq!(out.stdout_str(), "2 200", "curl --http2: HTTP version and status");
+    assert!(
+        out.status.success(),
+        "curl --http2 failed ({}): {}",
+        out.status,
+        out.stderr
+    );
+    assert_eq!(
+        out.stdout_str(),
+        "2 200",
+        "curl --http2: HTTP version and status"
+    );
     // Clients that only speak HTTP/1.1 still get it.
     let out = curl(&[
         "--http1.1",
@@ -975,7 +1303,12 @@ htpasswd = "htpasswd"
         "%{http_version} %{http_code}",
         &v2,
     ]);
-    assert_eq!(out.stdout_str(), "1.1 200", "curl --http1.1: {}", out.stderr);
+    assert_eq!(
+        out.stdout_str(),
+        "1.1 200",
+        "curl --http1.1: {}",
+        out.stderr
+    );
 
     // Push and pull a manifest with reqwest: ALPN picks h2.
     let http = tls_client(&ca);
@@ -984,16 +1317,34 @@ htpasswd = "htpasswd"
     let digest = sha256_digest(&manifest);
     for reference in ["v1", digest.as_str()] {
         let answer = send(
-            http.get(format!("{}/v2/team/h2/manifests/{reference}", server.tls_url()))
-                .header("accept", OCI_MANIFEST_TYPE)
-                .basic_auth("alice", Some(ALICE_PW)),
+            http.get(format!(
+                "{}/v2/team/h2/manifests/{reference}",
+                server.tls_url()
+            ))
+            .header("accept", OCI_MANIFEST_TYPE)
+            .basic_auth("alice", Some(ALICE_PW)),
         )
         .await;
-        assert_eq!(answer.status, 200, "GET manifest {reference} over TLS: {}", answer.describe());
-        assert_eq!(answer.version, Version::HTTP_2, "manifest GET {reference} must be served over h2");
+        assert_eq!(
+            answer.status,
+            200,
+            "GET manifest {reference} over TLS: {}",
+            answer.describe()
+        );
+        assert_eq!(
+            answer.version,
+            Version::HTTP_2,
+            "manifest GET {reference} must be served over h2"
+        );
         assert!(answer.body == manifest, "manifest bytes over h2 differ");
-        assert_eq!(answer.header("docker-content-digest").as_deref(), Some(digest.as_str()));
-        assert_eq!(answer.header("content-type").as_deref(), Some(OCI_MANIFEST_TYPE));
+        assert_eq!(
+            answer.header("docker-content-digest").as_deref(),
+            Some(digest.as_str())
+        );
+        assert_eq!(
+            answer.header("content-type").as_deref(),
+            Some(OCI_MANIFEST_TYPE)
+        );
     }
     // Errors over h2 are OCI errors too.
     let anon = send(http.get(format!("{}/v2/team/h2/manifests/v1", server.tls_url()))).await;
@@ -1041,9 +1392,20 @@ client_ca = "{certs}/ca.crt"
         without.map(|r| r.status())
     );
     let with = send(mtls_client(&ca, &client_crt, &client_key).get(&v2)).await;
-    assert_eq!(with.status, 200, "required mTLS: client with the generated certificate: {}", with.describe());
-    let intruder =
-        mtls_client(&ca, &foreign.join("client.crt"), &foreign.join("client.key")).get(&v2).send().await;
+    assert_eq!(
+        with.status,
+        200,
+        "required mTLS: client with the generated certificate: {}",
+        with.describe()
+    );
+    let intruder = mtls_client(
+        &ca,
+        &foreign.join("client.crt"),
+        &foreign.join("client.key"),
+    )
+    .get(&v2)
+    .send()
+    .await;
     assert!(
         intruder.is_err(),
         "required mTLS: a certificate of an unknown CA was accepted: {:?}",
@@ -1052,7 +1414,10 @@ client_ca = "{certs}/ca.crt"
 
     let started = Instant::now();
     let curl_without = curl(&["--cacert", path_str(&ca), "-o", "/dev/null", &v2]);
-    assert!(!curl_without.status.success(), "curl without client certificate succeeded");
+    assert!(
+        !curl_without.status.success(),
+        "curl without client certificate succeeded"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the refused handshake took {:?}",
@@ -1071,7 +1436,11 @@ client_ca = "{certs}/ca.crt"
         "%{http_code}",
         &v2,
     ]);
-    assert!(curl_with.status.success(), "curl with client certificate failed: {}", curl_with.stderr);
+    assert!(
+        curl_with.status.success(),
+        "curl with client certificate failed: {}",
+        curl_with.stderr
+    );
     assert_eq!(curl_with.stdout_str(), "200");
     drop(server);
 
@@ -1081,12 +1450,29 @@ client_ca = "{certs}/ca.crt"
     let server = Server::start_with_config(&config("optional"), &optional_dir);
     let v2 = format!("{}/v2/", server.tls_url());
     let without = send(tls_client(&ca).get(&v2)).await;
-    assert_eq!(without.status, 200, "optional mTLS without a certificate: {}", without.describe());
+    assert_eq!(
+        without.status,
+        200,
+        "optional mTLS without a certificate: {}",
+        without.describe()
+    );
     let with = send(mtls_client(&ca, &client_crt, &client_key).get(&v2)).await;
-    assert_eq!(with.status, 200, "optional mTLS with the generated certificate");
-    let intruder =
-        mtls_client(&ca, &foreign.join("client.crt"), &foreign.join("client.key")).get(&v2).send().await;
-    assert!(intruder.is_err(), "optional mTLS: a certificate of an unknown CA was accepted");
+    assert_eq!(
+        with.status, 200,
+        "optional mTLS with the generated certificate"
+    );
+    let intruder = mtls_client(
+        &ca,
+        &foreign.join("client.crt"),
+        &foreign.join("client.key"),
+    )
+    .get(&v2)
+    .send()
+    .await;
+    assert!(
+        intruder.is_err(),
+        "optional mTLS: a certificate of an unknown CA was accepted"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1114,11 +1500,31 @@ key = "certs/server.key"
     // Plain HTTP to the TLS port: 400 saying to use https.
     let request = format!("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{tls_port}\r\n\r\n");
     let (status, head, body) = raw_exchange(tls_port, request.as_bytes(), Duration::from_secs(5));
-    assert!(status.starts_with("HTTP/1.1 400"), "plain HTTP to the TLS port: {status}\n{head}\n{body}");
-    assert!(body.contains("https"), "the 400 should tell to use https: {body:?}");
-    assert!(raw_header(&head, "location").is_none(), "no redirect unless configured: {head}");
-    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{tls_port}/v2/")]);
-    assert_eq!(out.stdout_str(), "400", "curl http:// to the TLS port: {}", out.stderr);
+    assert!(
+        status.starts_with("HTTP/1.1 400"),
+        "plain HTTP to the TLS port: {status}\n{head}\n{body}"
+    );
+    assert!(
+        body.contains("https"),
+        "the 400 should tell to use https: {body:?}"
+    );
+    assert!(
+        raw_header(&head, "location").is_none(),
+        "no redirect unless configured: {head}"
+    );
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{tls_port}/v2/"),
+    ]);
+    assert_eq!(
+        out.stdout_str(),
+        "400",
+        "curl http:// to the TLS port: {}",
+        out.stderr
+    );
 
     // TLS to the plain port: fails fast, with an HTTP 400 answer to the ClientHello.
     let started = Instant::now();
@@ -1130,11 +1536,19 @@ key = "certs/server.key"
         &format!("https://127.0.0.1:{plain_port}/v2/"),
     ]);
     let took = started.elapsed();
-    assert!(!out.status.success(), "curl https:// to the plain port succeeded");
-    assert!(took < Duration::from_secs(5), "TLS to the plain port took {took:?} to fail");
+    assert!(
+        !out.status.success(),
+        "curl https:// to the plain port succeeded"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "TLS to the plain port took {took:?} to fail"
+    );
     let started = Instant::now();
-    let reqwest_tls =
-        tls_client(&certs.join("ca.crt")).get(format!("https://127.0.0.1:{plain_port}/v2/")).send().await;
+    let reqwest_tls = tls_client(&certs.join("ca.crt"))
+        .get(format!("https://127.0.0.1:{plain_port}/v2/"))
+        .send()
+        .await;
     assert!(
         reqwest_tls.is_err(),
         "TLS to the plain port gave an answer: {:?}",
@@ -1149,14 +1563,21 @@ key = "certs/server.key"
     let hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03";
     let started = Instant::now();
     let (status, _, body) = raw_exchange(plain_port, hello, Duration::from_secs(5));
-    assert!(status.starts_with("HTTP/1.1 400"), "TLS bytes to the plain port: {status}");
-    assert!(body.contains("http://") && body.contains("TLS"), "the 400 should explain: {body:?}");
+    assert!(
+        status.starts_with("HTTP/1.1 400"),
+        "TLS bytes to the plain port: {status}"
+    );
+    assert!(
+        body.contains("http://") && body.contains("TLS"),
+        "the 400 should explain: {body:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // Both ports still serve their own protocol.
     let plain = send(plain_client().get(format!("{}/v2/", server.base_url()))).await;
     assert_eq!(plain.status, 200);
-    let tls = send(tls_client(&certs.join("ca.crt")).get(format!("{}/v2/", server.tls_url()))).await;
+    let tls =
+        send(tls_client(&certs.join("ca.crt")).get(format!("{}/v2/", server.tls_url()))).await;
     assert_eq!(tls.status, 200);
 }
 
@@ -1176,11 +1597,19 @@ key = "certs/server.key"
         work.path(),
     );
     let port = server.tls_port();
-    let request = format!("GET /v2/team/app/tags/list?n=5 HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+    let request =
+        format!("GET /v2/team/app/tags/list?n=5 HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
     let (status, head, _) = raw_exchange(port, request.as_bytes(), Duration::from_secs(5));
-    assert!(status.starts_with("HTTP/1.1 308"), "plain HTTP with redirect_to_https: {status}\n{head}");
-    let location = raw_header(&head, "location").unwrap_or_else(|| panic!("308 without Location:\n{head}"));
-    assert_eq!(location, format!("https://localhost:{port}/v2/team/app/tags/list?n=5"));
+    assert!(
+        status.starts_with("HTTP/1.1 308"),
+        "plain HTTP with redirect_to_https: {status}\n{head}"
+    );
+    let location =
+        raw_header(&head, "location").unwrap_or_else(|| panic!("308 without Location:\n{head}"));
+    assert_eq!(
+        location,
+        format!("https://localhost:{port}/v2/team/app/tags/list?n=5")
+    );
 
     // curl sees the same and the target works over TLS.
     let out = curl(&[
@@ -1190,9 +1619,20 @@ key = "certs/server.key"
         "%{http_code} %{redirect_url}",
         &format!("http://localhost:{port}/v2/"),
     ]);
-    assert_eq!(out.stdout_str(), format!("308 https://localhost:{port}/v2/"), "curl: {}", out.stderr);
-    let follow = send(tls_client(&certs.join("ca.crt")).get(format!("https://localhost:{port}/v2/"))).await;
-    assert_eq!(follow.status, 200, "the redirect target: {}", follow.describe());
+    assert_eq!(
+        out.stdout_str(),
+        format!("308 https://localhost:{port}/v2/"),
+        "curl: {}",
+        out.stderr
+    );
+    let follow =
+        send(tls_client(&certs.join("ca.crt")).get(format!("https://localhost:{port}/v2/"))).await;
+    assert_eq!(
+        follow.status,
+        200,
+        "the redirect target: {}",
+        follow.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1221,9 +1661,19 @@ listen = "127.0.0.1:{PLAIN_PORT}"
     let base = server.base_url();
 
     let session = send(http.post(format!("{base}/v2/team/ro/blobs/uploads/"))).await;
-    assert_oci_error(&session, 405, "UNSUPPORTED", "POST upload in read-only mode");
+    assert_oci_error(
+        &session,
+        405,
+        "UNSUPPORTED",
+        "POST upload in read-only mode",
+    );
     let mono = post_blob(&http, &base, "team/ro", &pseudo_random(2000, 9), None).await;
-    assert_oci_error(&mono, 405, "UNSUPPORTED", "monolithic upload in read-only mode");
+    assert_oci_error(
+        &mono,
+        405,
+        "UNSUPPORTED",
+        "monolithic upload in read-only mode",
+    );
     let put = send(
         http.put(format!("{base}/v2/team/ro/manifests/v2"))
             .header("content-type", OCI_MANIFEST_TYPE)
@@ -1232,12 +1682,25 @@ listen = "127.0.0.1:{PLAIN_PORT}"
     .await;
     assert_oci_error(&put, 405, "UNSUPPORTED", "manifest PUT in read-only mode");
     let delete = send(http.delete(format!("{base}/v2/team/ro/manifests/{digest}"))).await;
-    assert_oci_error(&delete, 405, "UNSUPPORTED", "manifest DELETE in read-only mode");
+    assert_oci_error(
+        &delete,
+        405,
+        "UNSUPPORTED",
+        "manifest DELETE in read-only mode",
+    );
 
     // Pulls work, and nothing changed.
-    let got =
-        send(http.get(format!("{base}/v2/team/ro/manifests/v1")).header("accept", OCI_MANIFEST_TYPE)).await;
-    assert_eq!(got.status, 200, "manifest GET in read-only mode: {}", got.describe());
+    let got = send(
+        http.get(format!("{base}/v2/team/ro/manifests/v1"))
+            .header("accept", OCI_MANIFEST_TYPE),
+    )
+    .await;
+    assert_eq!(
+        got.status,
+        200,
+        "manifest GET in read-only mode: {}",
+        got.describe()
+    );
     assert!(got.body == manifest, "manifest bytes in read-only mode");
     let blob = send(http.get(format!("{base}/v2/team/ro/blobs/{layer_digest}"))).await;
     assert_eq!(blob.status, 200, "blob GET in read-only mode");
@@ -1245,7 +1708,11 @@ listen = "127.0.0.1:{PLAIN_PORT}"
     let tags = send(http.get(format!("{base}/v2/team/ro/tags/list"))).await;
     assert_eq!(tags.status, 200);
     let tags: Value = serde_json::from_slice(&tags.body).unwrap();
-    assert_eq!(tags["tags"], json!(["v1"]), "no tag v2 after the refused PUT");
+    assert_eq!(
+        tags["tags"],
+        json!(["v1"]),
+        "no tag v2 after the refused PUT"
+    );
 }
 
 #[tokio::test]
@@ -1263,7 +1730,8 @@ max_manifest_bytes = 1024
     let http = plain_client();
     let base = server.base_url();
     let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
     let layer = pseudo_random(5000, 11);
     push_blob(&http, &base, "team/lim", &config, None).await;
     push_blob(&http, &base, "team/lim", &layer, None).await;
@@ -1276,7 +1744,12 @@ max_manifest_bytes = 1024
             .body(small),
     )
     .await;
-    assert_eq!(ok.status, 201, "a manifest under the limit: {}", ok.describe());
+    assert_eq!(
+        ok.status,
+        201,
+        "a manifest under the limit: {}",
+        ok.describe()
+    );
 
     let big = image_manifest(&config, &layer, 2000);
     assert!(big.len() > 1024);
@@ -1286,7 +1759,12 @@ max_manifest_bytes = 1024
             .body(big.clone()),
     )
     .await;
-    assert_oci_error(&refused, 413, "SIZE_INVALID", "manifest over max_manifest_bytes");
+    assert_oci_error(
+        &refused,
+        413,
+        "SIZE_INVALID",
+        "manifest over max_manifest_bytes",
+    );
 
     // The same without Content-Length (chunked): counted while reading.
     let chunked = send(
@@ -1295,10 +1773,18 @@ max_manifest_bytes = 1024
             .body(chunked_body(work.path(), &big).await),
     )
     .await;
-    assert_oci_error(&chunked, 413, "SIZE_INVALID", "chunked manifest over max_manifest_bytes");
+    assert_oci_error(
+        &chunked,
+        413,
+        "SIZE_INVALID",
+        "chunked manifest over max_manifest_bytes",
+    );
 
-    let missing =
-        send(http.get(format!("{base}/v2/team/lim/manifests/big")).header("accept", OCI_MANIFEST_TYPE)).await;
+    let missing = send(
+        http.get(format!("{base}/v2/team/lim/manifests/big"))
+            .header("accept", OCI_MANIFEST_TYPE),
+    )
+    .await;
     assert_eq!(missing.status, 404, "a refused manifest must not be stored");
 }
 
@@ -1330,19 +1816,31 @@ max_body_bytes = 65536
 
     let too_big = pseudo_random(100 * 1024, 22);
     let refused = post_blob(&http, &base, "team/body", &too_big, None).await;
-    assert_oci_error(&refused, 413, "SIZE_INVALID", "monolithic upload over max_body_bytes");
+    assert_oci_error(
+        &refused,
+        413,
+        "SIZE_INVALID",
+        "monolithic upload over max_body_bytes",
+    );
     let digest = sha256_digest(&too_big);
     let head = send(http.head(format!("{base}/v2/team/body/blobs/{digest}"))).await;
     assert_eq!(head.status, 404, "a refused upload must store nothing");
 
     // Without Content-Length the limit is enforced while reading.
     let chunked = send(
-        http.post(format!("{base}/v2/team/body/blobs/uploads/?digest={digest}"))
-            .header("content-type", "application/octet-stream")
-            .body(chunked_body(work.path(), &too_big).await),
+        http.post(format!(
+            "{base}/v2/team/body/blobs/uploads/?digest={digest}"
+        ))
+        .header("content-type", "application/octet-stream")
+        .body(chunked_body(work.path(), &too_big).await),
     )
     .await;
-    assert_oci_error(&chunked, 413, "SIZE_INVALID", "chunked monolithic upload over max_body_bytes");
+    assert_oci_error(
+        &chunked,
+        413,
+        "SIZE_INVALID",
+        "chunked monolithic upload over max_body_bytes",
+    );
 
     // The server is still healthy for uploads that fit.
     let again = pseudo_random(1000, 23);
@@ -1353,33 +1851,64 @@ max_body_bytes = 65536
 fn check_names_the_file_and_the_mistyped_key() {
     let work = Workdir::new();
     let bad = work.join("bad.toml");
-    fs::write(&bad, "[server]\nlisten = \"127.0.0.1:5000\"\ntls_lisen = \"127.0.0.1:5443\"\n").unwrap();
-    let out = run_with_timeout(portcullis().arg("check").arg("--config").arg(&bad), TOOL_TIMEOUT);
-    assert!(!out.status.success(), "check accepted a typo: {}", out.stdout_str());
+    fs::write(
+        &bad,
+        "[server]\nlisten = \"127.0.0.1:5000\"\ntls_lisen = \"127.0.0.1:5443\"\n",
+    )
+    .unwrap();
+    let out = run_with_timeout(
+        portcullis().arg("check").arg("--config").arg(&bad),
+        TOOL_TIMEOUT,
+    );
+    assert!(
+        !out.status.success(),
+        "check accepted a typo: {}",
+        out.stdout_str()
+    );
     let all = format!("{}\n{}", out.stdout_str(), out.stderr);
     let line = all
         .lines()
         .find(|l| l.contains("tls_lisen"))
         .unwrap_or_else(|| panic!("no line names the key tls_lisen:\n{all}"));
-    assert!(line.contains(path_str(&bad)), "the line naming the key should name the file too: {line}");
-    assert!(line.contains("bad.toml:3"), "the line should give the line number: {line}");
+    assert!(
+        line.contains(path_str(&bad)),
+        "the line naming the key should name the file too: {line}"
+    );
+    assert!(
+        line.contains("bad.toml:3"),
+        "the line should give the line number: {line}"
+    );
 
     let bad_limits = work.join("limits.toml");
     fs::write(&bad_limits, "[limits]\nmax_body_byte = 10\n").unwrap();
-    let out = run_with_timeout(portcullis().arg("check").arg("--config").arg(&bad_limits), TOOL_TIMEOUT);
+    let out = run_with_timeout(
+        portcullis().arg("check").arg("--config").arg(&bad_limits),
+        TOOL_TIMEOUT,
+    );
     assert!(!out.status.success());
     assert!(
-        out.stderr.lines().any(|l| l.contains(path_str(&bad_limits)) && l.contains("max_body_byte")),
+        out.stderr
+            .lines()
+            .any(|l| l.contains(path_str(&bad_limits)) && l.contains("max_body_byte")),
         "file and key on one line: {}",
         out.stderr
     );
 
     // `serve` refuses the same file at once, with the same sentence.
     let started = Instant::now();
-    let serve = run_with_timeout(portcullis().arg("serve").arg("--config").arg(&bad), TOOL_TIMEOUT);
-    assert!(!serve.status.success(), "serve started with a typo in its config");
+    let serve = run_with_timeout(
+        portcullis().arg("serve").arg("--config").arg(&bad),
+        TOOL_TIMEOUT,
+    );
     assert!(
-        serve.stderr.lines().any(|l| l.contains("tls_lisen") && l.contains(path_str(&bad))),
+        !serve.status.success(),
+        "serve started with a typo in its config"
+    );
+    assert!(
+        serve
+            .stderr
+            .lines()
+            .any(|l| l.contains("tls_lisen") && l.contains(path_str(&bad))),
         "{}",
         serve.stderr
     );
@@ -1387,8 +1916,19 @@ fn check_names_the_file_and_the_mistyped_key() {
 
     // A correct file passes.
     let good = work.join("good.toml");
-    fs::write(&good, "[server]\nlisten = \"127.0.0.1:5000\"\n[limits]\nmax_body_bytes = 10\n").unwrap();
-    let out = run_with_timeout(portcullis().arg("check").arg("--config").arg(&good), TOOL_TIMEOUT);
-    assert!(out.status.success(), "check refused a valid config: {}", out.stderr);
+    fs::write(
+        &good,
+        "[server]\nlisten = \"127.0.0.1:5000\"\n[limits]\nmax_body_bytes = 10\n",
+    )
+    .unwrap();
+    let out = run_with_timeout(
+        portcullis().arg("check").arg("--config").arg(&good),
+        TOOL_TIMEOUT,
+    );
+    assert!(
+        out.status.success(),
+        "check refused a valid config: {}",
+        out.stderr
+    );
     assert!(out.stdout_str().contains("ok"), "{}", out.stdout_str());
 }

@@ -197,7 +197,9 @@ fn probe_v2(port: u16) -> Option<u16> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(250)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    stream.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .ok()?;
     let request =
         format!("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
@@ -414,7 +416,11 @@ impl ImageFixture {
             layers.push((digest, size));
         }
 
-        let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), format!("echo {tag}")];
+        let cmd = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            format!("echo {tag}"),
+        ];
         let config = serde_json::to_vec(&json!({
             "created": "1970-01-01T00:00:00Z",
             "architecture": "amd64",
@@ -521,8 +527,7 @@ fn write_blob(blobs: &Path, bytes: &[u8]) -> String {
 }
 
 fn sha256_file(path: &Path) -> String {
-    let mut file =
-        File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -792,7 +797,14 @@ impl ContainersEnv {
             .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
             .env("CONTAINERS_CONF", self.path("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"));
-        for proxy in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+        for proxy in [
+            "http_proxy",
+            "https_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+        ] {
             cmd.env_remove(proxy);
         }
         cmd
