@@ -282,8 +282,12 @@ fn serve(config: Config) -> Result<(), String> {
         upgrade_sock: data.join("portcullis-upgrade.sock").display().to_string(),
         ..ServerConf::default()
     };
+    let pid_file = PathBuf::from(&conf.pid_file);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    // pingora writes its pid file only when it daemonizes; operators need it for SIGHUP.
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .map_err(|e| format!("cannot write {} ({e})", pid_file.display()))?;
 
     if !config.listen.is_empty() {
         let mut plain = Service::new(
