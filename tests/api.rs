@@ -7,6 +7,8 @@
 #[allow(dead_code)]
 mod common;
 
+use common::pseudo_random;
+
 use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder, Response, Url};
@@ -34,21 +36,6 @@ const RAW_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// Deterministic, incompressible-looking bytes (xorshift64*), so that offset
-/// mistakes show up as digest mismatches.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn hdr(resp: &Response, name: &str) -> Option<String> {
@@ -294,6 +281,55 @@ impl Ctx {
         .unwrap()
     }
 
+    /// `GET path`, expecting 200; returns the response.
+    async fn get_ok(&self, path: &str, what: &str) -> Response {
+        expect_status(self.get(path).await, 200, what).await
+    }
+
+    /// `GET path`, expecting 200; returns the whole body.
+    async fn get_bytes(&self, path: &str, what: &str) -> bytes::Bytes {
+        self.get_ok(path, what).await.bytes().await.unwrap()
+    }
+
+    /// `GET path`, expecting `status` with an OCI error body carrying one of
+    /// `codes` (any code if empty); see [`expect_error`].
+    async fn expect_get_error(&self, path: &str, status: u16, codes: &[&str], what: &str) -> Value {
+        expect_error(self.get(path).await, status, codes, what).await
+    }
+
+    /// `GET path`, expecting 200 and a body equal to `want`, byte for byte.
+    async fn assert_get_body(&self, path: &str, what: &str, want: &[u8]) {
+        assert_eq!(self.get_bytes(path, what).await.as_ref(), want);
+    }
+
+    /// `PATCH` an upload location with an octet-stream chunk and the given
+    /// `Content-Range` (`start-end`); returns the response unchecked.
+    async fn patch_chunk(&self, loc: &str, content_range: &str, chunk: Vec<u8>) -> Response {
+        send(
+            self.c
+                .patch(loc)
+                .header("content-type", OCTET)
+                .header("content-range", content_range)
+                .body(chunk),
+        )
+        .await
+    }
+
+    /// `PUT` to an upload location with `digest=<d>` and no body (closing the
+    /// session); returns the response unchecked.
+    async fn put_digest(&self, loc: &str, digest: &str) -> Response {
+        send(self.c.put(with_digest(loc, digest))).await
+    }
+
+    /// `GET /v2/<repo>/tags/list<query>`, expecting 200; returns the `tags`.
+    async fn tags_page(&self, repo: &str, query: &str, what: &str) -> Vec<String> {
+        let r = self
+            .get_ok(&format!("/v2/{repo}/tags/list{query}"), what)
+            .await;
+        let v: Value = r.json().await.unwrap();
+        tag_array(&v)
+    }
+
     async fn tags(&self, repo: &str) -> Vec<String> {
         let r = self.get(&format!("/v2/{repo}/tags/list")).await;
         let r = expect_status(r, 200, "tags list").await;
@@ -483,8 +519,7 @@ fn raw_error_codes(r: &RawResp) -> Vec<String> {
 #[tokio::test]
 async fn base_endpoint_reports_api_version() {
     let ctx = Ctx::new().await;
-    let r = ctx.get("/v2/").await;
-    let r = expect_status(r, 200, "GET /v2/").await;
+    let r = ctx.get_ok("/v2/", "GET /v2/").await;
     assert_eq!(
         must_hdr(&r, "docker-distribution-api-version"),
         "registry/2.0"
@@ -516,7 +551,7 @@ async fn monolithic_post_with_digest_creates_blob() {
         Url::parse(&loc).unwrap().path(),
         format!("/v2/mono/app/blobs/{d}")
     );
-    let g = expect_status(ctx.get(&loc).await, 200, "GET created blob").await;
+    let g = ctx.get_ok(&loc, "GET created blob").await;
     assert_eq!(must_hdr(&g, "docker-content-digest"), d);
     assert_eq!(g.bytes().await.unwrap().as_ref(), &data[..]);
 
@@ -554,15 +589,10 @@ async fn streamed_patch_without_content_range_appends() {
         assert_eq!(must_hdr(&r, "range"), want);
         loc = ctx.url(&must_hdr(&r, "location"));
     }
-    let r = expect_status(send(ctx.c.put(with_digest(&loc, &d))).await, 201, "PUT").await;
+    let r = expect_status(ctx.put_digest(&loc, &d).await, 201, "PUT").await;
     assert_eq!(must_hdr(&r, "docker-content-digest"), d);
-    let g = expect_status(
-        ctx.get(&format!("/v2/streamed/blobs/{d}")).await,
-        200,
-        "GET",
-    )
-    .await;
-    assert_eq!(g.bytes().await.unwrap().as_ref(), &data[..]);
+    ctx.assert_get_body(&format!("/v2/streamed/blobs/{d}"), "GET", &data[..])
+        .await;
 }
 
 #[tokio::test]
@@ -588,8 +618,13 @@ async fn monolithic_post_with_wrong_digest_is_rejected_and_not_stored() {
     for d in [&claimed, &real] {
         let h = ctx.head(&format!("/v2/mono/blobs/{d}")).await;
         assert_eq!(h.status().as_u16(), 404, "HEAD {d} after rejected upload");
-        let g = ctx.get(&format!("/v2/mono/blobs/{d}")).await;
-        expect_error(g, 404, &["BLOB_UNKNOWN"], "GET blob after rejected upload").await;
+        ctx.expect_get_error(
+            &format!("/v2/mono/blobs/{d}"),
+            404,
+            &["BLOB_UNKNOWN"],
+            "GET blob after rejected upload",
+        )
+        .await;
     }
 }
 
@@ -615,14 +650,9 @@ async fn chunked_upload_session_full_flow() {
     );
 
     // Chunk 1: bytes 0..1024
-    let r = send(
-        ctx.c
-            .patch(&first_loc)
-            .header("content-type", OCTET)
-            .header("content-range", "0-1023")
-            .body(data[..1024].to_vec()),
-    )
-    .await;
+    let r = ctx
+        .patch_chunk(&first_loc, "0-1023", data[..1024].to_vec())
+        .await;
     let r = expect_status(r, 202, "PATCH chunk 1").await;
     assert_eq!(must_hdr(&r, "range"), "0-1023");
     let loc = ctx.url(&must_hdr(&r, "location"));
@@ -635,14 +665,9 @@ async fn chunked_upload_session_full_flow() {
     assert!(!must_hdr(&s, "docker-upload-uuid").is_empty());
 
     // Chunk 2: bytes 1024..2048
-    let r = send(
-        ctx.c
-            .patch(&loc)
-            .header("content-type", OCTET)
-            .header("content-range", "1024-2047")
-            .body(data[1024..2048].to_vec()),
-    )
-    .await;
+    let r = ctx
+        .patch_chunk(&loc, "1024-2047", data[1024..2048].to_vec())
+        .await;
     let r = expect_status(r, 202, "PATCH chunk 2").await;
     assert_eq!(must_hdr(&r, "range"), "0-2047");
     let loc = ctx.url(&must_hdr(&r, "location"));
@@ -667,20 +692,14 @@ async fn chunked_upload_session_full_flow() {
         format!("/v2/{repo}/blobs/{d}")
     );
 
-    let g = expect_status(
-        ctx.get(&format!("/v2/{repo}/blobs/{d}")).await,
-        200,
-        "GET blob",
-    )
-    .await;
-    assert_eq!(g.bytes().await.unwrap().as_ref(), &data[..]);
+    ctx.assert_get_body(&format!("/v2/{repo}/blobs/{d}"), "GET blob", &data[..])
+        .await;
 
     // Session is gone.
-    let s = ctx.get(&loc).await;
-    expect_error(s, 404, &["BLOB_UPLOAD_UNKNOWN"], "GET finished upload").await;
-    let s = ctx.get(&first_loc).await;
-    expect_error(
-        s,
+    ctx.expect_get_error(&loc, 404, &["BLOB_UPLOAD_UNKNOWN"], "GET finished upload")
+        .await;
+    ctx.expect_get_error(
+        &first_loc,
         404,
         &["BLOB_UPLOAD_UNKNOWN"],
         "GET finished upload (first location)",
@@ -694,22 +713,15 @@ async fn chunked_upload_put_without_body() {
     let data = pseudo_random(1500, 4);
     let d = sha256_digest(&data);
     let loc = ctx.start_upload("nobody").await;
-    let r = send(
-        ctx.c
-            .patch(&loc)
-            .header("content-type", OCTET)
-            .header("content-range", "0-1499")
-            .body(data.clone()),
-    )
-    .await;
+    let r = ctx.patch_chunk(&loc, "0-1499", data.clone()).await;
     let r = expect_status(r, 202, "PATCH whole blob").await;
     assert_eq!(must_hdr(&r, "range"), "0-1499");
     let loc = ctx.url(&must_hdr(&r, "location"));
-    let r = send(ctx.c.put(with_digest(&loc, &d))).await;
+    let r = ctx.put_digest(&loc, &d).await;
     let r = expect_status(r, 201, "PUT without body").await;
     assert_eq!(must_hdr(&r, "docker-content-digest"), d);
-    let g = expect_status(ctx.get(&format!("/v2/nobody/blobs/{d}")).await, 200, "GET").await;
-    assert_eq!(g.bytes().await.unwrap().as_ref(), &data[..]);
+    ctx.assert_get_body(&format!("/v2/nobody/blobs/{d}"), "GET", &data[..])
+        .await;
 }
 
 #[tokio::test]
@@ -718,27 +730,15 @@ async fn chunk_not_at_current_offset_is_rejected_with_416() {
     let data = pseudo_random(4096, 5);
     let d = sha256_digest(&data);
     let loc = ctx.start_upload("ooo").await;
-    let r = send(
-        ctx.c
-            .patch(&loc)
-            .header("content-type", OCTET)
-            .header("content-range", "0-1023")
-            .body(data[..1024].to_vec()),
-    )
-    .await;
+    let r = ctx.patch_chunk(&loc, "0-1023", data[..1024].to_vec()).await;
     let r = expect_status(r, 202, "PATCH first chunk").await;
     let mut loc = ctx.url(&must_hdr(&r, "location"));
 
     // gap, overlap, restart-at-zero
     for (start, end) in [(2048usize, 3071usize), (512, 1535), (0, 1023), (1025, 2047)] {
-        let r = send(
-            ctx.c
-                .patch(&loc)
-                .header("content-type", OCTET)
-                .header("content-range", format!("{start}-{end}"))
-                .body(data[start..=end].to_vec()),
-        )
-        .await;
+        let r = ctx
+            .patch_chunk(&loc, &format!("{start}-{end}"), data[start..=end].to_vec())
+            .await;
         let range = hdr(&r, "range");
         expect_error(
             r,
@@ -761,21 +761,18 @@ async fn chunk_not_at_current_offset_is_rejected_with_416() {
     }
 
     // The session is still usable with the right offset.
-    let r = send(
-        ctx.c
-            .patch(&loc)
-            .header("content-type", OCTET)
-            .header("content-range", "1024-4095")
-            .body(data[1024..].to_vec()),
-    )
-    .await;
+    let r = ctx
+        .patch_chunk(&loc, "1024-4095", data[1024..].to_vec())
+        .await;
     let r = expect_status(r, 202, "PATCH correct continuation").await;
     assert_eq!(must_hdr(&r, "range"), "0-4095");
     loc = ctx.url(&must_hdr(&r, "location"));
-    let r = expect_status(send(ctx.c.put(with_digest(&loc, &d))).await, 201, "PUT").await;
+    let r = expect_status(ctx.put_digest(&loc, &d).await, 201, "PUT").await;
     assert_eq!(must_hdr(&r, "docker-content-digest"), d);
-    let g = expect_status(ctx.get(&format!("/v2/ooo/blobs/{d}")).await, 200, "GET").await;
-    assert_eq!(sha256_digest(&g.bytes().await.unwrap()), d);
+    assert_eq!(
+        sha256_digest(&ctx.get_bytes(&format!("/v2/ooo/blobs/{d}"), "GET").await),
+        d
+    );
 }
 
 /// Like [`send`], but a transport error is reported as the server having
@@ -808,14 +805,7 @@ async fn early_upload_errors_reach_clients_sending_large_bodies() {
     let ctx = Ctx::new().await;
     let big = pseudo_random(8 * 1024 * 1024, 14);
     let loc = ctx.start_upload("bigerr").await;
-    let r = send(
-        ctx.c
-            .patch(&loc)
-            .header("content-type", OCTET)
-            .header("content-range", "0-9")
-            .body(big[..10].to_vec()),
-    )
-    .await;
+    let r = ctx.patch_chunk(&loc, "0-9", big[..10].to_vec()).await;
     let r = expect_status(r, 202, "first chunk").await;
     let loc = ctx.url(&must_hdr(&r, "location"));
 
@@ -908,28 +898,14 @@ async fn put_without_digest_is_rejected() {
 async fn delete_upload_session() {
     let ctx = Ctx::new().await;
     let loc = ctx.start_upload("cancel").await;
-    let r = send(
-        ctx.c
-            .patch(&loc)
-            .header("content-type", OCTET)
-            .header("content-range", "0-99")
-            .body(vec![7u8; 100]),
-    )
-    .await;
+    let r = ctx.patch_chunk(&loc, "0-99", vec![7u8; 100]).await;
     let r = expect_status(r, 202, "PATCH").await;
     let loc = ctx.url(&must_hdr(&r, "location"));
     let r = ctx.delete(&loc).await;
     expect_status(r, 204, "DELETE upload session").await;
-    let s = ctx.get(&loc).await;
-    expect_error(s, 404, &["BLOB_UPLOAD_UNKNOWN"], "GET deleted session").await;
-    let p = send(
-        ctx.c
-            .patch(&loc)
-            .header("content-type", OCTET)
-            .header("content-range", "100-199")
-            .body(vec![7u8; 100]),
-    )
-    .await;
+    ctx.expect_get_error(&loc, 404, &["BLOB_UPLOAD_UNKNOWN"], "GET deleted session")
+        .await;
+    let p = ctx.patch_chunk(&loc, "100-199", vec![7u8; 100]).await;
     expect_error(p, 404, &["BLOB_UPLOAD_UNKNOWN"], "PATCH deleted session").await;
     let d = ctx.delete(&loc).await;
     expect_error(d, 404, &["BLOB_UPLOAD_UNKNOWN"], "DELETE deleted session").await;
@@ -942,13 +918,8 @@ async fn unknown_or_invalid_upload_id() {
     let random = uuid::Uuid::new_v4().to_string();
     for id in [random.as_str(), "not-a-uuid", "..%2F..%2Fetc"] {
         let p = format!("/v2/ups/blobs/uploads/{id}");
-        expect_error(
-            ctx.get(&p).await,
-            404,
-            &["BLOB_UPLOAD_UNKNOWN"],
-            "GET unknown upload",
-        )
-        .await;
+        ctx.expect_get_error(&p, 404, &["BLOB_UPLOAD_UNKNOWN"], "GET unknown upload")
+            .await;
         let r = send(
             ctx.req(Method::PATCH, &p)
                 .header("content-type", OCTET)
@@ -983,9 +954,8 @@ async fn upload_session_is_scoped_to_its_repository() {
     let path = Url::parse(&loc).unwrap().path().to_string();
     let id = path.rsplit('/').next().unwrap().to_string();
     let foreign = format!("/v2/other/blobs/uploads/{id}");
-    let r = ctx.get(&foreign).await;
-    expect_error(
-        r,
+    ctx.expect_get_error(
+        &foreign,
         404,
         &["BLOB_UPLOAD_UNKNOWN"],
         "GET session via foreign repo",
@@ -1068,31 +1038,20 @@ async fn upload_resumes_after_dropped_connection() {
     eprintln!("after the dropped PATCH the server kept {stored} of {SENT} bytes");
 
     // Resume from exactly the stored offset.
-    let r = send(
-        ctx.c
-            .patch(&loc)
-            .header("content-type", OCTET)
-            .header("content-range", format!("{stored}-{}", TOTAL - 1))
-            .body(data[stored..].to_vec()),
-    )
-    .await;
+    let r = ctx
+        .patch_chunk(
+            &loc,
+            &format!("{stored}-{}", TOTAL - 1),
+            data[stored..].to_vec(),
+        )
+        .await;
     let r = expect_status(r, 202, &format!("resume PATCH from {stored}")).await;
     assert_eq!(must_hdr(&r, "range"), format!("0-{}", TOTAL - 1));
     let loc = ctx.url(&must_hdr(&r, "location"));
-    let r = expect_status(
-        send(ctx.c.put(with_digest(&loc, &d))).await,
-        201,
-        "PUT after resume",
-    )
-    .await;
+    let r = expect_status(ctx.put_digest(&loc, &d).await, 201, "PUT after resume").await;
     assert_eq!(must_hdr(&r, "docker-content-digest"), d);
 
-    let g = expect_status(
-        ctx.get(&format!("/v2/resume/me/blobs/{d}")).await,
-        200,
-        "GET",
-    )
-    .await;
+    let g = ctx.get_ok(&format!("/v2/resume/me/blobs/{d}"), "GET").await;
     let body = g.bytes().await.unwrap();
     assert_eq!(body.len(), TOTAL);
     assert_eq!(sha256_digest(&body), d);
@@ -1153,13 +1112,8 @@ async fn expect_100_continue_on_patch_and_put() {
     );
     assert_eq!(r.header("docker-content-digest"), Some(d.as_str()));
 
-    let g = expect_status(
-        ctx.get(&format!("/v2/continue/blobs/{d}")).await,
-        200,
-        "GET",
-    )
-    .await;
-    assert_eq!(g.bytes().await.unwrap().as_ref(), &data[..]);
+    ctx.assert_get_body(&format!("/v2/continue/blobs/{d}"), "GET", &data[..])
+        .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1173,7 +1127,7 @@ async fn blob_get_and_head() {
     let d = ctx.push_blob("reader", &data).await;
     let p = format!("/v2/reader/blobs/{d}");
 
-    let g = expect_status(ctx.get(&p).await, 200, "GET blob").await;
+    let g = ctx.get_ok(&p, "GET blob").await;
     assert_eq!(must_hdr(&g, "content-length"), "5000");
     assert_eq!(must_hdr(&g, "docker-content-digest"), d);
     assert_eq!(g.bytes().await.unwrap().as_ref(), &data[..]);
@@ -1229,8 +1183,13 @@ async fn blob_of_another_repository_is_not_visible() {
     ctx.push_blob("two", b"two exists").await;
     let h = ctx.head(&format!("/v2/two/blobs/{d}")).await;
     assert_eq!(h.status().as_u16(), 404, "HEAD foreign blob");
-    let g = ctx.get(&format!("/v2/two/blobs/{d}")).await;
-    expect_error(g, 404, &["BLOB_UNKNOWN"], "GET foreign blob").await;
+    ctx.expect_get_error(
+        &format!("/v2/two/blobs/{d}"),
+        404,
+        &["BLOB_UNKNOWN"],
+        "GET foreign blob",
+    )
+    .await;
     // Still visible where it was pushed.
     expect_status(
         ctx.head(&format!("/v2/one/x/blobs/{d}")).await,
@@ -1248,8 +1207,13 @@ async fn malformed_digests_are_rejected() {
     let short = format!("sha256:{}", "a".repeat(63));
     let upper = format!("sha256:{}", "A".repeat(64));
     for bad in ["sha256:xyz", md5.as_str(), short.as_str(), upper.as_str()] {
-        let g = ctx.get(&format!("/v2/digests/blobs/{bad}")).await;
-        expect_error(g, 400, &["DIGEST_INVALID"], &format!("GET blob {bad}")).await;
+        ctx.expect_get_error(
+            &format!("/v2/digests/blobs/{bad}"),
+            400,
+            &["DIGEST_INVALID"],
+            &format!("GET blob {bad}"),
+        )
+        .await;
         let h = ctx.head(&format!("/v2/digests/blobs/{bad}")).await;
         assert_eq!(h.status().as_u16(), 400, "HEAD blob {bad}");
     }
@@ -1281,9 +1245,8 @@ async fn invalid_repository_names() {
         "-dash",
         "trailing-",
     ] {
-        let g = ctx.get(&format!("/v2/{name}/blobs/{d}")).await;
-        expect_error(
-            g,
+        ctx.expect_get_error(
+            &format!("/v2/{name}/blobs/{d}"),
             400,
             &["NAME_INVALID"],
             &format!("GET blob in repo {name:?}"),
@@ -1345,13 +1308,8 @@ async fn blob_delete() {
         404,
         "HEAD after delete"
     );
-    expect_error(
-        ctx.get(&p).await,
-        404,
-        &["BLOB_UNKNOWN"],
-        "GET after delete",
-    )
-    .await;
+    ctx.expect_get_error(&p, 404, &["BLOB_UNKNOWN"], "GET after delete")
+        .await;
     expect_error(
         ctx.delete(&p).await,
         404,
@@ -1412,13 +1370,8 @@ async fn manifest_put_get_head_by_tag_and_digest() {
     }
 
     // GET without an Accept header still works.
-    let g = expect_status(
-        ctx.get(&format!("/v2/{repo}/manifests/v1")).await,
-        200,
-        "GET no accept",
-    )
-    .await;
-    assert_eq!(g.bytes().await.unwrap().as_ref(), &m[..]);
+    ctx.assert_get_body(&format!("/v2/{repo}/manifests/v1"), "GET no accept", &m[..])
+        .await;
 }
 
 #[tokio::test]
@@ -1487,9 +1440,8 @@ async fn manifest_referencing_unknown_blob_is_rejected() {
     .await;
 
     for t in ["badlayer", "badconfig", "cross"] {
-        let g = ctx.get(&format!("/v2/{repo}/manifests/{t}")).await;
-        expect_error(
-            g,
+        ctx.expect_get_error(
+            &format!("/v2/{repo}/manifests/{t}"),
             404,
             &["MANIFEST_UNKNOWN"],
             "rejected manifest must not be tagged",
@@ -1520,9 +1472,8 @@ async fn manifest_invalid_json_is_rejected() {
         )
         .await;
     }
-    let g = ctx.get("/v2/badjson/manifests/broken").await;
-    expect_error(
-        g,
+    ctx.expect_get_error(
+        "/v2/badjson/manifests/broken",
         404,
         &["MANIFEST_UNKNOWN"],
         "invalid manifest must not be stored",
@@ -1567,20 +1518,15 @@ async fn manifest_over_4_mib_is_rejected_with_413() {
         ),
     };
     expect_error(r, 413, &[], "PUT 4 MiB+ manifest").await;
-    let g = ctx.get("/v2/huge/manifests/big").await;
-    expect_error(
-        g,
+    ctx.expect_get_error(
+        "/v2/huge/manifests/big",
         404,
         &["MANIFEST_UNKNOWN"],
         "oversized manifest must not be stored",
     )
     .await;
-    expect_status(
-        ctx.get("/v2/huge/manifests/ok").await,
-        200,
-        "server still healthy",
-    )
-    .await;
+    ctx.get_ok("/v2/huge/manifests/ok", "server still healthy")
+        .await;
 }
 
 /// With `Expect: 100-continue` the server can refuse by Content-Length alone.
@@ -1605,9 +1551,8 @@ async fn manifest_over_4_mib_with_expect_continue_gets_413_before_body() {
     );
     assert!(!raw_error_codes(&r).is_empty());
     drop(conn);
-    let g = ctx.get("/v2/huge/manifests/big").await;
-    expect_error(
-        g,
+    ctx.expect_get_error(
+        "/v2/huge/manifests/big",
         404,
         &["MANIFEST_UNKNOWN"],
         "oversized manifest must not be stored",
@@ -1630,19 +1575,19 @@ async fn manifest_put_by_digest() {
         "PUT manifest with mismatching digest",
     )
     .await;
-    let g = ctx.get(&format!("/v2/{repo}/manifests/{wrong}")).await;
-    expect_error(g, 404, &["MANIFEST_UNKNOWN"], "GET mismatching digest").await;
+    ctx.expect_get_error(
+        &format!("/v2/{repo}/manifests/{wrong}"),
+        404,
+        &["MANIFEST_UNKNOWN"],
+        "GET mismatching digest",
+    )
+    .await;
 
     let r = ctx.put_manifest(repo, &d, OCI_MANIFEST, &m).await;
     let r = expect_status(r, 201, "PUT manifest by matching digest").await;
     assert_eq!(must_hdr(&r, "docker-content-digest"), d);
-    let g = expect_status(
-        ctx.get(&format!("/v2/{repo}/manifests/{d}")).await,
-        200,
-        "GET",
-    )
-    .await;
-    assert_eq!(g.bytes().await.unwrap().as_ref(), &m[..]);
+    ctx.assert_get_body(&format!("/v2/{repo}/manifests/{d}"), "GET", &m[..])
+        .await;
     // Untagged: not in tags list.
     assert!(ctx.tags(repo).await.is_empty());
 }
@@ -1684,18 +1629,27 @@ async fn invalid_tags_are_rejected() {
 async fn unknown_manifests() {
     let ctx = Ctx::new().await;
     ctx.push_image("known", "v1", 27).await;
-    let g = ctx.get("/v2/known/manifests/nope").await;
-    expect_error(g, 404, &["MANIFEST_UNKNOWN"], "unknown tag").await;
+    ctx.expect_get_error(
+        "/v2/known/manifests/nope",
+        404,
+        &["MANIFEST_UNKNOWN"],
+        "unknown tag",
+    )
+    .await;
     assert_eq!(
         ctx.head("/v2/known/manifests/nope").await.status().as_u16(),
         404
     );
     let d = sha256_digest(b"no such manifest");
-    let g = ctx.get(&format!("/v2/known/manifests/{d}")).await;
-    expect_error(g, 404, &["MANIFEST_UNKNOWN"], "unknown digest").await;
-    let g = ctx.get("/v2/never/pushed/manifests/latest").await;
-    expect_error(
-        g,
+    ctx.expect_get_error(
+        &format!("/v2/known/manifests/{d}"),
+        404,
+        &["MANIFEST_UNKNOWN"],
+        "unknown digest",
+    )
+    .await;
+    ctx.expect_get_error(
+        "/v2/never/pushed/manifests/latest",
         404,
         &["NAME_UNKNOWN", "MANIFEST_UNKNOWN"],
         "unknown repository",
@@ -1731,8 +1685,12 @@ async fn manifests_are_stored_byte_exact() {
         );
         digests.push(d.clone());
         for reference in [tag, d.as_str()] {
-            let g = ctx.get(&format!("/v2/{repo}/manifests/{reference}")).await;
-            let g = expect_status(g, 200, &format!("GET {reference}")).await;
+            let g = ctx
+                .get_ok(
+                    &format!("/v2/{repo}/manifests/{reference}"),
+                    &format!("GET {reference}"),
+                )
+                .await;
             assert_eq!(must_hdr(&g, "docker-content-digest"), d);
             assert_eq!(
                 g.bytes().await.unwrap().as_ref(),
@@ -1824,9 +1782,8 @@ async fn oci_index_is_accepted_and_checked() {
         "index with unknown child",
     )
     .await;
-    let g = ctx.get(&format!("/v2/{repo}/manifests/broken")).await;
-    expect_error(
-        g,
+    ctx.expect_get_error(
+        &format!("/v2/{repo}/manifests/broken"),
         404,
         &["MANIFEST_UNKNOWN"],
         "rejected index must not be tagged",
@@ -1841,21 +1798,13 @@ async fn pushing_a_tag_again_moves_it() {
     let (a, ad) = ctx.push_image(repo, "latest", 34).await;
     let (b, bd) = ctx.push_image(repo, "latest", 35).await;
     assert_ne!(ad, bd);
-    let g = expect_status(
-        ctx.get(&format!("/v2/{repo}/manifests/latest")).await,
-        200,
-        "GET",
-    )
-    .await;
+    let g = ctx
+        .get_ok(&format!("/v2/{repo}/manifests/latest"), "GET")
+        .await;
     assert_eq!(must_hdr(&g, "docker-content-digest"), bd);
     assert_eq!(g.bytes().await.unwrap().as_ref(), &b[..]);
-    let g = expect_status(
-        ctx.get(&format!("/v2/{repo}/manifests/{ad}")).await,
-        200,
-        "old",
-    )
-    .await;
-    assert_eq!(g.bytes().await.unwrap().as_ref(), &a[..]);
+    ctx.assert_get_body(&format!("/v2/{repo}/manifests/{ad}"), "old", &a[..])
+        .await;
     assert_eq!(ctx.tags(repo).await, vec!["latest"]);
 }
 
@@ -1877,22 +1826,25 @@ async fn delete_manifest_by_tag_keeps_digest() {
     )
     .await;
     assert_eq!(ctx.tags(repo).await, vec!["keep"]);
-    let g = ctx.get(&format!("/v2/{repo}/manifests/gone")).await;
-    expect_error(g, 404, &["MANIFEST_UNKNOWN"], "GET deleted tag").await;
-    let g = expect_status(
-        ctx.get(&format!("/v2/{repo}/manifests/{d}")).await,
-        200,
+    ctx.expect_get_error(
+        &format!("/v2/{repo}/manifests/gone"),
+        404,
+        &["MANIFEST_UNKNOWN"],
+        "GET deleted tag",
+    )
+    .await;
+    ctx.assert_get_body(
+        &format!("/v2/{repo}/manifests/{d}"),
         "GET by digest",
+        &m[..],
     )
     .await;
-    assert_eq!(g.bytes().await.unwrap().as_ref(), &m[..]);
-    let g = expect_status(
-        ctx.get(&format!("/v2/{repo}/manifests/keep")).await,
-        200,
+    ctx.assert_get_body(
+        &format!("/v2/{repo}/manifests/keep"),
         "GET other tag",
+        &m[..],
     )
     .await;
-    assert_eq!(g.bytes().await.unwrap().as_ref(), &m[..]);
 }
 
 #[tokio::test]
@@ -1915,8 +1867,13 @@ async fn delete_manifest_by_digest_removes_tags() {
         "DELETE by digest",
     )
     .await;
-    let g = ctx.get(&format!("/v2/{repo}/manifests/{d}")).await;
-    expect_error(g, 404, &["MANIFEST_UNKNOWN"], "GET deleted digest").await;
+    ctx.expect_get_error(
+        &format!("/v2/{repo}/manifests/{d}"),
+        404,
+        &["MANIFEST_UNKNOWN"],
+        "GET deleted digest",
+    )
+    .await;
     assert_eq!(
         ctx.head(&format!("/v2/{repo}/manifests/{d}"))
             .await
@@ -1925,21 +1882,31 @@ async fn delete_manifest_by_digest_removes_tags() {
         404
     );
     for t in ["b1", "b2"] {
-        let g = ctx.get(&format!("/v2/{repo}/manifests/{t}")).await;
-        expect_error(g, 404, &["MANIFEST_UNKNOWN"], "GET tag of deleted manifest").await;
+        ctx.expect_get_error(
+            &format!("/v2/{repo}/manifests/{t}"),
+            404,
+            &["MANIFEST_UNKNOWN"],
+            "GET tag of deleted manifest",
+        )
+        .await;
     }
     assert_eq!(ctx.tags(repo).await, vec!["other"]);
-    expect_status(
-        ctx.get(&format!("/v2/{repo}/manifests/{other}")).await,
-        200,
-        "other survives",
-    )
-    .await;
+    ctx.get_ok(&format!("/v2/{repo}/manifests/{other}"), "other survives")
+        .await;
 }
 
 // ---------------------------------------------------------------------------
 // Tags list and catalog
 // ---------------------------------------------------------------------------
+
+/// The tags of `sorted` that come lexically after `last`.
+fn tags_after(sorted: &[String], last: &str) -> Vec<String> {
+    sorted
+        .iter()
+        .filter(|t| t.as_str() > last)
+        .cloned()
+        .collect()
+}
 
 #[tokio::test]
 async fn tags_list_sorted_and_paginated() {
@@ -1964,12 +1931,9 @@ async fn tags_list_sorted_and_paginated() {
     assert_eq!(ctx.tags(repo).await, expected);
 
     // n=3: first page plus a Link to the next one.
-    let r = expect_status(
-        ctx.get(&format!("/v2/{repo}/tags/list?n=3")).await,
-        200,
-        "n=3",
-    )
-    .await;
+    let r = ctx
+        .get_ok(&format!("/v2/{repo}/tags/list?n=3"), "n=3")
+        .await;
     let link = next_link(&r).expect("Link header on a partial page");
     let link = ctx.url(&link);
     assert_eq!(
@@ -1992,7 +1956,7 @@ async fn tags_list_sorted_and_paginated() {
     while let Some(url) = next.take() {
         pages += 1;
         assert!(pages <= 20, "too many pages following Link headers");
-        let r = expect_status(ctx.get(&url).await, 200, "follow Link").await;
+        let r = ctx.get_ok(&url, "follow Link").await;
         next = next_link(&r).map(|l| ctx.url(&l));
         let v: Value = r.json().await.unwrap();
         let page = tag_array(&v);
@@ -2005,12 +1969,9 @@ async fn tags_list_sorted_and_paginated() {
     assert_eq!(all, expected);
 
     // n larger than the number of tags: everything, no Link.
-    let r = expect_status(
-        ctx.get(&format!("/v2/{repo}/tags/list?n=100")).await,
-        200,
-        "n=100",
-    )
-    .await;
+    let r = ctx
+        .get_ok(&format!("/v2/{repo}/tags/list?n=100"), "n=100")
+        .await;
     assert!(
         hdr(&r, "link").is_none(),
         "no Link when the page is complete"
@@ -2019,62 +1980,39 @@ async fn tags_list_sorted_and_paginated() {
     assert_eq!(tag_array(&v), expected);
 
     // n=0 → empty list.
-    let r = expect_status(
-        ctx.get(&format!("/v2/{repo}/tags/list?n=0")).await,
-        200,
-        "n=0",
-    )
-    .await;
-    let v: Value = r.json().await.unwrap();
-    assert!(tag_array(&v).is_empty(), "n=0 must return no tags: {v}");
+    let page = ctx.tags_page(repo, "?n=0", "n=0").await;
+    assert!(page.is_empty(), "n=0 must return no tags: {page:?}");
 
     // last=x → only tags after x.
-    let r = expect_status(
-        ctx.get(&format!("/v2/{repo}/tags/list?last=t04")).await,
-        200,
-        "last",
-    )
-    .await;
-    let v: Value = r.json().await.unwrap();
-    let want: Vec<String> = expected
-        .iter()
-        .filter(|t| t.as_str() > "t04")
-        .cloned()
-        .collect();
-    assert_eq!(tag_array(&v), want);
+    assert_eq!(
+        ctx.tags_page(repo, "?last=t04", "last").await,
+        tags_after(&expected, "t04")
+    );
     // last= a value that is not itself a tag.
-    let r = expect_status(
-        ctx.get(&format!("/v2/{repo}/tags/list?last=s")).await,
-        200,
-        "last=s",
-    )
-    .await;
-    let v: Value = r.json().await.unwrap();
-    let want: Vec<String> = expected
-        .iter()
-        .filter(|t| t.as_str() > "s")
-        .cloned()
-        .collect();
-    assert_eq!(tag_array(&v), want);
+    assert_eq!(
+        ctx.tags_page(repo, "?last=s", "last=s").await,
+        tags_after(&expected, "s")
+    );
     // n and last combined.
-    let r = expect_status(
-        ctx.get(&format!("/v2/{repo}/tags/list?n=2&last=t00")).await,
-        200,
-        "n+last",
-    )
-    .await;
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(tag_array(&v), vec!["t01", "t02"]);
+    assert_eq!(
+        ctx.tags_page(repo, "?n=2&last=t00", "n+last").await,
+        vec!["t01", "t02"]
+    );
 
     // Bad n.
-    let r = ctx.get(&format!("/v2/{repo}/tags/list?n=abc")).await;
-    expect_error(r, 400, &[], "n=abc").await;
-    let r = ctx.get(&format!("/v2/{repo}/tags/list?n=-1")).await;
-    expect_error(r, 400, &[], "n=-1").await;
+    ctx.expect_get_error(&format!("/v2/{repo}/tags/list?n=abc"), 400, &[], "n=abc")
+        .await;
+    ctx.expect_get_error(&format!("/v2/{repo}/tags/list?n=-1"), 400, &[], "n=-1")
+        .await;
 
     // Unknown repository.
-    let r = ctx.get("/v2/no/such/repo/tags/list").await;
-    expect_error(r, 404, &["NAME_UNKNOWN"], "tags of unknown repo").await;
+    ctx.expect_get_error(
+        "/v2/no/such/repo/tags/list",
+        404,
+        &["NAME_UNKNOWN"],
+        "tags of unknown repo",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -2095,10 +2033,10 @@ async fn catalog_sorted_and_paginated() {
         }
     };
 
-    let r = expect_status(ctx.get("/v2/_catalog").await, 200, "catalog").await;
+    let r = ctx.get_ok("/v2/_catalog", "catalog").await;
     assert_eq!(read(r.json().await.unwrap()), expected);
 
-    let r = expect_status(ctx.get("/v2/_catalog?n=2").await, 200, "catalog n=2").await;
+    let r = ctx.get_ok("/v2/_catalog?n=2", "catalog n=2").await;
     let link = ctx.url(&next_link(&r).expect("Link header on partial catalog page"));
     assert_eq!(Url::parse(&link).unwrap().path(), "/v2/_catalog");
     assert_eq!(query_param(&link, "n").as_deref(), Some("2"));
@@ -2113,7 +2051,7 @@ async fn catalog_sorted_and_paginated() {
     while let Some(url) = next.take() {
         pages += 1;
         assert!(pages <= 20, "too many catalog pages");
-        let r = expect_status(ctx.get(&url).await, 200, "follow catalog Link").await;
+        let r = ctx.get_ok(&url, "follow catalog Link").await;
         next = next_link(&r).map(|l| ctx.url(&l));
         let page = read(r.json().await.unwrap());
         assert!(page.len() <= 2);
@@ -2121,8 +2059,8 @@ async fn catalog_sorted_and_paginated() {
     }
     assert_eq!(all, expected);
 
-    let r = ctx.get("/v2/_catalog?n=abc").await;
-    expect_error(r, 400, &[], "catalog n=abc").await;
+    ctx.expect_get_error("/v2/_catalog?n=abc", 400, &[], "catalog n=abc")
+        .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -2247,8 +2185,13 @@ async fn referrers_api() {
     assert!(list.is_empty());
 
     // Malformed digest → 400.
-    let r = ctx.get(&format!("/v2/{repo}/referrers/sha256:xyz")).await;
-    expect_error(r, 400, &[], "referrers of malformed digest").await;
+    ctx.expect_get_error(
+        &format!("/v2/{repo}/referrers/sha256:xyz"),
+        400,
+        &[],
+        "referrers of malformed digest",
+    )
+    .await;
 
     // Deleting the referrer removes it from the list.
     expect_status(
@@ -2309,7 +2252,6 @@ async fn unsupported_methods_and_unknown_paths() {
         "/v2/routes/blobs/uploads/a/b/c",
         "/v2/routes/nothing",
     ] {
-        let r = ctx.get(p).await;
-        expect_error(r, 404, &[], &format!("GET {p}")).await;
+        ctx.expect_get_error(p, 404, &[], &format!("GET {p}")).await;
     }
 }

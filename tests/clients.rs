@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    hex_part, run_ok, run_with_timeout, sha256_digest, ContainersEnv, ImageFixture, Server,
-    OCI_INDEX_TYPE, OCI_MANIFEST_TYPE,
+    assert_podman_usable, hex_part, podman_inspect, podman_pull_checked, run_ok, sha256_digest,
+    ContainersEnv, ImageFixture, Server, OCI_INDEX_TYPE, OCI_MANIFEST_TYPE,
 };
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -443,45 +443,20 @@ fn podman_pull_from_registry() {
 
     // First make sure podman itself works here, so an environmental problem
     // is reported as such and not blamed on the registry.
-    let probe = run_with_timeout(
-        &mut env.podman(&["info", "--format", "{{.Store.GraphDriverName}}"]),
-        PODMAN_TIMEOUT,
-    );
-    assert!(
-        probe.status.success(),
-        "ENVIRONMENT: podman cannot run on this machine (not a registry problem): \
-         `podman info` exited with {}\nstdout:\n{}\nstderr:\n{}",
-        probe.status,
-        probe.stdout_str(),
-        probe.stderr
-    );
+    let probe = assert_podman_usable(&env, PODMAN_TIMEOUT);
     assert_eq!(probe.stdout_str().trim(), "vfs", "podman storage driver");
 
     let reference = format!("{}/team/app:1.0", server.host_port());
-    let pull = run_with_timeout(
-        &mut env.podman(&["pull", "--tls-verify=false", &reference]),
+    podman_pull_checked(
+        &env,
+        &server,
+        &["--tls-verify=false"],
+        &reference,
+        &img.config_digest,
         PODMAN_TIMEOUT,
-    );
-    assert!(
-        pull.status.success(),
-        "podman pull {reference} failed ({})\nstdout:\n{}\nstderr:\n{}\nserver log:\n{}",
-        pull.status,
-        pull.stdout_str(),
-        pull.stderr,
-        server.log()
-    );
-    // podman prints the image ID, which is the config digest.
-    assert_eq!(
-        pull.stdout_str().trim(),
-        hex_part(&img.config_digest),
-        "image ID printed by podman pull"
     );
 
-    let inspect = run_ok(
-        &mut env.podman(&["image", "inspect", &reference]),
-        PODMAN_TIMEOUT,
-    );
-    let images: Value = serde_json::from_slice(&inspect.stdout).expect("podman inspect JSON");
+    let images = podman_inspect(&env, &reference, PODMAN_TIMEOUT);
     let image = &images[0];
     assert_eq!(image["Id"], hex_part(&img.config_digest), "image Id");
     assert_eq!(

@@ -19,8 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    hex_part, portcullis, run_ok, run_with_timeout, sha256_digest, CmdOutput, ContainersEnv,
-    ImageFixture, Server, OCI_CONFIG_TYPE, OCI_LAYER_GZIP_TYPE, OCI_MANIFEST_TYPE,
+    assert_podman_usable, hex_part, podman_inspect, podman_pull_checked, portcullis, pseudo_random,
+    remove_proxy_env, run_ok, run_with_timeout, sha256_digest, CmdOutput, ContainersEnv,
+    ImageFixture, Server, OCI_CONFIG_TYPE, OCI_LAYER_GZIP_TYPE, OCI_MANIFEST_TYPE, PLAIN_PORT,
 };
 use reqwest::{Certificate, Client, Identity, StatusCode, Version};
 use serde_json::{json, Value};
@@ -83,6 +84,45 @@ impl Workdir {
         htpasswd_add(&file, user, password);
         file
     }
+}
+
+/// A server with both a plain-HTTP and a TLS listener (certificates in `certs/`),
+/// without authentication.
+const PLAIN_AND_TLS_CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:{PLAIN_PORT}"
+tls_listen = "127.0.0.1:{TLS_PORT}"
+[tls]
+cert = "certs/server.crt"
+key = "certs/server.key"
+"#;
+
+/// Makes certificates in `certs/`, adds user alice and starts a TLS-only server
+/// that requires basic authentication.  Returns the server and the certificate
+/// directory.
+fn start_tls_server_with_alice(work: &Workdir) -> (Server, PathBuf) {
+    let certs = work.certs("certs", None);
+    work.add_user("alice", ALICE_PW);
+    let server = Server::start_with_config(
+        r#"
+[server]
+tls_listen = "127.0.0.1:{TLS_PORT}"
+[tls]
+cert = "certs/server.crt"
+key = "certs/server.key"
+[auth]
+htpasswd = "htpasswd"
+"#,
+        work.path(),
+    );
+    (server, certs)
+}
+
+/// Starts a server with only a plain-HTTP listener and no authentication;
+/// `extra` is appended to the configuration file (e.g. a `[limits]` table).
+fn start_plain_server(work: &Workdir, extra: &str) -> Server {
+    let config = format!("\n[server]\nlisten = \"127.0.0.1:{PLAIN_PORT}\"\n{extra}");
+    Server::start_with_config(&config, work.path())
 }
 
 fn make_certs(out: &Path, client: Option<&str>) {
@@ -284,20 +324,6 @@ fn assert_oci_error(answer: &Answer, status: u16, code: &str, what: &str) {
     }
 }
 
-/// Deterministic incompressible bytes.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Monolithic upload `POST /v2/<repo>/blobs/uploads/?digest=`; returns the answer.
 async fn post_blob(
     client: &Client,
@@ -462,16 +488,7 @@ fn curl(args: &[&str]) -> CmdOutput {
     let mut cmd = Command::new("curl");
     cmd.args(["--silent", "--show-error", "--max-time", "20"])
         .args(args);
-    for proxy in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
-        cmd.env_remove(proxy);
-    }
+    remove_proxy_env(&mut cmd);
     run_with_timeout(&mut cmd, TOOL_TIMEOUT)
 }
 
@@ -527,20 +544,7 @@ fn assert_layout_is_fixture(img: &ImageFixture, out: &Path, tag: &str) {
 #[test]
 fn skopeo_and_podman_push_and_pull_over_tls_with_credentials() {
     let work = Workdir::new();
-    let certs = work.certs("certs", None);
-    work.add_user("alice", ALICE_PW);
-    let server = Server::start_with_config(
-        r#"
-[server]
-tls_listen = "127.0.0.1:{TLS_PORT}"
-[tls]
-cert = "certs/server.crt"
-key = "certs/server.key"
-[auth]
-htpasswd = "htpasswd"
-"#,
-        work.path(),
-    );
+    let (server, certs) = start_tls_server_with_alice(&work);
     let env = ContainersEnv::new();
     let cert_dir = cert_dir_with(&certs.join("ca.crt"), work.path(), "client-certs");
     let cert_dir = path_str(&cert_dir);
@@ -631,46 +635,17 @@ htpasswd = "htpasswd"
     assert_layout_is_fixture(&img, &out, "1.0");
 
     // podman pulls over TLS with --cert-dir and --creds.
-    let probe = run_with_timeout(
-        &mut env.podman(&["info", "--format", "{{.Store.GraphDriverName}}"]),
-        PODMAN_TIMEOUT,
-    );
-    assert!(
-        probe.status.success(),
-        "ENVIRONMENT: podman cannot run on this machine (not a registry problem): {}\n{}",
-        probe.status,
-        probe.stderr
-    );
+    assert_podman_usable(&env, PODMAN_TIMEOUT);
     let reference = format!("{}/team/app:1.0", server.tls_host_port());
-    let pull = run_with_timeout(
-        &mut env.podman(&[
-            "pull",
-            "--cert-dir",
-            cert_dir,
-            "--creds",
-            &creds,
-            &reference,
-        ]),
+    podman_pull_checked(
+        &env,
+        &server,
+        &["--cert-dir", cert_dir, "--creds", &creds],
+        &reference,
+        &img.config_digest,
         PODMAN_TIMEOUT,
     );
-    assert!(
-        pull.status.success(),
-        "podman pull {reference} over TLS failed ({})\nstdout:\n{}\nstderr:\n{}\nserver log:\n{}",
-        pull.status,
-        pull.stdout_str(),
-        pull.stderr,
-        server.log()
-    );
-    assert_eq!(
-        pull.stdout_str().trim(),
-        hex_part(&img.config_digest),
-        "image ID printed by podman pull"
-    );
-    let inspect = run_ok(
-        &mut env.podman(&["image", "inspect", &reference]),
-        PODMAN_TIMEOUT,
-    );
-    let images: Value = serde_json::from_slice(&inspect.stdout).expect("podman inspect JSON");
+    let images = podman_inspect(&env, &reference, PODMAN_TIMEOUT);
     assert_eq!(
         images[0]["Digest"],
         img.manifest_digest.as_str(),
@@ -997,17 +972,7 @@ async fn sighup_swaps_certificates_while_a_download_runs() {
     let certs = work.certs("certs", None);
     let old_ca = work.join("old-ca.crt");
     fs::copy(certs.join("ca.crt"), &old_ca).expect("keep the old CA");
-    let server = Server::start_with_config(
-        r#"
-[server]
-listen = "127.0.0.1:{PLAIN_PORT}"
-tls_listen = "127.0.0.1:{TLS_PORT}"
-[tls]
-cert = "certs/server.crt"
-key = "certs/server.key"
-"#,
-        work.path(),
-    );
+    let server = Server::start_with_config(PLAIN_AND_TLS_CONFIG, work.path());
 
     let blob = pseudo_random(BIG, 64);
     let digest = push_blob(&plain_client(), &server.base_url(), "big/blob", &blob, None).await;
@@ -1249,20 +1214,7 @@ max_failures = 1000
 #[tokio::test]
 async fn tls_listener_negotiates_http2() {
     let work = Workdir::new();
-    let certs = work.certs("certs", None);
-    work.add_user("alice", ALICE_PW);
-    let server = Server::start_with_config(
-        r#"
-[server]
-tls_listen = "127.0.0.1:{TLS_PORT}"
-[tls]
-cert = "certs/server.crt"
-key = "certs/server.key"
-[auth]
-htpasswd = "htpasswd"
-"#,
-        work.path(),
-    );
+    let (server, certs) = start_tls_server_with_alice(&work);
     let ca = certs.join("ca.crt");
     let creds = format!("alice:{ALICE_PW}");
     let v2 = format!("{}/v2/", server.tls_url());
@@ -1483,17 +1435,7 @@ client_ca = "{certs}/ca.crt"
 async fn wrong_protocol_gets_an_answer_not_a_hang() {
     let work = Workdir::new();
     let certs = work.certs("certs", None);
-    let server = Server::start_with_config(
-        r#"
-[server]
-listen = "127.0.0.1:{PLAIN_PORT}"
-tls_listen = "127.0.0.1:{TLS_PORT}"
-[tls]
-cert = "certs/server.crt"
-key = "certs/server.key"
-"#,
-        work.path(),
-    );
+    let server = Server::start_with_config(PLAIN_AND_TLS_CONFIG, work.path());
     let tls_port = server.tls_port();
     let plain_port = server.port();
 
@@ -1718,15 +1660,7 @@ listen = "127.0.0.1:{PLAIN_PORT}"
 #[tokio::test]
 async fn manifest_size_limit_gives_413() {
     let work = Workdir::new();
-    let server = Server::start_with_config(
-        r#"
-[server]
-listen = "127.0.0.1:{PLAIN_PORT}"
-[limits]
-max_manifest_bytes = 1024
-"#,
-        work.path(),
-    );
+    let server = start_plain_server(&work, "[limits]\nmax_manifest_bytes = 1024\n");
     let http = plain_client();
     let base = server.base_url();
     let config =
@@ -1799,15 +1733,7 @@ async fn chunked_body(dir: &Path, bytes: &[u8]) -> reqwest::Body {
 #[tokio::test]
 async fn body_size_limit_gives_413() {
     let work = Workdir::new();
-    let server = Server::start_with_config(
-        r#"
-[server]
-listen = "127.0.0.1:{PLAIN_PORT}"
-[limits]
-max_body_bytes = 65536
-"#,
-        work.path(),
-    );
+    let server = start_plain_server(&work, "[limits]\nmax_body_bytes = 65536\n");
     let http = plain_client();
     let base = server.base_url();
 

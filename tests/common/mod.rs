@@ -797,16 +797,7 @@ impl ContainersEnv {
             .env("REGISTRY_AUTH_FILE", self.path("auth.json"))
             .env("CONTAINERS_CONF", self.path("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"));
-        for proxy in [
-            "http_proxy",
-            "https_proxy",
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-        ] {
-            cmd.env_remove(proxy);
-        }
+        remove_proxy_env(&mut cmd);
         cmd
     }
 
@@ -841,4 +832,95 @@ impl ContainersEnv {
             .args(args);
         cmd
     }
+}
+
+/// Removes every proxy variable from `cmd`'s environment, so a client tool
+/// always talks to the loopback server directly.
+pub fn remove_proxy_env(cmd: &mut Command) {
+    for proxy in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(proxy);
+    }
+}
+
+/// Runs `podman info` and asserts that it succeeds, so that a podman that
+/// cannot run on this machine is reported as an environment problem instead of
+/// being blamed on the registry.  Returns the output (stdout: the storage driver).
+pub fn assert_podman_usable(env: &ContainersEnv, timeout: Duration) -> CmdOutput {
+    let probe = run_with_timeout(
+        &mut env.podman(&["info", "--format", "{{.Store.GraphDriverName}}"]),
+        timeout,
+    );
+    assert!(
+        probe.status.success(),
+        "ENVIRONMENT: podman cannot run on this machine (not a registry problem): \
+         `podman info` exited with {}\nstdout:\n{}\nstderr:\n{}",
+        probe.status,
+        probe.stdout_str(),
+        probe.stderr
+    );
+    probe
+}
+
+/// `podman pull ARGS... REFERENCE`: asserts that the pull succeeds (showing the
+/// server log otherwise) and that the image ID podman prints is the hex part of
+/// `config_digest`.
+pub fn podman_pull_checked(
+    env: &ContainersEnv,
+    server: &Server,
+    args: &[&str],
+    reference: &str,
+    config_digest: &str,
+    timeout: Duration,
+) {
+    let mut pull_args = vec!["pull"];
+    pull_args.extend_from_slice(args);
+    pull_args.push(reference);
+    let pull = run_with_timeout(&mut env.podman(&pull_args), timeout);
+    assert!(
+        pull.status.success(),
+        "podman pull {reference} failed ({})\nstdout:\n{}\nstderr:\n{}\nserver log:\n{}",
+        pull.status,
+        pull.stdout_str(),
+        pull.stderr,
+        server.log()
+    );
+    // podman prints the image ID, which is the config digest.
+    assert_eq!(
+        pull.stdout_str().trim(),
+        hex_part(config_digest),
+        "image ID printed by podman pull"
+    );
+}
+
+/// `podman image inspect REFERENCE`, parsed as JSON (an array of images).
+pub fn podman_inspect(
+    env: &ContainersEnv,
+    reference: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    let inspect = run_ok(&mut env.podman(&["image", "inspect", reference]), timeout);
+    serde_json::from_slice(&inspect.stdout).expect("podman inspect JSON")
+}
+
+/// Deterministic, incompressible-looking bytes (xorshift64*), so that offset
+/// mistakes show up as digest mismatches.
+#[allow(dead_code)]
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
