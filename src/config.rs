@@ -544,8 +544,16 @@ fn resolve_limits(raw: RawLimits, origin: &str) -> Result<Limits, ConfigError> {
             defaults.keepalive_secs,
             "keepalive_secs",
         )?,
-        read_timeout: secs(nonzero(raw.read_timeout_secs, 60, "read_timeout_secs")?),
-        write_timeout: secs(nonzero(raw.write_timeout_secs, 60, "write_timeout_secs")?),
+        read_timeout: secs(nonzero(
+            raw.read_timeout_secs,
+            defaults.read_timeout.as_secs(),
+            "read_timeout_secs",
+        )?),
+        write_timeout: secs(nonzero(
+            raw.write_timeout_secs,
+            defaults.write_timeout.as_secs(),
+            "write_timeout_secs",
+        )?),
     })
 }
 

@@ -166,8 +166,12 @@ pub async fn finish(
             "the closing PUT needs ?digest=<algorithm>:<hex>",
         )
     })?;
-    let offset = chunk_offset(req)?;
-    registry.append_upload(name, id, offset, body).await?;
+    // Docker and podman close with an empty body; only a final chunk needs appending.
+    let empty_body = req.header("content-length") == Some("0");
+    if !empty_body {
+        let offset = chunk_offset(req)?;
+        registry.append_upload(name, id, offset, body).await?;
+    }
     registry.finish_upload(name, id, &digest).await?;
     Ok(created(name, &digest))
 }
