@@ -65,69 +65,31 @@ impl Server {
     }
 
     fn launch(scratch: tempfile::TempDir, data_dir: PathBuf) -> Server {
-        let deadline = Instant::now() + READY_BUDGET;
-        let mut failures = Vec::new();
-        for attempt in 1..=MAX_START_ATTEMPTS {
+        let (child, ports, log_path) = spawn_until_ready(&scratch, |_| {
             let port = free_port();
-            let log_path = scratch.path().join(format!("server-{attempt}.log"));
-            let log = File::create(&log_path).expect("create server log file");
-            let log_out = log.try_clone().expect("clone server log handle");
-            let listen = format!("127.0.0.1:{port}");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+            command
                 .arg("serve")
                 .arg("--listen")
-                .arg(&listen)
+                .arg(format!("127.0.0.1:{port}"))
                 .arg("--data")
-                .arg(&data_dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log_out))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .expect("spawn portcullis binary");
-
-            loop {
-                if let Some(status) = child.try_wait().expect("poll server process") {
-                    failures.push(format!(
-                        "attempt {attempt} (port {port}): exited with {status} before becoming ready; log:\n{}",
-                        log_tail(&log_path)
-                    ));
-                    break;
-                }
-                if probe_v2(port) == Some(200) {
-                    // Make sure it is *our* child that answered, not a stranger.
-                    thread::sleep(POLL_INTERVAL);
-                    if child.try_wait().expect("poll server process").is_none() {
-                        return Server {
-                            child,
-                            port,
-                            tls_port: None,
-                            data_dir,
-                            log_path,
-                            _scratch: scratch,
-                        };
-                    }
-                    continue;
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "portcullis did not answer 200 on GET http://{listen}/v2/ within {READY_BUDGET:?}\n\
-                         earlier attempts: {failures:#?}\nserver log:\n{}",
-                        log_tail(&log_path)
-                    );
-                }
-                thread::sleep(POLL_INTERVAL);
+                .arg(&data_dir);
+            Attempt {
+                command,
+                ports: vec![port],
+                context: format!("listening on 127.0.0.1:{port}"),
+                // Without authentication `/v2/` must answer 200.
+                ready: |ports| probe_v2(ports[0]) == Some(200),
             }
-            if Instant::now() >= deadline {
-                break;
-            }
+        });
+        Server {
+            child,
+            port: ports[0],
+            tls_port: None,
+            data_dir,
+            log_path,
+            _scratch: scratch,
         }
-        panic!(
-            "portcullis failed to start after {} attempt(s):\n{}",
-            failures.len(),
-            failures.join("\n---\n")
-        );
     }
 
     /// `http://127.0.0.1:PORT`
@@ -163,11 +125,91 @@ impl Drop for Server {
                 log_tail(&self.log_path)
             );
         }
-        PORTS_IN_USE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| *p != self.port && Some(*p) != self.tls_port);
+        let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
+        release_ports(&ports);
     }
+}
+
+/// One try at starting the server: the command (arguments set, I/O not yet), the
+/// loopback ports it will listen on, a description for failure messages, and when the
+/// server counts as ready.
+struct Attempt {
+    command: Command,
+    ports: Vec<u16>,
+    context: String,
+    ready: fn(&[u16]) -> bool,
+}
+
+fn release_ports(ports: &[u16]) {
+    PORTS_IN_USE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| !ports.contains(p));
+}
+
+/// Starts the attempts `next_attempt` makes (fresh ports each time, at most
+/// `MAX_START_ATTEMPTS`, within `READY_BUDGET` in all) until one is ready; returns the
+/// child, its ports and its log. Panics with the logs when none becomes ready.
+fn spawn_until_ready(
+    scratch: &tempfile::TempDir,
+    mut next_attempt: impl FnMut(usize) -> Attempt,
+) -> (Child, Vec<u16>, PathBuf) {
+    let deadline = Instant::now() + READY_BUDGET;
+    let mut failures = Vec::new();
+    for number in 1..=MAX_START_ATTEMPTS {
+        let Attempt {
+            mut command,
+            ports,
+            context,
+            ready,
+        } = next_attempt(number);
+        let log_path = scratch.path().join(format!("server-{number}.log"));
+        let log = File::create(&log_path).expect("create server log file");
+        let log_out = log.try_clone().expect("clone server log handle");
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_out))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn portcullis binary");
+        loop {
+            if let Some(status) = child.try_wait().expect("poll server process") {
+                failures.push(format!(
+                    "attempt {number} (ports {ports:?}, {context}): exited with {status} before becoming ready; log:\n{}",
+                    log_tail(&log_path)
+                ));
+                release_ports(&ports);
+                break;
+            }
+            if ready(&ports) {
+                // Make sure it is *our* child that answered, not a stranger.
+                thread::sleep(POLL_INTERVAL);
+                if child.try_wait().expect("poll server process").is_none() {
+                    return (child, ports, log_path);
+                }
+                continue;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                release_ports(&ports);
+                panic!(
+                    "portcullis did not answer on ports {ports:?} within {READY_BUDGET:?} ({context})\n\
+                     earlier attempts: {failures:#?}\nserver log:\n{}",
+                    log_tail(&log_path)
+                );
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    panic!(
+        "portcullis failed to start after {} attempt(s):\n{}",
+        failures.len(),
+        failures.join("\n---\n")
+    );
 }
 
 fn scratch_dir(prefix: &str) -> tempfile::TempDir {
@@ -605,86 +647,42 @@ impl Server {
         fs::create_dir_all(&data_dir).expect("create data dir");
         let config_path = dir.join("portcullis.toml");
         let scratch = scratch_dir("portcullis-server-");
-        let deadline = Instant::now() + READY_BUDGET;
-        let mut failures = Vec::new();
-        for attempt in 1..=MAX_START_ATTEMPTS {
+        let mut tls_port = None;
+        let (child, ports, log_path) = spawn_until_ready(&scratch, |_| {
             let plain = uses_plain.then(free_port);
             let tls = uses_tls.then(free_port);
+            tls_port = tls;
             let port_text = |p: Option<u16>| p.map_or_else(String::new, |p| p.to_string());
             let text = config
                 .replace(PLAIN_PORT, &port_text(plain))
                 .replace(TLS_PORT, &port_text(tls))
                 .replace(DIR, &dir.display().to_string());
             fs::write(&config_path, &text).expect("write config file");
-            let log_path = scratch.path().join(format!("server-{attempt}.log"));
-            let log = File::create(&log_path).expect("create server log file");
-            let log_out = log.try_clone().expect("clone server log handle");
-            let mut child = portcullis()
+            let mut command = portcullis();
+            command
                 .arg("serve")
                 .arg("--config")
                 .arg(&config_path)
                 .arg("--data")
                 .arg(&data_dir)
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log_out))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .expect("spawn portcullis binary");
-            let ports: Vec<u16> = plain.into_iter().chain(tls).collect();
-            let release = |ports: &[u16]| {
-                PORTS_IN_USE
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|p| !ports.contains(p));
-            };
-
-            loop {
-                if let Some(status) = child.try_wait().expect("poll server process") {
-                    failures.push(format!(
-                        "attempt {attempt} (ports {ports:?}): exited with {status} before becoming ready; \
-                         config:\n{text}\nlog:\n{}",
-                        log_tail(&log_path)
-                    ));
-                    release(&ports);
-                    break;
-                }
-                if ports.iter().all(|p| probe_v2(*p).is_some()) {
-                    // Make sure it is *our* child that answered, not a stranger.
-                    thread::sleep(POLL_INTERVAL);
-                    if child.try_wait().expect("poll server process").is_none() {
-                        return Server {
-                            child,
-                            port: plain.or(tls).expect("a port"),
-                            tls_port: tls,
-                            data_dir,
-                            log_path,
-                            _scratch: scratch,
-                        };
-                    }
-                    continue;
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    release(&ports);
-                    panic!(
-                        "portcullis did not answer on ports {ports:?} within {READY_BUDGET:?}\n\
-                         config:\n{text}\nearlier attempts: {failures:#?}\nserver log:\n{}",
-                        log_tail(&log_path)
-                    );
-                }
-                thread::sleep(POLL_INTERVAL);
+                .current_dir(&dir);
+            Attempt {
+                command,
+                // The plain port first: it becomes `port()`.
+                ports: plain.into_iter().chain(tls).collect(),
+                context: format!("config:\n{text}"),
+                // With authentication or on a TLS port, any HTTP answer means ready.
+                ready: |ports| ports.iter().all(|p| probe_v2(*p).is_some()),
             }
-            if Instant::now() >= deadline {
-                break;
-            }
+        });
+        Server {
+            child,
+            port: ports[0],
+            tls_port,
+            data_dir,
+            log_path,
+            _scratch: scratch,
         }
-        panic!(
-            "portcullis failed to start after {} attempt(s):\n{}",
-            failures.len(),
-            failures.join("\n---\n")
-        );
     }
 
     /// Process id of the server, e.g. for signals.
