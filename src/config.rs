@@ -644,41 +644,34 @@ mod tests {
         let err = parse("[server\n").unwrap_err().to_string();
         assert!(err.starts_with("t.toml:1: "), "{err}");
 
-        let err = parse("[server]\ntls_listen = \"127.0.0.1:5443\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("server.tls_listen") && err.contains("portcullis certs"),
-            "{err}"
-        );
-
-        let err = parse("[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("tls.cert") && err.contains("/nonexistent.crt"),
-            "{err}"
-        );
-
-        let err = parse("[auth]\nhtpasswd = \"/nonexistent\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("auth.htpasswd") && err.contains("portcullis htpasswd add"),
-            "{err}"
-        );
-
-        let err = parse("[[access]]\nrepositories = \"*\"\npush = [\"@ghosts\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("access[0].push") && err.contains("[groups]"),
-            "{err}"
-        );
-
-        let err = parse("[limits]\nmax_concurrent_uploads = 0\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("limits.max_concurrent_uploads"), "{err}");
+        // Each bad config, and what its one-line error must name (key, value, fix).
+        let cases: [(&str, &[&str]); 5] = [
+            (
+                "[server]\ntls_listen = \"127.0.0.1:5443\"\n",
+                &["server.tls_listen", "portcullis certs"],
+            ),
+            (
+                "[tls]\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n",
+                &["tls.cert", "/nonexistent.crt"],
+            ),
+            (
+                "[auth]\nhtpasswd = \"/nonexistent\"\n",
+                &["auth.htpasswd", "portcullis htpasswd add"],
+            ),
+            (
+                "[[access]]\nrepositories = \"*\"\npush = [\"@ghosts\"]\n",
+                &["access[0].push", "[groups]"],
+            ),
+            (
+                "[limits]\nmax_concurrent_uploads = 0\n",
+                &["limits.max_concurrent_uploads"],
+            ),
+        ];
+        for (text, fragments) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            for fragment in fragments {
+                assert!(err.contains(fragment), "{fragment:?} missing from {err}");
+            }
+        }
     }
 }
