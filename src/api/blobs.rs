@@ -13,7 +13,8 @@ pub async fn get(
     name: &RepoName,
     digest: &Digest,
 ) -> Result<Response, ApiError> {
-    let size = registry.blob_size(name, digest).await?;
+    let blob = registry.linked_blob(name, digest).await?;
+    let size = blob.size;
     let range = match req.header("range") {
         Some(header) => parse_range(header, size),
         None => RangeRequest::Whole,
@@ -33,7 +34,7 @@ pub async fn get(
         .with_header("Content-Range", format!("bytes */{size}"))),
         RangeRequest::Whole if req.is_head() => Ok(response.body(Body::HeadOf(size))),
         RangeRequest::Whole => {
-            let source = registry.open_blob(name, digest, 0, size).await?;
+            let source = registry.open_blob(&blob, 0, size).await?;
             Ok(response.body(Body::Stream { source, len: size }))
         }
         RangeRequest::Partial(r) => {
@@ -45,7 +46,7 @@ pub async fn get(
             if req.is_head() {
                 return Ok(response.body(Body::HeadOf(r.len())));
             }
-            let source = registry.open_blob(name, digest, r.start, r.len()).await?;
+            let source = registry.open_blob(&blob, r.start, r.len()).await?;
             Ok(response.body(Body::Stream {
                 source,
                 len: r.len(),

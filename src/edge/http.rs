@@ -55,17 +55,16 @@ struct RequestBody<'a> {
     /// Bytes read so far, against `limit` (limits.max_body_bytes).
     read: u64,
     limit: u64,
+    /// `Content-Length` already says the body is over the limit: refuse before
+    /// `100 Continue`, so the client never sends it.
+    declared_too_large: bool,
 }
 
 #[async_trait]
 impl ByteSource for RequestBody<'_> {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
         let too_large = StoreError::TooLarge { limit: self.limit };
-        let declared = self.session.req_header().headers.get("content-length");
-        if declared
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > self.limit)
-        {
+        if self.declared_too_large {
             return Err(too_large);
         }
         if self.expect_continue {
@@ -221,11 +220,16 @@ impl HttpServerApp for HttpApp {
             .header("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
         let (response, continue_pending) = {
+            let limit = self.limits.max_body_bytes;
+            let declared = req
+                .header("content-length")
+                .and_then(|l| l.parse::<u64>().ok());
             let mut body = RequestBody {
                 session: &mut session,
                 expect_continue,
                 read: 0,
-                limit: self.limits.max_body_bytes,
+                limit,
+                declared_too_large: declared.is_some_and(|n| n > limit),
             };
             let response = self.api.handle(&req, client, &mut body).await;
             (response, body.expect_continue)

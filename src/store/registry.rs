@@ -29,6 +29,13 @@ pub struct ManifestContent {
     pub size: u64,
 }
 
+/// A blob a repository holds; only [`Registry::linked_blob`] makes one, so holding it
+/// means the access rule was checked.
+pub struct LinkedBlob {
+    digest: Digest,
+    pub size: u64,
+}
+
 pub struct PutManifestOutcome {
     pub digest: Digest,
     pub subject: Option<Digest>,
@@ -46,27 +53,32 @@ impl Registry {
         }
     }
 
-    /// The size of a blob `repo` may serve.
-    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StoreError> {
+    /// A blob `repo` may serve: the access check, done once per request.
+    pub async fn linked_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<LinkedBlob, StoreError> {
         match self.meta.linked_blob(repo, digest).await? {
-            Some(size) => Ok(size),
+            Some(size) => Ok(LinkedBlob {
+                digest: digest.clone(),
+                size,
+            }),
             None => Err(StoreError::BlobUnknown(digest.clone())),
         }
     }
 
-    /// Opens `len` bytes from `offset` of a blob `repo` holds.
+    /// Opens `len` bytes from `offset` of a blob found with [`Registry::linked_blob`].
     pub async fn open_blob(
         &self,
-        repo: &RepoName,
-        digest: &Digest,
+        blob: &LinkedBlob,
         offset: u64,
         len: u64,
     ) -> Result<Box<dyn ByteSource>, StoreError> {
-        self.blob_size(repo, digest).await?;
         self.blobs
-            .open(digest, offset, len)
+            .open(&blob.digest, offset, len)
             .await?
-            .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))
+            .ok_or_else(|| StoreError::BlobUnknown(blob.digest.clone()))
     }
 
     /// Removes `repo`'s link to a blob; the bytes stay until garbage collection.
