@@ -64,6 +64,7 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     data_dir: Option<PathBuf>,
+    min_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +117,8 @@ struct RawLimits {
     keepalive_secs: Option<u64>,
     read_timeout_secs: Option<u64>,
     write_timeout_secs: Option<u64>,
+    header_timeout_secs: Option<u64>,
+    max_connections_per_ip: Option<usize>,
 }
 
 /// The validated configuration the server runs with.
@@ -130,6 +133,9 @@ pub struct Config {
     /// Plain HTTP arriving on a TLS port gets a 308 to https:// instead of a 400.
     pub redirect_to_https: bool,
     pub data_dir: PathBuf,
+    /// Uploads are refused (507) while the data directory's file system has less
+    /// free space than this, so the metadata store never meets a full disk.
+    pub min_free_bytes: u64,
     pub tls: Option<TlsConfig>,
     pub auth: AuthConfig,
     pub access: AccessRules,
@@ -178,7 +184,15 @@ pub struct Limits {
     pub keepalive_secs: u64,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// A new connection must show what it speaks, and every request head must
+    /// arrive whole, within this long (slow or stalled clients are closed).
+    pub header_timeout: Duration,
+    /// Open connections per client address; 0 for no cap.
+    pub max_connections_per_ip: usize,
 }
+
+/// Default of `storage.min_free_bytes`: 64 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -189,6 +203,8 @@ impl Default for Limits {
             keepalive_secs: 60,
             read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(20),
+            max_connections_per_ip: 512,
         }
     }
 }
@@ -369,6 +385,10 @@ impl RawConfig {
             read_only: self.server.read_only.unwrap_or(false),
             redirect_to_https: self.server.redirect_to_https.unwrap_or(false),
             data_dir,
+            min_free_bytes: self
+                .storage
+                .min_free_bytes
+                .unwrap_or(DEFAULT_MIN_FREE_BYTES),
             tls,
             auth,
             access,
@@ -554,6 +574,14 @@ fn resolve_limits(raw: RawLimits, origin: &str) -> Result<Limits, ConfigError> {
             defaults.write_timeout.as_secs(),
             "write_timeout_secs",
         )?),
+        header_timeout: secs(nonzero(
+            raw.header_timeout_secs,
+            defaults.header_timeout.as_secs(),
+            "header_timeout_secs",
+        )?),
+        max_connections_per_ip: raw
+            .max_connections_per_ip
+            .unwrap_or(defaults.max_connections_per_ip),
     })
 }
 

@@ -1,32 +1,22 @@
-//! `portcullis`: a container-registry gateway. See README.md for a tour.
-//!
-//! Request path (and module tree): `edge` (listeners, TLS, HTTP loop) -> `auth` (who is
-//! calling, what they may do) -> `api` (routing, handlers) -> `store` (content-addressed
-//! blobs + metadata). `oci` holds the vocabulary, `config` the validated settings.
+//! The `portcullis` command: parses the command line, loads the configuration and
+//! starts the server or runs a maintenance command. The modules live in `lib.rs`.
 
-mod api;
-mod auth;
-mod certs;
-mod config;
-mod edge;
-mod oci;
-mod store;
-
-use api::Api;
-use auth::Authenticator;
 use clap::{Parser, Subcommand};
-use config::{Config, Overrides};
-use edge::tls::CertStore;
-use edge::{HttpApp, Listener, Protocol, Reloader};
 use pingora::listeners::tls::Acceptor;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use portcullis::api::Api;
+use portcullis::auth::{self, Authenticator};
+use portcullis::certs;
+use portcullis::config::{self, Config, Overrides};
+use portcullis::edge::tls::CertStore;
+use portcullis::edge::{self, ConnectionLimiter, HttpApp, Listener, Protocol, Reloader};
+use portcullis::store::{FsBlobStore, RedbMetaStore, Registry};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use store::{FsBlobStore, RedbMetaStore, Registry};
 
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "Container-registry gateway")]
@@ -108,13 +98,7 @@ fn limit_malloc_arenas() {
 
 fn main() {
     limit_malloc_arenas();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    portcullis::logging::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve {
@@ -260,7 +244,11 @@ fn serve(config: Config) -> Result<(), String> {
     let blobs = FsBlobStore::open(data).map_err(|e| e.to_string())?;
     let meta = RedbMetaStore::open(&data.join("meta.redb"))
         .map_err(|e| format!("{e}; is another portcullis using {}?", data.display()))?;
-    let registry = Arc::new(Registry::new(Arc::new(blobs), Arc::new(meta)));
+    let registry = Arc::new(Registry::new(
+        Arc::new(blobs),
+        Arc::new(meta),
+        config.min_free_bytes,
+    ));
     let api = Arc::new(Api {
         registry,
         auth: auth.clone(),
@@ -272,6 +260,16 @@ fn serve(config: Config) -> Result<(), String> {
         )),
     });
     let http = Arc::new(HttpApp::new(api, config.limits.clone()));
+    // One cap per client address across every listener.
+    let limiter = ConnectionLimiter::new(config.limits.max_connections_per_ip);
+    let listener = |protocol| {
+        Listener::new(
+            http.clone(),
+            protocol,
+            limiter.clone(),
+            config.limits.header_timeout,
+        )
+    };
 
     let conf = ServerConf {
         threads: config.threads,
@@ -290,10 +288,7 @@ fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot write {} ({e})", pid_file.display()))?;
 
     if !config.listen.is_empty() {
-        let mut plain = Service::new(
-            "http".to_string(),
-            Listener::new(http.clone(), Protocol::Plain),
-        );
+        let mut plain = Service::new("http".to_string(), listener(Protocol::Plain));
         for addr in &config.listen {
             plain.add_tcp(&addr.to_string());
         }
@@ -304,7 +299,7 @@ fn serve(config: Config) -> Result<(), String> {
             acceptor: Acceptor::from_server_config(tls),
             redirect: config.redirect_to_https,
         };
-        let mut secure = Service::new("https".to_string(), Listener::new(http, protocol));
+        let mut secure = Service::new("https".to_string(), listener(protocol));
         for addr in &config.tls_listen {
             secure.add_tcp(&addr.to_string());
         }

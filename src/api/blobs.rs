@@ -44,12 +44,12 @@ pub async fn get(
             );
             response.status = 206;
             if req.is_head() {
-                return Ok(response.body(Body::HeadOf(r.len())));
+                return Ok(response.body(Body::HeadOf(r.length())));
             }
-            let source = registry.open_blob(&blob, r.start, r.len()).await?;
+            let source = registry.open_blob(&blob, r.start, r.length()).await?;
             Ok(response.body(Body::Stream {
                 source,
-                len: r.len(),
+                len: r.length(),
             }))
         }
     }

@@ -6,21 +6,49 @@ use crate::auth::access::Action;
 use crate::oci::RepoName;
 use crate::store::Registry;
 
-/// Lists only repositories the caller may pull, so private names stay private; a page
-/// can then hold fewer than `n` entries, which the spec allows.
+/// Names read from the metadata store per step while a page is filled.
+const SCAN_BATCH: usize = 1000;
+
+/// Up to `limit` names after `after` that pass `visible`, and whether more follow.
+async fn visible_page(
+    registry: &Registry,
+    mut after: Option<String>,
+    limit: usize,
+    visible: impl Fn(&str) -> bool,
+) -> Result<(Vec<String>, bool), ApiError> {
+    let mut shown = Vec::new();
+    loop {
+        let page = registry.catalog(after.as_deref(), SCAN_BATCH).await?;
+        for name in page.items {
+            if visible(&name) {
+                if shown.len() == limit {
+                    return Ok((shown, true));
+                }
+                shown.push(name.clone());
+            }
+            after = Some(name);
+        }
+        if !page.more {
+            return Ok((shown, false));
+        }
+    }
+}
+
+/// Lists only repositories the caller may pull, so private names stay private. Pages
+/// are cut after filtering: a page holds `n` visible names, and its `Link` names the
+/// last of them, never a repository the caller may not see.
 pub async fn list(
     registry: &Registry,
     caller: &Caller<'_>,
     req: &Request,
 ) -> Result<Response, ApiError> {
     let page_req = page_request(req)?;
-    let mut page = registry
-        .catalog(page_req.last.as_deref(), page_req.limit)
-        .await?;
-    // The next page starts after the last name read, whether or not it is shown.
-    let next_after = page.more.then(|| page.items.last().cloned()).flatten();
-    page.items
-        .retain(|name| RepoName::parse(name).is_ok_and(|n| caller.may(&n, Action::Pull)));
-    let body = serde_json::json!({ "repositories": page.items });
+    let visible = |name: &str| RepoName::parse(name).is_ok_and(|n| caller.may(&n, Action::Pull));
+    let (shown, more) = match page_req.limit {
+        0 => (Vec::new(), false),
+        limit => visible_page(registry, page_req.last.clone(), limit, visible).await?,
+    };
+    let next_after = more.then(|| shown.last().cloned()).flatten();
+    let body = serde_json::json!({ "repositories": shown });
     Ok(listing(req, next_after.as_deref(), page_req.limit, body))
 }

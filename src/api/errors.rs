@@ -5,7 +5,7 @@
 //! headers the client needs (for example `Range` on a 416).
 
 use super::response::{Body, Response};
-use crate::store::StoreError;
+use crate::store::{is_disk_full, StoreError};
 use bytes::Bytes;
 
 /// Error codes of the OCI distribution spec plus the few distribution added that
@@ -33,6 +33,8 @@ pub enum ErrorCode {
     Unauthorized,
     Denied,
     TooManyRequests,
+    /// The store is full or at its reserve: UNKNOWN with 507 (RFC 4918), which says so.
+    StorageFull,
     /// A fault of ours (disk, database): UNKNOWN with 500. Never used for bad input.
     Internal,
 }
@@ -93,6 +95,7 @@ impl ErrorCode {
             Unauthorized => ("UNAUTHORIZED", 401, "authentication required"),
             Denied => ("DENIED", 403, "requested access to the resource is denied"),
             TooManyRequests => ("TOOMANYREQUESTS", 429, "too many requests"),
+            StorageFull => ("UNKNOWN", 507, "the registry's storage is full"),
             Internal => ("UNKNOWN", 500, "unknown error"),
         }
     }
@@ -147,6 +150,8 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         use ErrorCode::*;
         let code = match &err {
+            StoreError::StorageFull { .. } => StorageFull,
+            StoreError::Io { source, .. } if is_disk_full(source) => StorageFull,
             StoreError::BlobUnknown(_) => BlobUnknown,
             StoreError::ManifestUnknown(_) => ManifestUnknown,
             StoreError::NameUnknown(_) => NameUnknown,
@@ -166,6 +171,9 @@ impl From<StoreError> for ApiError {
                 Internal
             }
         };
+        if code == StorageFull {
+            tracing::warn!(error = %err, "write refused: storage full");
+        }
         ApiError::new(code, err.to_string())
     }
 }

@@ -79,6 +79,16 @@ pub fn required_action<'r>(
     }
 }
 
+/// A malformed tag names a manifest that cannot exist: reading or deleting it is a 404
+/// (as the conformance suite expects); only a PUT, which would create it, gets 400.
+fn not_found_for_reads(err: ApiError, method: &http::Method) -> ApiError {
+    if err.code == ErrorCode::TagInvalid && *method != http::Method::PUT {
+        ApiError::new(ErrorCode::ManifestUnknown, err.detail)
+    } else {
+        err
+    }
+}
+
 /// Whether a request writes blob data and so needs an upload slot.
 fn writes_blob_data(route: &Route, method: &http::Method) -> bool {
     matches!(
@@ -114,7 +124,7 @@ impl Api {
             .authenticate(req.header("authorization"), client)
             .await
             .map_err(|e| self.auth_error(e))?;
-        let route = route::parse(&req.path)?;
+        let route = route::parse(&req.path).map_err(|e| not_found_for_reads(e, &req.method))?;
         self.authorize(&principal, &route, &req.method)?;
         let _slot = self.upload_slot(&route, &req.method)?;
         let caller = Caller {
@@ -149,8 +159,9 @@ impl Api {
     ) -> Result<(), ApiError> {
         let anonymous = *principal == Principal::Anonymous;
         let Some((repo, action)) = required_action(route, method) else {
-            // `/v2/` is how clients find out that they should log in.
-            return if anonymous && self.auth.enabled() && *route == Route::Base {
+            // `/v2/` is how clients find out that they should log in; the catalog
+            // challenges too, so clients that log in only when asked can list.
+            return if anonymous && self.auth.enabled() {
                 Err(self.challenge("authentication required"))
             } else {
                 Ok(())
@@ -269,5 +280,26 @@ mod tests {
             &Method::POST
         ));
         assert!(!writes_blob_data(&manifest, &Method::PUT));
+    }
+
+    #[test]
+    fn malformed_tags_are_unknown_manifests_except_for_put() {
+        let err = || route::parse("/v2/a/manifests/.INVALID_MANIFEST_NAME").unwrap_err();
+        assert_eq!(err().code, ErrorCode::TagInvalid);
+        for method in [Method::GET, Method::HEAD, Method::DELETE] {
+            assert_eq!(
+                not_found_for_reads(err(), &method).code,
+                ErrorCode::ManifestUnknown
+            );
+        }
+        assert_eq!(
+            not_found_for_reads(err(), &Method::PUT).code,
+            ErrorCode::TagInvalid
+        );
+        let name = route::parse("/v2/A/manifests/x").unwrap_err();
+        assert_eq!(
+            not_found_for_reads(name, &Method::GET).code,
+            ErrorCode::NameInvalid
+        );
     }
 }

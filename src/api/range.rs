@@ -8,7 +8,7 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
-    pub fn len(&self) -> u64 {
+    pub fn length(&self) -> u64 {
         self.end - self.start + 1
     }
 }
@@ -81,8 +81,9 @@ pub fn parse_content_range(header: &str) -> Option<ByteRange> {
     let s = s.split('/').next()?;
     let (a, b) = s.split_once('-')?;
     let start = a.trim().parse().ok()?;
-    let end = b.trim().parse().ok()?;
-    (end >= start).then_some(ByteRange { start, end })
+    let end: u64 = b.trim().parse().ok()?;
+    // `end` is a byte offset: u64::MAX would make the length 2^64, which wraps.
+    (end >= start && end < u64::MAX).then_some(ByteRange { start, end })
 }
 
 #[cfg(test)]
@@ -135,6 +136,14 @@ mod tests {
         assert_eq!(parse_content_range("bytes=0-99"), r);
         assert_eq!(parse_content_range("99-0"), None);
         assert_eq!(parse_content_range("abc"), None);
-        assert_eq!(ByteRange { start: 10, end: 19 }.len(), 10);
+        assert_eq!(parse_content_range("0-18446744073709551615"), None);
+        assert_eq!(parse_content_range("0-18446744073709551616"), None);
+        assert_eq!(
+            parse_content_range("0-18446744073709551614").map(|r| r.length()),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_content_range("-5"), None);
+        assert_eq!(parse_content_range("5-"), None);
+        assert_eq!(ByteRange { start: 10, end: 19 }.length(), 10);
     }
 }

@@ -5,12 +5,14 @@
 //! podman append `&digest=` (or `?digest=`) to it for the final PUT.
 
 use super::errors::upload_range;
-use super::range::parse_content_range;
+use super::range::{parse_content_range, ByteRange};
 use super::route::{query_pairs, query_value};
 use super::{ApiError, Caller, ErrorCode, Request, Response};
 use crate::auth::access::Action;
 use crate::oci::{Digest, RepoName};
-use crate::store::{ByteSource, Registry, UploadId};
+use crate::store::{ByteSource, Registry, StoreError, UploadId};
+use async_trait::async_trait;
+use bytes::Bytes;
 
 fn session_location(name: &RepoName, id: &UploadId) -> String {
     format!("/v2/{name}/blobs/uploads/{}", id.as_str())
@@ -100,9 +102,9 @@ pub async fn status(
     Ok(session_response(204, name, id, size))
 }
 
-/// The offset a chunk claims to start at, from `Content-Range`; checked against
+/// The bytes a chunk claims to be, from `Content-Range`; checked against
 /// `Content-Length` so a mislabelled chunk is refused before any byte is stored.
-fn chunk_offset(req: &Request) -> Result<Option<u64>, ApiError> {
+fn chunk_range(req: &Request) -> Result<Option<ByteRange>, ApiError> {
     let Some(header) = req.header("content-range") else {
         return Ok(None);
     };
@@ -116,17 +118,81 @@ fn chunk_offset(req: &Request) -> Result<Option<u64>, ApiError> {
         .header("content-length")
         .and_then(|l| l.parse::<u64>().ok())
     {
-        if length != range.len() {
+        if length != range.length() {
             return Err(ApiError::new(
                 ErrorCode::SizeInvalid,
                 format!(
                     "Content-Range {header:?} covers {} bytes but Content-Length is {length}",
-                    range.len()
+                    range.length()
                 ),
             ));
         }
     }
-    Ok(Some(range.start))
+    Ok(Some(range))
+}
+
+/// A chunk's body, held to what its headers promise: exactly the `Content-Range`
+/// length when one is given (a chunked body has no `Content-Length` to check first),
+/// and at least one byte for a chunked PATCH (pingora reads a chunked body whose first
+/// size line is empty as an empty body; no client sends an empty chunked PATCH).
+struct PromisedChunk<'a> {
+    body: &'a mut dyn ByteSource,
+    length: Option<u64>,
+    not_empty: bool,
+    received: u64,
+}
+
+impl PromisedChunk<'_> {
+    fn broken(&self, what: String) -> StoreError {
+        StoreError::ClientBody(format!(
+            "{what}; nothing after byte {} of this chunk was kept",
+            self.received
+        ))
+    }
+}
+
+#[async_trait]
+impl ByteSource for PromisedChunk<'_> {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let chunk = self.body.next_chunk().await?;
+        let received = self.received + chunk.as_ref().map_or(0, |c| c.len() as u64);
+        match (chunk, self.length) {
+            (Some(_), Some(length)) if received > length => Err(self.broken(format!(
+                "the body is longer than the {length} bytes its Content-Range announced"
+            ))),
+            (None, Some(length)) if received != length => Err(self.broken(format!(
+                "the body ended after {received} of the {length} bytes its Content-Range announced"
+            ))),
+            (None, None) if self.not_empty && received == 0 => Err(self.broken(
+                "the chunked body carried no data (is its first chunk-size line empty?)".into(),
+            )),
+            (chunk, _) => {
+                self.received = received;
+                Ok(chunk)
+            }
+        }
+    }
+}
+
+/// Appends one chunk: where its `Content-Range` says (if it does), no more and no
+/// less than that range.
+async fn append_chunk(
+    registry: &Registry,
+    req: &Request,
+    name: &RepoName,
+    id: &UploadId,
+    range: Option<ByteRange>,
+    body: &mut dyn ByteSource,
+) -> Result<u64, ApiError> {
+    let mut chunk = PromisedChunk {
+        body,
+        length: range.map(|r| r.length()),
+        not_empty: req.method == http::Method::PATCH && req.header("transfer-encoding").is_some(),
+        received: 0,
+    };
+    Ok(registry
+        .append_upload(name, id, range.map(|r| r.start), &mut chunk)
+        .await?)
 }
 
 /// Spec: "PATCH /v2/<name>/blobs/uploads/<id>" appends a chunk; a chunk that does not
@@ -138,15 +204,15 @@ pub async fn patch(
     id: &UploadId,
     body: &mut dyn ByteSource,
 ) -> Result<Response, ApiError> {
-    let offset = match chunk_offset(req) {
-        Ok(offset) => offset,
+    let range = match chunk_range(req) {
+        Ok(range) => range,
         Err(e) if e.code == ErrorCode::RangeInvalid => {
             let size = registry.upload_size(name, id).await?;
             return Err(e.with_header("Range", upload_range(size)));
         }
         Err(e) => return Err(e),
     };
-    let size = registry.append_upload(name, id, offset, body).await?;
+    let size = append_chunk(registry, req, name, id, range, body).await?;
     Ok(session_response(202, name, id, size))
 }
 
@@ -169,8 +235,8 @@ pub async fn finish(
     // Docker and podman close with an empty body; only a final chunk needs appending.
     let empty_body = req.header("content-length") == Some("0");
     if !empty_body {
-        let offset = chunk_offset(req)?;
-        registry.append_upload(name, id, offset, body).await?;
+        let range = chunk_range(req)?;
+        append_chunk(registry, req, name, id, range, body).await?;
     }
     registry.finish_upload(name, id, &digest).await?;
     Ok(created(name, &digest))

@@ -185,7 +185,7 @@ impl Htpasswd {
         self.users.get(user)
     }
 
-    pub fn len(&self) -> usize {
+    pub fn user_count(&self) -> usize {
         self.users.len()
     }
 
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn verifies_every_accepted_format() {
         let file = Htpasswd::parse(FILE, "h");
-        assert_eq!(file.len(), 3);
+        assert_eq!(file.user_count(), 3);
         assert!(file.get("alice").unwrap().verify("s3cret"));
         assert!(!file.get("alice").unwrap().verify("s3cret!"));
         assert!(file.get("bob").unwrap().verify("hunter2"));

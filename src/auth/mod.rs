@@ -119,7 +119,7 @@ impl Authenticator {
     pub fn reload(&self) -> Result<usize, String> {
         let Some(path) = &self.path else { return Ok(0) };
         let users = load_users(path)?;
-        let count = users.file.len();
+        let count = users.file.user_count();
         *self.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
         // Removed users and changed passwords must not keep working from the cache.
         self.verified.invalidate_all();

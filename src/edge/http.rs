@@ -2,10 +2,14 @@
 //!
 //! We implement pingora's `HttpServerApp` by hand (not `ServeHttp`, which buffers
 //! whole bodies) so request bodies stream into the store and blobs stream out of it.
-//! One request: read the header, hand the body to [`Api::handle`] as a `ByteSource`,
-//! write the response with an exact `Content-Length`, then offer the connection back
-//! for keep-alive.
+//! One request: read the header (within a deadline), hand the body to [`Api::handle`]
+//! as a `ByteSource`, write the response with an exact `Content-Length`, then offer
+//! the connection back for keep-alive. Pipelined HTTP/1.1 requests are answered in
+//! order. A head that cannot be served gets its 4xx/5xx from `refuse`, then a close.
 
+use super::refuse::{
+    answer_and_close, head_over_limits, malformed_head_answer, status_for_parse_error,
+};
 use crate::api::{Api, Body, Request, Response};
 use crate::config::Limits;
 use crate::store::{ByteSource, StoreError};
@@ -34,16 +38,70 @@ pub struct HttpApp {
     options: HttpServerOptions,
 }
 
+/// Marks a connection that has served a request, so the next head on it gets the
+/// keep-alive idle time on top of the head deadline.
+struct Reused;
+
 impl HttpApp {
+    /// The app for HTTP/1.x connections, and for HTTP/2 chosen by TLS ALPN.
     pub fn new(api: Arc<Api>, limits: Limits) -> HttpApp {
         let mut options = HttpServerOptions::default();
-        // Plain-HTTP h2 with prior knowledge, for clients that ask for it.
-        options.h2c = true;
+        options.h2_idle_timeout = Some(Duration::from_secs(limits.keepalive_secs));
         HttpApp {
             api,
             limits,
             options,
         }
+    }
+
+    /// The same app for plain connections that sent the HTTP/2 preface (h2c with
+    /// prior knowledge). Only the listener decides this, with a deadline: pingora's
+    /// own check waits for 24 bytes, which a short HTTP/1 request never sends.
+    pub fn with_h2c(&self) -> HttpApp {
+        let mut options = self.options.clone();
+        options.h2c = true;
+        HttpApp {
+            api: self.api.clone(),
+            limits: self.limits.clone(),
+            options,
+        }
+    }
+
+    /// Reads the next request head within its deadline. `None`: the connection is
+    /// done (closed, idle, or answered here because the head could not be served).
+    async fn read_head(&self, mut session: ServerSession) -> Option<ServerSession> {
+        let reused = session.take_connection_user_context().is_some();
+        let mut deadline = self.limits.header_timeout;
+        if reused {
+            deadline += Duration::from_secs(self.limits.keepalive_secs);
+        }
+        session.set_pipelining_enabled(true);
+        let status = match tokio::time::timeout(deadline, session.read_request()).await {
+            Ok(Ok(true)) => {
+                let header = session.req_header();
+                let head_len = session
+                    .as_http1()
+                    .map_or(0, |h1| h1.get_headers_raw_bytes().len());
+                match head_over_limits(header.raw_path().len(), head_len) {
+                    None => return Some(session),
+                    Some(status) => status,
+                }
+            }
+            Ok(Ok(false)) => return None,
+            Ok(Err(e)) => {
+                // The error's context holds the raw head (credentials too): log its kind only.
+                let status = status_for_parse_error(&e);
+                tracing::debug!(error = ?e.etype, ?status, "request head refused");
+                status?
+            }
+            // A silent reused connection is just idle; a first head that never ends is not.
+            Err(_) if reused => return None,
+            Err(_) => 408,
+        };
+        if let ServerSession::H1(h1) = session {
+            answer_and_close(h1.into_inner(), malformed_head_answer(status).as_bytes()).await;
+        }
+        None
     }
 }
 
@@ -190,22 +248,14 @@ async fn linger(session: &mut ServerSession, continue_pending: bool) {
 impl HttpServerApp for HttpApp {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                tracing::debug!(error = %e, "reading request header failed");
-                return None;
-            }
-        }
-        let keepalive = if *shutdown.borrow() {
-            None
-        } else {
-            Some(self.limits.keepalive_secs)
-        };
+        let mut session = self.read_head(session).await?;
+        // The parser has applied the client's wish (HTTP/1.0 closes unless it asked
+        // for keep-alive; `Connection: close`); only the idle time is ours to set.
+        let keepalive = (session.get_keepalive().is_some() && !*shutdown.borrow())
+            .then_some(self.limits.keepalive_secs);
         session.set_keepalive(keepalive);
         session.set_read_timeout(Some(self.limits.read_timeout));
         session.set_write_timeout(Some(self.limits.write_timeout));
@@ -249,7 +299,8 @@ impl HttpServerApp for HttpApp {
             micros = started.elapsed().as_micros() as u64,
             "request"
         );
-        let persistent = HttpPersistentSettings::for_session(&session);
+        let mut persistent = HttpPersistentSettings::for_session(&session);
+        persistent.set_user_context(Box::new(Reused));
         match session.finish().await {
             Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent)),
             Err(e) => {

@@ -1,19 +1,25 @@
 //! The edge: listeners, TLS, and the per-connection HTTP loop.
 //!
-//! Every listener is a pingora TCP listener whose app is a [`Listener`]: it peeks at
-//! the first byte of a connection to catch the commonest mistake in registry setups,
-//! a client speaking the wrong protocol for the port. A TLS ClientHello on a plain
-//! port, or plain HTTP on a TLS port, gets an HTTP answer that says what to do
-//! (instead of a hang or garbage), so Docker reports "server gave HTTP response to
-//! HTTPS client" at once and falls back where it is allowed to. TLS handshakes run
+//! Every listener is a pingora TCP listener whose app is a [`Listener`]. It caps
+//! connections per client address, then looks at the first bytes of a connection
+//! (`sniff`) to catch the commonest mistake in registry setups, a client speaking the
+//! wrong protocol for the port: a TLS ClientHello on a plain port, or plain HTTP on a
+//! TLS port, gets an HTTP answer at once that says what to do (`refuse`), so Docker
+//! reports "server gave HTTP response to HTTPS client" and containers/image falls
+//! back to http:// where allowed, without waiting out a timeout. TLS handshakes run
 //! through pingora's rustls acceptor with our own config (see `tls`), then the
-//! stream goes to the HTTP loop in `http`.
+//! stream goes to the HTTP loop in `http`. Every stage has a deadline, so a client
+//! that sends a few bytes and stops is closed, never held.
 
 mod http;
+mod limiter;
+mod refuse;
 mod reload;
+mod sniff;
 pub mod tls;
 
 pub use http::HttpApp;
+pub use limiter::ConnectionLimiter;
 pub use reload::Reloader;
 
 use async_trait::async_trait;
@@ -22,15 +28,15 @@ use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use refuse::{answer_and_close, WrongProtocol};
+use sniff::FirstBytes;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
 
-/// How long a new connection may stay silent before it is dropped.
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a TLS handshake may take, within the connection's first-head deadline.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// First byte of a TLS record carrying a handshake (the ClientHello).
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 pub enum Protocol {
     Plain,
@@ -43,52 +49,96 @@ pub enum Protocol {
 
 /// A pingora app for one kind of listener, in front of the shared HTTP loop.
 pub struct Listener {
+    /// HTTP/1.x, and on TLS ports HTTP/2 by ALPN.
     http: Arc<HttpApp>,
+    /// The same app for plain connections that opened with the HTTP/2 preface.
+    h2c: Arc<HttpApp>,
     protocol: Protocol,
+    limiter: Arc<ConnectionLimiter>,
+    /// How long a new connection has to show what it speaks (and finish a handshake).
+    first_bytes_timeout: Duration,
 }
 
 impl Listener {
-    pub fn new(http: Arc<HttpApp>, protocol: Protocol) -> Listener {
-        Listener { http, protocol }
+    pub fn new(
+        http: Arc<HttpApp>,
+        protocol: Protocol,
+        limiter: Arc<ConnectionLimiter>,
+        first_bytes_timeout: Duration,
+    ) -> Listener {
+        Listener {
+            h2c: Arc::new(http.with_h2c()),
+            http,
+            protocol,
+            limiter,
+            first_bytes_timeout,
+        }
     }
-}
 
-/// What to say to a client using the wrong protocol for the port.
-#[derive(Debug, PartialEq, Eq)]
-enum WrongProtocol {
-    /// TLS on a plain port.
-    TlsOnPlainPort,
-    /// Plain HTTP on a TLS port.
-    PlainOnTlsPort,
-    /// Plain HTTP on a TLS port configured to redirect: `https://host/path`.
-    Redirect(String),
-}
-
-impl WrongProtocol {
-    fn response(&self) -> String {
-        let (status, location, text) = match self {
-            WrongProtocol::TlsOnPlainPort => (
-                "400 Bad Request",
-                None,
-                "This port serves plain HTTP, but the client started a TLS handshake. Use http:// for this port \
-                 (for Docker: list it under \"insecure-registries\"), or connect to the registry's TLS port.\n",
-            ),
-            WrongProtocol::PlainOnTlsPort => (
-                "400 Bad Request",
-                None,
-                "This port serves HTTPS, but the client sent plain HTTP. Use https:// for this port.\n",
-            ),
-            WrongProtocol::Redirect(location) => {
-                ("308 Permanent Redirect", Some(location.as_str()), "Use https:// for this port.\n")
+    /// A plain connection: TLS by mistake, the h2c preface, or HTTP/1.x.
+    async fn serve_plain(&self, stream: Stream, deadline: Instant, shutdown: &ShutdownWatch) {
+        let Ok(mut tcp) = stream.into_any().downcast::<L4Stream>() else {
+            return;
+        };
+        let mut first = [0u8; sniff::H2_PREFACE.len()];
+        let mut len = 0;
+        let kind = loop {
+            match sniff::classify(&first[..len]) {
+                FirstBytes::NeedMore => {}
+                decided => break decided,
+            }
+            match tokio::time::timeout_at(deadline, tcp.read(&mut first[len..])).await {
+                Ok(Ok(n)) if n > 0 => len += n,
+                // Closed, failed, or silent past the deadline: nobody to answer.
+                _ => return,
             }
         };
-        let location = location
-            .map(|l| format!("Location: {l}\r\n"))
-            .unwrap_or_default();
-        format!(
-            "HTTP/1.1 {status}\r\n{location}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-            text.len()
-        )
+        tcp.rewind(&first[..len]);
+        let app = match kind {
+            FirstBytes::Tls => {
+                let answer = WrongProtocol::TlsOnPlainPort.response();
+                return answer_and_close(tcp, answer.as_bytes()).await;
+            }
+            FirstBytes::H2Preface => &self.h2c,
+            _ => &self.http,
+        };
+        app.process_new(tcp, shutdown).await;
+    }
+
+    async fn serve_tls(
+        &self,
+        stream: Stream,
+        acceptor: &Acceptor,
+        redirect: bool,
+        deadline: Instant,
+        shutdown: &ShutdownWatch,
+    ) {
+        let mut stream = stream;
+        let mut first = [0u8; 2];
+        match tokio::time::timeout_at(deadline, stream.try_peek(&mut first)).await {
+            Ok(Ok(true)) => {}
+            _ => return,
+        }
+        if !matches!(sniff::classify(&first), FirstBytes::Tls) {
+            let head = read_head(&mut stream, deadline).await;
+            let wrong = match https_location(&head).filter(|_| redirect) {
+                Some(location) => WrongProtocol::Redirect(location),
+                None => WrongProtocol::PlainOnTlsPort,
+            };
+            return answer_and_close(stream, wrong.response().as_bytes()).await;
+        }
+        // Listeners hand us TCP streams; the handshake needs the concrete type.
+        let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+            return;
+        };
+        let deadline = deadline.min(Instant::now() + HANDSHAKE_TIMEOUT);
+        match tokio::time::timeout_at(deadline, acceptor.tls_handshake(*tcp)).await {
+            Ok(Ok(tls)) => {
+                self.http.process_new(Box::new(tls), shutdown).await;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        }
     }
 }
 
@@ -109,21 +159,13 @@ fn https_location(head: &[u8]) -> Option<String> {
         .then(|| format!("https://{host}{target}"))
 }
 
-/// Answers and closes. Callers read what the client already sent first (`read_head`):
-/// closing with unread bytes would reset the connection and hide the answer.
-async fn refuse(mut stream: Stream, wrong: WrongProtocol) {
-    let _ = stream.write_all(wrong.response().as_bytes()).await;
-    let _ = stream.flush().await;
-    let _ = AsyncWriteExt::shutdown(&mut stream).await;
-}
-
-/// Reads up to 8 KiB or the end of a request head, waiting at most a moment.
-async fn read_head(stream: &mut Stream) -> Vec<u8> {
+/// Reads up to 8 KiB or the end of a request head, before `deadline`; for the
+/// redirect on a TLS port, which needs the target and the Host header.
+async fn read_head(stream: &mut Stream, deadline: Instant) -> Vec<u8> {
     let mut head = vec![0u8; 8192];
     let mut len = 0;
     while len < head.len() && !head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut head[len..])).await
-        {
+        match tokio::time::timeout_at(deadline, stream.read(&mut head[len..])).await {
             Ok(Ok(n)) if n > 0 => len += n,
             _ => break,
         }
@@ -136,48 +178,31 @@ async fn read_head(stream: &mut Stream) -> Vec<u8> {
 impl ServerApp for Listener {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut first = [0u8; 1];
-        match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.try_peek(&mut first)).await {
-            Ok(Ok(true)) => {}
-            _ => return None,
-        }
-        let tls_hello = first[0] == TLS_HANDSHAKE_RECORD;
-        match (&self.protocol, tls_hello) {
-            (Protocol::Plain, false) => self.http.process_new(stream, shutdown).await,
-            (Protocol::Tls { acceptor, .. }, true) => {
-                // Listeners hand us TCP streams; the handshake needs the concrete type.
-                let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _slot = match client {
+            Some(ip) => match self.limiter.acquire(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::warn!(client = %ip, "connection refused: limits.max_connections_per_ip reached");
                     return None;
-                };
-                let tls =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(*tcp)).await;
-                match tls {
-                    Ok(Ok(tls)) => self.http.process_new(Box::new(tls), shutdown).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        None
-                    }
-                    Err(_) => None,
                 }
-            }
-            (Protocol::Plain, true) => {
-                read_head(&mut stream).await;
-                refuse(stream, WrongProtocol::TlsOnPlainPort).await;
-                None
-            }
-            (Protocol::Tls { redirect, .. }, false) => {
-                let head = read_head(&mut stream).await;
-                let wrong = match https_location(&head).filter(|_| *redirect) {
-                    Some(location) => WrongProtocol::Redirect(location),
-                    None => WrongProtocol::PlainOnTlsPort,
-                };
-                refuse(stream, wrong).await;
-                None
+            },
+            None => None,
+        };
+        let deadline = Instant::now() + self.first_bytes_timeout;
+        match &self.protocol {
+            Protocol::Plain => self.serve_plain(stream, deadline, shutdown).await,
+            Protocol::Tls { acceptor, redirect } => {
+                self.serve_tls(stream, acceptor, *redirect, deadline, shutdown)
+                    .await
             }
         }
+        None
     }
 }
 
@@ -202,25 +227,5 @@ mod tests {
             None
         );
         assert_eq!(https_location(b"\x16\x03\x01"), None);
-    }
-
-    #[test]
-    fn answers_are_complete_http_responses() {
-        for wrong in [
-            WrongProtocol::TlsOnPlainPort,
-            WrongProtocol::PlainOnTlsPort,
-            WrongProtocol::Redirect("https://h/v2/".into()),
-        ] {
-            let text = wrong.response();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap();
-            assert!(head.starts_with("HTTP/1.1 "), "{head}");
-            assert!(
-                head.contains(&format!("Content-Length: {}", body.len())),
-                "{head}"
-            );
-        }
-        assert!(WrongProtocol::Redirect("https://h/v2/".into())
-            .response()
-            .contains("Location: https://h/v2/\r\n"));
     }
 }

@@ -204,6 +204,21 @@ fn hash_file(path: &Path, algorithm: Algorithm) -> std::io::Result<Digest> {
     }
 }
 
+/// Free bytes for unprivileged writers on the file system holding `path`.
+fn available_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string; statvfs fills `stat` on success.
+    if unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so `stat` is initialised.
+    let stat = unsafe { stat.assume_init() };
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 async fn blocking<T: Send + 'static>(
     context: String,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -252,6 +267,12 @@ impl BlobStore for FsBlobStore {
         }))
     }
 
+    async fn available_bytes(&self) -> Result<Option<u64>, StoreError> {
+        available_bytes(&self.root)
+            .map(Some)
+            .map_err(|e| StoreError::io(format!("statvfs {}", self.root.display()), e))
+    }
+
     async fn read_all(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
         let path = self.blob_path(digest);
         let bytes = blocking(format!("reading blob {digest}"), move || {
@@ -269,15 +290,23 @@ impl BlobStore for FsBlobStore {
                 actual,
             })?;
         let dest = self.blob_path(digest);
-        let tmp = self.root.join("tmp").join(UploadId::new().as_str());
+        let tmp = self.root.join("tmp").join(UploadId::random().as_str());
         blocking(format!("storing {digest}"), move || {
             if dest.exists() {
                 return Ok(());
             }
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            install(&tmp, &dest)
+            let written = std::fs::File::create(&tmp).and_then(|mut file| {
+                file.write_all(&bytes)?;
+                file.sync_all()
+            });
+            match written.and_then(|()| install(&tmp, &dest)) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // A full disk must not also keep the half-written copy.
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(e)
+                }
+            }
         })
         .await
     }
@@ -327,6 +356,7 @@ impl BlobStore for FsBlobStore {
             .await
             .map_err(|e| StoreError::io(context(), e))?
             .len();
+        let size_before = size;
         if let Some(requested) = offset {
             if requested != size {
                 return Err(StoreError::UploadOffset { size, requested });
@@ -373,8 +403,14 @@ impl BlobStore for FsBlobStore {
             written = writer.finish().await;
         }
         if let Err(e) = written {
-            // The file may hold part of a batch: hash it again when the upload finishes.
+            // Our write failed (a full disk, say): drop this request's bytes, so the
+            // session holds what it held before and the client can send the chunk again.
+            // The running hash has seen bytes that are gone: hash again at finish.
             *progress = None;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(size_before));
             return Err(StoreError::io(context(), e));
         }
         body_outcome.map(|()| size)

@@ -28,7 +28,11 @@ pub struct RedbMetaStore {
 }
 
 fn meta_err(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Meta(e.into().to_string())
+    match e.into() {
+        // Keep the I/O error whole, so a full disk is reported as one.
+        redb::Error::Io(io) => StoreError::io("metadata store", io),
+        other => StoreError::Meta(other.to_string()),
+    }
 }
 
 fn json_err(e: serde_json::Error) -> StoreError {

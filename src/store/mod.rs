@@ -24,7 +24,7 @@ use bytes::Bytes;
 pub struct UploadId(String);
 
 impl UploadId {
-    pub fn new() -> UploadId {
+    pub fn random() -> UploadId {
         UploadId(uuid::Uuid::new_v4().hyphenated().to_string())
     }
 
@@ -78,6 +78,11 @@ pub enum StoreError {
     },
     #[error("metadata store: {0}")]
     Meta(String),
+    #[error(
+        "the registry's storage is full ({available} bytes free, storage.min_free_bytes is {reserve}); \
+         free space (delete images, then collect garbage) or grow the volume"
+    )]
+    StorageFull { available: u64, reserve: u64 },
 }
 
 impl StoreError {
@@ -87,6 +92,21 @@ impl StoreError {
             source,
         }
     }
+
+    /// The store could not take more bytes: the reserve is reached, or a write met a
+    /// full disk or quota.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::StorageFull { .. } => true,
+            StoreError::Io { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded
 }
 
 /// What the registry knows about a stored manifest; its bytes live in the blob store.
@@ -123,6 +143,9 @@ pub trait BlobStore: Send + Sync {
         offset: u64,
         len: u64,
     ) -> Result<Option<Box<dyn ByteSource>>, StoreError>;
+
+    /// Bytes free for new content, or `None` if the backend cannot tell.
+    async fn available_bytes(&self) -> Result<Option<u64>, StoreError>;
 
     /// A whole small blob (a manifest) in memory, or `None` if absent.
     async fn read_all(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError>;

@@ -5,6 +5,8 @@
 //! - A manifest is accepted only if its repository holds everything it references;
 //!   its bytes are stored exactly as received, before the metadata that points at them,
 //!   so a tag never names a missing manifest.
+//! - New content is refused while free space is below the reserve, so the metadata
+//!   store never meets a full disk in the middle of a transaction.
 
 use super::{BlobStore, ByteSource, ManifestRecord, MetaStore, Page, StoreError, UploadId};
 use crate::oci::manifest::{self, Descriptor};
@@ -20,6 +22,8 @@ pub struct Registry {
     blobs: Arc<dyn BlobStore>,
     meta: Arc<dyn MetaStore>,
     manifest_cache: moka::sync::Cache<Digest, Bytes>,
+    /// Free bytes to keep (storage.min_free_bytes).
+    min_free_bytes: u64,
 }
 
 /// A manifest as served: its digest, media type and exact bytes (or just its size for HEAD).
@@ -42,10 +46,15 @@ pub struct PutManifestOutcome {
 }
 
 impl Registry {
-    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetaStore>) -> Registry {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetaStore>,
+        min_free_bytes: u64,
+    ) -> Registry {
         Registry {
             blobs,
             meta,
+            min_free_bytes,
             manifest_cache: moka::sync::Cache::builder()
                 .max_capacity(MANIFEST_CACHE_BYTES)
                 .weigher(|_, bytes: &Bytes| u32::try_from(bytes.len()).unwrap_or(u32::MAX))
@@ -114,8 +123,20 @@ impl Registry {
         Ok(Some(size))
     }
 
+    /// Refuses new content while free space is under the reserve.
+    async fn ensure_space(&self) -> Result<(), StoreError> {
+        match self.blobs.available_bytes().await? {
+            Some(available) if available < self.min_free_bytes => Err(StoreError::StorageFull {
+                available,
+                reserve: self.min_free_bytes,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadId, StoreError> {
-        let id = UploadId::new();
+        self.ensure_space().await?;
+        let id = UploadId::random();
         self.blobs.upload_start(&id, repo).await?;
         Ok(id)
     }
@@ -136,6 +157,7 @@ impl Registry {
         body: &mut dyn ByteSource,
     ) -> Result<u64, StoreError> {
         self.upload_size(repo, id).await?;
+        self.ensure_space().await?;
         self.blobs.upload_append(id, offset, body).await
     }
 
@@ -167,6 +189,7 @@ impl Registry {
         bytes: Bytes,
     ) -> Result<PutManifestOutcome, StoreError> {
         let parsed = manifest::parse(content_type, &bytes).map_err(StoreError::ManifestInvalid)?;
+        self.ensure_space().await?;
         let digest = match reference {
             Reference::Digest(expected) => {
                 expected

@@ -1,0 +1,17 @@
+//! `portcullis`: a container-registry gateway. See README.md for a tour.
+//!
+//! Request path (and module tree): `edge` (listeners, TLS, HTTP loop) -> `auth` (who is
+//! calling, what they may do) -> `api` (routing, handlers) -> `store` (content-addressed
+//! blobs + metadata). `oci` holds the vocabulary, `config` the validated settings.
+//!
+//! A library so that the fuzz targets in `fuzz/` reach the parsers; the binary in
+//! `main.rs` is the only other user.
+
+pub mod api;
+pub mod auth;
+pub mod certs;
+pub mod config;
+pub mod edge;
+pub mod logging;
+pub mod oci;
+pub mod store;
