@@ -252,8 +252,17 @@ pub fn load(
         }
         None => (String::new(), "built-in defaults".to_string()),
     };
-    let raw = RawConfig::parse(&text, &origin, env)?;
-    raw.resolve(&origin, overrides)
+    from_text(&text, &origin, env, overrides)
+}
+
+/// [`load`] for configuration text already in memory; `origin` names it in errors.
+pub fn from_text(
+    text: &str,
+    origin: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: Overrides,
+) -> Result<Config, ConfigError> {
+    RawConfig::parse(text, origin, env)?.resolve(origin, overrides)
 }
 
 /// Line number (1-based) of a byte offset, for error messages.
@@ -590,7 +599,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        RawConfig::parse(text, "t.toml", Vec::new())?.resolve("t.toml", Overrides::default())
+        from_text(text, "t.toml", Vec::new(), Overrides::default())
     }
 
     #[test]

@@ -12,16 +12,15 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_podman_usable, hex_part, podman_inspect, podman_pull_checked, portcullis, pseudo_random,
-    remove_proxy_env, run_ok, run_with_timeout, sha256_digest, CmdOutput, ContainersEnv,
-    ImageFixture, Server, OCI_CONFIG_TYPE, OCI_LAYER_GZIP_TYPE, OCI_MANIFEST_TYPE, PLAIN_PORT,
+    assert_podman_usable, hex_part, htpasswd_add, podman_inspect, podman_pull_checked, portcullis,
+    pseudo_random, raw_exchange, raw_header, remove_proxy_env, run_ok, run_with_timeout,
+    sha256_digest, CmdOutput, ContainersEnv, ImageFixture, Server, OCI_CONFIG_TYPE,
+    OCI_LAYER_GZIP_TYPE, OCI_MANIFEST_TYPE, PLAIN_PORT,
 };
 use reqwest::{Certificate, Client, Identity, StatusCode, Version};
 use serde_json::{json, Value};
@@ -140,48 +139,6 @@ fn make_certs(out: &Path, client: Option<&str>) {
             "portcullis certs did not write {file}"
         );
     }
-}
-
-/// `portcullis htpasswd add FILE USER --password-stdin --cost 4`, password on stdin.
-fn htpasswd_add(file: &Path, user: &str, password: &str) {
-    let mut child = portcullis()
-        .args(["htpasswd", "add"])
-        .arg(file)
-        .arg(user)
-        .args(["--password-stdin", "--cost", "4"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn portcullis htpasswd add");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write password");
-    let deadline = Instant::now() + TOOL_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll htpasswd add") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("portcullis htpasswd add {user} did not finish within {TOOL_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr);
-    assert!(
-        status.success(),
-        "portcullis htpasswd add {user} failed ({status}): {stderr}"
-    );
 }
 
 /// A directory holding only `ca.crt`: what `--cert-dir` of skopeo/podman wants
@@ -442,46 +399,6 @@ fn wait_for_log(server: &Server, needle: &str, budget: Duration) {
         );
         std::thread::sleep(POLL);
     }
-}
-
-/// One raw request over TCP; returns (status line, head, body) of the answer,
-/// which must arrive within `timeout` (the server closes these connections).
-fn raw_exchange(port: u16, request: &[u8], timeout: Duration) -> (String, String, String) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).expect("connect");
-    stream.set_read_timeout(Some(timeout)).unwrap();
-    stream.set_write_timeout(Some(timeout)).unwrap();
-    stream.write_all(request).expect("send request");
-    let started = Instant::now();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) => panic!(
-                "no complete answer within {timeout:?} (after {:?}): {e}; got so far: {:?}",
-                started.elapsed(),
-                String::from_utf8_lossy(&answer)
-            ),
-        }
-    }
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("answer is not HTTP: {text:?}"));
-    let status_line = head.lines().next().unwrap_or_default().to_string();
-    (status_line, head.to_string(), body.to_string())
-}
-
-/// A header value from a raw response head.
-fn raw_header(head: &str, name: &str) -> Option<String> {
-    head.lines().skip(1).find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
 }
 
 fn curl(args: &[&str]) -> CmdOutput {

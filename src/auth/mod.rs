@@ -193,7 +193,7 @@ impl Authenticator {
 }
 
 /// `Basic base64(user:password)` -> (user, password).
-fn parse_basic(header: &str) -> Option<(String, String)> {
+pub fn parse_basic(header: &str) -> Option<(String, String)> {
     let (scheme, encoded) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;

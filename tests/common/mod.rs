@@ -634,6 +634,11 @@ impl Server {
     /// a plain request gets there. The data directory belongs to `dir`, so a later
     /// server started on the same `dir` sees the same content.
     pub fn start_with_config(config: &str, dir: &Path) -> Server {
+        Self::start_with_config_env(config, dir, &[])
+    }
+
+    /// [`Server::start_with_config`] with extra environment variables (`RUST_LOG`, say).
+    pub fn start_with_config_env(config: &str, dir: &Path, env: &[(&str, &str)]) -> Server {
         let uses_plain = config.contains(PLAIN_PORT);
         let uses_tls = config.contains(TLS_PORT);
         assert!(
@@ -665,7 +670,8 @@ impl Server {
                 .arg(&config_path)
                 .arg("--data")
                 .arg(&data_dir)
-                .current_dir(&dir);
+                .current_dir(&dir)
+                .envs(env.iter().copied());
             Attempt {
                 command,
                 // The plain port first: it becomes `port()`.
@@ -921,4 +927,143 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP over TCP, for requests a client library would tidy
+// ---------------------------------------------------------------------------
+
+/// Upper bound for connecting to a local server.
+const RAW_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for `portcullis htpasswd add`.
+const HTPASSWD_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[allow(dead_code)]
+/// One raw request over TCP; returns (status line, head, body) of the answer,
+/// which must arrive within `timeout` (the server closes these connections).
+pub fn raw_exchange(port: u16, request: &[u8], timeout: Duration) -> (String, String, String) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, RAW_CONNECT_TIMEOUT).expect("connect");
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.set_write_timeout(Some(timeout)).unwrap();
+    stream.write_all(request).expect("send request");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "no complete answer within {timeout:?} (after {:?}): {e}; got so far: {:?}",
+                started.elapsed(),
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("answer is not HTTP: {text:?}"));
+    let status_line = head.lines().next().unwrap_or_default().to_string();
+    (status_line, head.to_string(), body.to_string())
+}
+
+#[allow(dead_code)]
+/// A header value from a raw response head.
+pub fn raw_header(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+#[allow(dead_code)]
+/// `portcullis htpasswd add FILE USER --password-stdin --cost 4`, password on stdin.
+pub fn htpasswd_add(file: &Path, user: &str, password: &str) {
+    let mut child = portcullis()
+        .args(["htpasswd", "add"])
+        .arg(file)
+        .arg(user)
+        .args(["--password-stdin", "--cost", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn portcullis htpasswd add");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write password");
+    let deadline = Instant::now() + HTPASSWD_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll htpasswd add") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("portcullis htpasswd add {user} did not finish within {HTPASSWD_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr);
+    assert!(
+        status.success(),
+        "portcullis htpasswd add {user} failed ({status}): {stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A small file system that fills up
+// ---------------------------------------------------------------------------
+
+/// Whether the tests run as root (CI does), which mounting needs.
+#[allow(dead_code)]
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A tmpfs of a given size mounted on a directory; unmounted on drop.
+#[allow(dead_code)]
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+#[allow(dead_code)]
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(path).expect("create mount point");
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(path),
+            Duration::from_secs(10),
+        );
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }
