@@ -2,7 +2,7 @@
 # loadtest/compare.sh: Portcullis side by side with the stack it replaces, on loopback.
 #
 # Debian packages this script needs (quick mode included; .ci/run installs them):
-#   docker-registry nginx apache2-utils openssl curl skopeo
+#   docker-registry nginx apache2-utils openssl curl skopeo podman
 #
 # Usage:
 #   loadtest/compare.sh --quick   # smoke test, < 1 min: debug binaries, small sizes,
@@ -20,6 +20,8 @@
 #                   with the openssl CLI), bcrypt basic auth (htpasswd -B), proxy_cache
 #                   for blobs: the stack DESIGN.md §7 measures against;
 #   nginx-tls       a second server block of that nginx, TLS without auth (small only);
+#   nginx-static    a third server block answering /v2/ with a small static file over
+#                   TLS: the `ceiling` scenario, what this machine can answer at all;
 #   mirror          a second docker-registry in proxy mode whose upstream is the first
 #                   one, for the `mirror` scenario to come (started, not measured yet);
 #   portcullis      target/{release,debug}/portcullis serve --listen --data, plain HTTP;
@@ -27,7 +29,8 @@
 #                   portcullis with a config file: TLS with the same cert, with and
 #                   without the same htpasswd file (skipped if the binary has no TLS).
 # Every scenario runs against every target, alternating targets scenario by scenario
-# (the -tls targets without auth run the small-request scenario only).
+# (the -tls targets without auth run the small-request scenario only); skopeo and podman
+# pull and push images of several sizes from plain distribution and plain portcullis.
 # The exit status is non-zero if any scenario could not run or counted an error.
 set -euo pipefail
 
@@ -62,9 +65,9 @@ JSONL=loadtest/out/results-$MODE.jsonl
 log() { printf '%s compare.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-for tool in docker-registry nginx htpasswd openssl curl skopeo timeout; do
+for tool in docker-registry nginx htpasswd openssl curl skopeo podman timeout; do
     command -v "$tool" > /dev/null ||
-        die "$tool is missing: apt-get install docker-registry nginx apache2-utils openssl curl skopeo"
+        die "$tool is missing: apt-get install docker-registry nginx apache2-utils openssl curl skopeo podman"
 done
 
 # --- everything we start, stopped by pid on exit --------------------------------------
@@ -213,8 +216,15 @@ MIRROR_PID=$STARTED_PID
 
 free_port; NGINX_PORT=$PORT
 free_port; NGINX_ANON_PORT=$PORT
+free_port; NGINX_STATIC_PORT=$PORT
 NGX=$TMP/nginx
-mkdir -p "$NGX/cache"
+mkdir -p "$NGX/cache" "$NGX/static/v2"
+# The ceiling's file: about the size of a small image manifest.
+{
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"pad":"'
+    head -c 600 /dev/zero | tr '\0' 'x'
+    printf '"}}\n'
+} > "$NGX/static/v2/index.json"
 # Workers must read the 0700 temp dir: as root, they run as root.
 NGX_USER=
 [ "$(id -u)" = 0 ] && NGX_USER="user root;"
@@ -281,6 +291,18 @@ http {
     }
 $(nginx_server "$NGINX_PORT" on)
 $(nginx_server "$NGINX_ANON_PORT" off)
+    server {
+        listen 127.0.0.1:$NGINX_STATIC_PORT ssl http2;
+        server_name localhost;
+        ssl_certificate $TLS/cert.pem;
+        ssl_certificate_key $TLS/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        keepalive_requests 1000000;
+        root $NGX/static;
+        index index.json;
+        default_type application/json;
+    }
 }
 EOF
 nginx -e "$TMP/nginx.log" -p "$NGX" -c "$NGX/nginx.conf" -g 'daemon off; master_process on;' \
@@ -290,6 +312,7 @@ PIDS+=("nginx:$NGINX_PID")
 wait_ready nginx "$NGINX_PID" "https://127.0.0.1:$NGINX_PORT/v2/" \
     --cacert "$TLS/ca.pem" -u "$AUTH_USER:$AUTH_PASSWORD"
 wait_ready nginx "$NGINX_PID" "https://127.0.0.1:$NGINX_ANON_PORT/v2/" --cacert "$TLS/ca.pem"
+wait_ready nginx "$NGINX_PID" "https://127.0.0.1:$NGINX_STATIC_PORT/v2/" --cacert "$TLS/ca.pem"
 code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$TLS/ca.pem" "https://127.0.0.1:$NGINX_PORT/v2/")
 [ "$code" = 401 ] || die "nginx answers $code without credentials; auth is not on"
 
@@ -356,6 +379,7 @@ add_target distribution "http://127.0.0.1:$REG_PORT" "$REG_PID" no "" fallback
 add_target nginx-tls-auth "https://127.0.0.1:$NGINX_PORT" "$NGINX_PID $REG_PID" yes "$CREDS" no
 add_target nginx-tls "https://127.0.0.1:$NGINX_ANON_PORT" "$NGINX_PID $REG_PID" yes \
     "--ca $TLS/ca.pem" no small
+add_target nginx-static "https://127.0.0.1:$NGINX_STATIC_PORT" "$NGINX_PID" yes "--ca $TLS/ca.pem" no ceiling
 add_target portcullis "http://127.0.0.1:$PC_PORT" "$PC_PID" yes "" yes
 if [ -n "$PCS_PID" ]; then
     add_target portcullis-tls-auth "https://127.0.0.1:$PCS_PORT" "$PCS_PID" yes "$CREDS" yes
@@ -375,7 +399,9 @@ if [ "$MODE" = quick ]; then
     PUSH_BIG=()
     PUSH_CHUNKED=(--image-size 4MiB --iterations 1 --chunked --chunk-size 1MiB)
     PULL=(--image-size 4MiB --iterations 2)
-    SKOPEO=(--image-size 4MiB --iterations 1)
+    CEILING=(--duration 1)
+    CLIENT_SIZES=(1MiB)
+    CLIENT_ITERATIONS=(1)
     SOAK=(--duration 2)
 else
     COMMON=()
@@ -391,7 +417,10 @@ else
     PUSH_BIG=(--image-size 1GiB --iterations 1)
     PUSH_CHUNKED=(--image-size 100MiB --iterations 2 --chunked --chunk-size 8MiB)
     PULL=(--image-size 100MiB --iterations 5)
-    SKOPEO=(--image-size 100MiB --iterations 2)
+    CEILING=(--duration 8)
+    # The sizes of DESIGN.md §7; small images repeat more, so their median is steady.
+    CLIENT_SIZES=(1MiB 50MiB 500MiB)
+    CLIENT_ITERATIONS=(7 3 2)
     SOAK=(--duration 20)
 fi
 
@@ -432,6 +461,8 @@ scenario() {
         if [ -n "${T_ONLY[$i]}" ] && [ "${T_ONLY[$i]}" != "$name" ]; then continue; fi
         case "$filter" in
             h2) [ "${T_H2[$i]}" = yes ] || continue ;;
+            plain) [ "${T_LABEL[$i]}" = distribution ] || [ "${T_LABEL[$i]}" = portcullis ] || continue ;;
+            only) [ "${T_ONLY[$i]}" = "$name" ] || continue ;;
             soak)
                 [ "${T_SOAK[$i]}" != no ] || continue
                 if [ "${T_SOAK[$i]}" = fallback ]; then more=(--opt soak-tag-delete=digest-fallback); fi
@@ -454,7 +485,13 @@ scenario small h2 h2 --h2 "${SMALL_H2[@]}"
 if [ ${#PUSH_BIG[@]} -gt 0 ]; then scenario push 1GiB all "${PUSH_BIG[@]}"; fi
 scenario push chunked all "${PUSH_CHUNKED[@]}"
 scenario pull "" all "${PULL[@]}"
-scenario skopeo "" all "${SKOPEO[@]}"
+scenario ceiling "" only "${CEILING[@]}"
+for ((k = 0; k < ${#CLIENT_SIZES[@]}; k++)); do
+    for client in skopeo-pull skopeo-push podman-pull podman-push; do
+        scenario "$client" "${CLIENT_SIZES[$k]}" plain --image-size "${CLIENT_SIZES[$k]}" \
+            --iterations "${CLIENT_ITERATIONS[$k]}"
+    done
+done
 scenario soak "" soak "${SOAK[@]}"
 log "scenarios done in $((SECONDS - START)) s"
 
@@ -476,6 +513,7 @@ META=(
     --meta "nginx=$(nginx -v 2>&1 | sed 's/^nginx version: //')"
     --meta "docker-registry=$(docker-registry --version 2>&1 | head -1)"
     --meta "skopeo=$(skopeo --version 2>&1 | head -1)"
+    --meta "podman=$(podman --version 2>&1 | head -1)"
     --meta "rustc=$(rustc --version 2>&1)"
     --meta "load generator=portcullis-loadtest on the same machine; nginx proxy_cache caches blob GETs; nginx has no soak run (its cache serves deleted blobs)"
 )

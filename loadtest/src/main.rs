@@ -92,7 +92,7 @@ struct RunArgs {
     /// Limit in seconds for one request, body included.
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
-    /// Repetitions for large, push, pull and skopeo (default 3, 2 or 1 by scenario and mode).
+    /// Repetitions for large, push, pull and the client scenarios (default 3, 2 or 1 by scenario and mode).
     #[arg(long)]
     iterations: Option<u64>,
     /// Blob size for `blob` (default 1MiB).
@@ -122,9 +122,12 @@ struct RunArgs {
     /// Seed of the synthetic content.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// skopeo binary for the `skopeo` scenario.
+    /// skopeo binary for the `skopeo-*` scenarios.
     #[arg(long, default_value = "skopeo")]
     skopeo: String,
+    /// podman binary for the `podman-*` scenarios.
+    #[arg(long, default_value = "podman")]
+    podman: String,
     /// Scenario parameter KEY=VALUE (repeatable), e.g. soak-max-blob=1MiB.
     #[arg(long = "opt", value_parser = parse_key_value)]
     opts: Vec<(String, String)>,
@@ -165,6 +168,9 @@ struct ReportArgs {
     /// Label of portcullis over TLS without auth.
     #[arg(long, default_value = "portcullis-tls")]
     portcullis_tls: String,
+    /// Label of nginx serving a small static file over TLS (the `ceiling` scenario).
+    #[arg(long, default_value = "nginx-static")]
+    ceiling: String,
     /// KEY=VALUE lines for the header (machine, versions, date), in order.
     #[arg(long = "meta", value_parser = parse_key_value)]
     meta: Vec<(String, String)>,
@@ -244,6 +250,7 @@ fn settings(args: &RunArgs) -> Result<Settings, String> {
         repo_prefix: args.repo_prefix.trim_matches('/').to_string(),
         seed: args.seed,
         skopeo: args.skopeo.clone(),
+        podman: args.podman.clone(),
         extra: args.opts.iter().cloned().collect::<BTreeMap<_, _>>(),
     })
 }
@@ -323,6 +330,7 @@ fn write_report(args: &ReportArgs) -> Result<usize, String> {
         portcullis_secure: args.portcullis_secure.clone(),
         reference_anonymous: args.reference_anonymous.clone(),
         portcullis_tls: args.portcullis_tls.clone(),
+        ceiling: args.ceiling.clone(),
     };
     let md = report::markdown(&reports, &roles, &args.meta, args.quick);
     std::fs::write(&args.output, md)

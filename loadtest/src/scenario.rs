@@ -12,6 +12,7 @@
 use crate::client::{Api, Result, Target, UploadMode};
 use crate::procmon::{self, Monitor};
 use crate::report::Report;
+use crate::scenarios::clients::{ClientCopy, Direction, Tool};
 use crate::stats::Samples;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -45,6 +46,7 @@ pub struct Settings {
     pub repo_prefix: String,
     pub seed: u64,
     pub skopeo: String,
+    pub podman: String,
     /// Extra `key=value` parameters for scenarios (`--opt`).
     pub extra: BTreeMap<String, String>,
 }
@@ -140,6 +142,12 @@ pub const SCENARIOS: &[Entry] = &[
         make: || Box::new(crate::scenarios::small::Small::default()),
     },
     Entry {
+        name: "ceiling",
+        connections: 64,
+        about: "GET /v2/ alone at concurrency (default 64), nothing seeded: against a static file server, the small-response ceiling",
+        make: || Box::new(crate::scenarios::small::Small::ceiling()),
+    },
+    Entry {
         name: "blob",
         connections: 16,
         about: "GET of one blob (--blob-size, default 1MiB) at concurrency (default 16), digest-checked",
@@ -164,10 +172,28 @@ pub const SCENARIOS: &[Entry] = &[
         make: || Box::new(crate::scenarios::image::Pull::default()),
     },
     Entry {
-        name: "skopeo",
+        name: "skopeo-push",
         connections: 1,
-        about: "skopeo copy of fresh synthetic images from an OCI layout (a real client's figure)",
-        make: || Box::new(crate::scenarios::image::Skopeo),
+        about: "skopeo copy of fresh synthetic images from an OCI layout to the registry (a real client, timed per command)",
+        make: || Box::new(ClientCopy::new(Tool::Skopeo, Direction::Push)),
+    },
+    Entry {
+        name: "skopeo-pull",
+        connections: 1,
+        about: "skopeo copy of a fresh image from the registry to an OCI layout",
+        make: || Box::new(ClientCopy::new(Tool::Skopeo, Direction::Pull)),
+    },
+    Entry {
+        name: "podman-pull",
+        connections: 1,
+        about: "podman pull of a fresh image into fresh private storage (vfs)",
+        make: || Box::new(ClientCopy::new(Tool::Podman, Direction::Pull)),
+    },
+    Entry {
+        name: "podman-push",
+        connections: 1,
+        about: "podman push of a fresh local image (podman gzips layers on the way)",
+        make: || Box::new(ClientCopy::new(Tool::Podman, Direction::Push)),
     },
     Entry {
         name: "soak",

@@ -1,6 +1,7 @@
 //! One module per scenario; each is listed in [`crate::scenario::SCENARIOS`].
 
 pub mod blob;
+pub mod clients;
 pub mod image;
 pub mod large;
 pub mod small;

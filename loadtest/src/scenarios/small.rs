@@ -2,6 +2,10 @@
 //! `GET /v2/`, `HEAD` of a manifest by tag and `GET` of it (digest checked) on its own
 //! keep-alive connection. `--opt small-ops=head,get` (any of ping, head, get) narrows
 //! the cycle, to see what each request type costs.
+//!
+//! `ceiling` is the same loop over `GET /v2/` alone, with nothing seeded, so it also
+//! runs against a plain web server answering `/v2/` with a small static file: the
+//! small-response rate this machine can reach at all.
 
 use crate::client::Result;
 use crate::image::synth_image;
@@ -14,6 +18,24 @@ const TAG: &str = "latest";
 pub struct Small {
     repo: String,
     digest: String,
+    /// `ceiling`: only `GET /v2/`, nothing seeded.
+    ping_only: bool,
+}
+
+impl Small {
+    pub fn ceiling() -> Small {
+        Small {
+            ping_only: true,
+            ..Small::default()
+        }
+    }
+
+    fn cycle(&self, ctx: &Ctx) -> Result<Vec<Op>> {
+        if self.ping_only {
+            return Ok(vec![Op::Ping]);
+        }
+        ops(ctx.settings.opt("small-ops"))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -42,6 +64,9 @@ fn ops(spec: Option<&str>) -> Result<Vec<Op>> {
 #[async_trait]
 impl Scenario for Small {
     async fn setup(&mut self, ctx: &Ctx) -> Result<()> {
+        if self.ping_only {
+            return ctx.api().ping().await.map(drop);
+        }
         self.repo = ctx.repo("small");
         let image = synth_image(ctx.settings.seed ^ super::SEED_SMALL, 2, 2048);
         let api = ctx.api();
@@ -57,7 +82,7 @@ impl Scenario for Small {
 
     async fn run(&mut self, ctx: &Ctx) -> Result<Measurement> {
         let workers = ctx.target.connections() * ctx.settings.streams;
-        let cycle = ops(ctx.settings.opt("small-ops"))?;
+        let cycle = self.cycle(ctx)?;
         let note = format!("request cycle {cycle:?}");
         let (repo, digest) = (self.repo.clone(), self.digest.clone());
         let mut m = closed_loop(ctx, workers, move |_, n, api| {
