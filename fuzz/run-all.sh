@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for SECONDS (default 10) on a scratch copy of its corpus;
+# fails on any crash. Used by .ci/run; builds once with the nightly toolchain.
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds=${1:-10}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+cargo +nightly fuzz build -O
+for target in $(cargo +nightly fuzz list); do
+    scratch=$(mktemp -d)
+    cp -r "corpus/$target/." "$scratch/" 2>/dev/null || true
+    log="$scratch.log"
+    if ! cargo +nightly fuzz run -O "$target" "$scratch" -- -max_total_time="$seconds" \
+        -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 >"$log" 2>&1; then
+        tail -40 "$log"
+        echo "fuzz: $target FAILED (the input is in fuzz/artifacts/$target/)"
+        exit 1
+    fi
+    runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
+    echo "fuzz: $target ok, $runs runs in ${seconds}s"
+    rm -rf "$scratch" "$log"
+done
