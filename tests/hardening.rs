@@ -306,6 +306,11 @@ fn issue8_malformed_request_heads_get_an_answer_then_a_close() {
             "{what}: the server must close"
         );
     }
+    // Control bytes in the target: pingora percent-escapes them, so the request gets an
+    // answer for the path it names (no such endpoint), on a connection kept open.
+    let control = exchange(port, b"GET /v2/\x01\x7f HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(control.status, 404, "{}", control.head);
+    assert_eq!(control.oci_code(), "UNSUPPORTED");
     // The server is fine afterwards.
     assert_eq!(
         exchange(port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").status,
@@ -644,6 +649,20 @@ fn issue8_debug_logs_never_contain_credentials() {
     for leaked in [token.as_str(), wrong.trim_start_matches("Basic "), "c00k1e"] {
         assert!(!log.contains(leaked), "the log contains {leaked:?}:\n{log}");
     }
+}
+
+#[test]
+fn issue8_temp_files_left_by_a_crash_are_removed_at_start() {
+    let work = workdir();
+    let leftover = work
+        .path()
+        .join("data/tmp/3f2504e0-4f89-11d3-9a0c-0305e82c3301");
+    std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    std::fs::write(&leftover, vec![0u8; 4096]).unwrap();
+    let server = plain_server(work.path(), "");
+    let answer = exchange(server.port(), b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(answer.status, 200);
+    assert!(!leftover.exists(), "the half-written temp file is gone");
 }
 
 #[test]

@@ -140,12 +140,19 @@ pub struct FsBlobStore {
 }
 
 impl FsBlobStore {
-    /// Opens (creating if needed) a store rooted at `root`.
+    /// Opens (creating if needed) a store rooted at `root`. Files left in `tmp/` by a
+    /// crash mid-write are removed: nothing refers to them, and they take space.
     pub fn open(root: &Path) -> Result<FsBlobStore, StoreError> {
         for dir in ["blobs", "uploads", "tmp"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path)
                 .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        }
+        let tmp = root.join("tmp");
+        let leftovers = std::fs::read_dir(&tmp)
+            .map_err(|e| StoreError::io(format!("reading {}", tmp.display()), e))?;
+        for entry in leftovers.flatten() {
+            let _ = std::fs::remove_file(entry.path());
         }
         Ok(FsBlobStore {
             root: root.to_path_buf(),
