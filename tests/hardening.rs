@@ -770,3 +770,59 @@ fn issue8_full_disk_is_507_and_leaves_no_partial_files() {
     assert_eq!(small.status, 201, "{}", small.body_text());
     drop(server);
 }
+
+#[test]
+fn issue8_tls_h2_connection_without_preface_is_closed_by_the_deadline() {
+    let work = workdir();
+    common::run_ok(
+        common::portcullis()
+            .args(["certs", "--out"])
+            .arg(work.path().join("certs"))
+            .args(["--name", "localhost", "--ip", "127.0.0.1"]),
+        ANSWER_TIMEOUT,
+    );
+    let server = Server::start_with_config(
+        "[server]\ntls_listen = \"127.0.0.1:{TLS_PORT}\"\n[tls]\ncert = \"certs/server.crt\"\nkey = \"certs/server.key\"\n[limits]\nheader_timeout_secs = 1\n",
+        work.path(),
+    );
+    // openssl negotiates h2, then sends nothing (its stdin stays open and empty).
+    let mut client = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", server.tls_port()),
+        ])
+        .args(["-alpn", "h2", "-servername", "localhost", "-CAfile"])
+        .arg(work.path().join("certs/ca.crt"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let status = loop {
+        if let Some(status) = client.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = client.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(
+        out.contains("ALPN protocol: h2"),
+        "h2 was negotiated:\n{out}"
+    );
+    assert!(
+        status.is_some(),
+        "the server must close an h2 connection that sends no preface:\n{out}"
+    );
+}

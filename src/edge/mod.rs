@@ -13,6 +13,7 @@
 
 mod http;
 mod limiter;
+mod preface;
 mod refuse;
 mod reload;
 mod sniff;
@@ -26,8 +27,9 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
+use preface::PrefaceDeadline;
 use refuse::{answer_and_close, WrongProtocol};
 use sniff::FirstBytes;
 use std::sync::Arc;
@@ -134,7 +136,12 @@ impl Listener {
         let deadline = deadline.min(Instant::now() + HANDSHAKE_TIMEOUT);
         match tokio::time::timeout_at(deadline, acceptor.tls_handshake(*tcp)).await {
             Ok(Ok(tls)) => {
-                self.http.process_new(Box::new(tls), shutdown).await;
+                let mut stream: Stream = Box::new(tls);
+                if stream.selected_alpn_proto() == Some(ALPN::H2) {
+                    let deadline = Instant::now() + self.first_bytes_timeout;
+                    stream = Box::new(PrefaceDeadline::new(stream, deadline));
+                }
+                self.http.process_new(stream, shutdown).await;
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!("TLS handshake timed out"),
