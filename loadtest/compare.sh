@@ -228,9 +228,7 @@ mkdir -p "$NGX/cache" "$NGX/static/v2"
 # Workers must read the 0700 temp dir: as root, they run as root.
 NGX_USER=
 [ "$(id -u)" = 0 ] && NGX_USER="user root;"
-nginx_server() { # port auth(on/off): one TLS server block in front of the registry
-    local auth=
-    [ "$2" = on ] && auth="auth_basic \"registry\"; auth_basic_user_file $TMP/htpasswd;"
+nginx_tls() { # port: the head of a TLS server block (the same for every block)
     cat << EOF
     server {
         listen 127.0.0.1:$1 ssl http2;
@@ -240,6 +238,13 @@ nginx_server() { # port auth(on/off): one TLS server block in front of the regis
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
         keepalive_requests 1000000;
+EOF
+}
+nginx_server() { # port auth(on/off): one TLS server block in front of the registry
+    local auth=
+    [ "$2" = on ] && auth="auth_basic \"registry\"; auth_basic_user_file $TMP/htpasswd;"
+    nginx_tls "$1"
+    cat << EOF
         client_max_body_size 0;
         chunked_transfer_encoding on;
         $auth
@@ -291,14 +296,7 @@ http {
     }
 $(nginx_server "$NGINX_PORT" on)
 $(nginx_server "$NGINX_ANON_PORT" off)
-    server {
-        listen 127.0.0.1:$NGINX_STATIC_PORT ssl http2;
-        server_name localhost;
-        ssl_certificate $TLS/cert.pem;
-        ssl_certificate_key $TLS/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:SSL:10m;
-        keepalive_requests 1000000;
+$(nginx_tls "$NGINX_STATIC_PORT")
         root $NGX/static;
         index index.json;
         default_type application/json;

@@ -585,6 +585,18 @@ mod tests {
         }
     }
 
+    fn roles() -> Roles {
+        Roles {
+            plain: "distribution".into(),
+            reference: "nginx".into(),
+            portcullis: "portcullis".into(),
+            portcullis_secure: "portcullis-tls-auth".into(),
+            reference_anonymous: "nginx-tls".into(),
+            portcullis_tls: "portcullis-tls".into(),
+            ceiling: "nginx-static".into(),
+        }
+    }
+
     #[test]
     fn targets_table_ratios_and_verdicts() {
         let reports = vec![
@@ -597,15 +609,7 @@ mod tests {
             report("push", "portcullis", 0.3, "s"),
             report("small", "portcullis", 8000.0, "req/s"),
         ];
-        let roles = Roles {
-            plain: "distribution".into(),
-            reference: "nginx".into(),
-            portcullis: "portcullis".into(),
-            portcullis_secure: "portcullis-tls-auth".into(),
-            reference_anonymous: "nginx-tls".into(),
-            portcullis_tls: "portcullis-tls".into(),
-            ceiling: "nginx-static".into(),
-        };
+        let roles = roles();
         let md = markdown(&reports, &roles, &[("date".into(), "today".into())], true);
         assert!(md.contains("| 15.00x | >= 50x | **no** (plain) |"), "{md}");
         assert!(md.contains("| 0.33x | <= 0.3x | **no** (plain) |"), "{md}");
@@ -628,15 +632,7 @@ mod tests {
             report("small", "portcullis-tls-auth", 30000.0, "req/s"),
             report("ceiling", "nginx-static", 40000.0, "req/s"),
         ];
-        let roles = Roles {
-            plain: "distribution".into(),
-            reference: "nginx".into(),
-            portcullis: "portcullis".into(),
-            portcullis_secure: "portcullis-tls-auth".into(),
-            reference_anonymous: "nginx-tls".into(),
-            portcullis_tls: "portcullis-tls".into(),
-            ceiling: "nginx-static".into(),
-        };
+        let roles = roles();
         let md = markdown(&reports, &roles, &[], false);
         assert!(
             md.contains("| skopeo-pull | 1MiB | 0.040 s | 0.030 s | 0.75x | <= 0.9x | yes |"),
