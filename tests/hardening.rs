@@ -414,6 +414,26 @@ fn issue8_pipelined_requests_are_answered_in_order() {
         conn.closed_within(ANSWER_TIMEOUT),
         "closed after Connection: close"
     );
+
+    // Requests with bodies in the pipeline: each body ends where its Content-Length
+    // (or last chunk) says, and the next request follows.
+    let digest = sha256_digest(b"hello");
+    let mut conn = RawConn::open(server.port());
+    let pipeline = format!(
+        "POST /v2/team/app/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+         HEAD /v2/team/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n\
+         POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+         GET /v2/team/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    conn.send(pipeline.as_bytes());
+    assert_eq!(conn.response(false).status, 201);
+    let head = conn.response(true);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length").as_deref(), Some("5"));
+    assert_eq!(conn.response(false).status, 202);
+    let blob = conn.response(false);
+    assert_eq!(blob.status, 200);
+    assert_eq!(blob.body, b"hello");
 }
 
 #[test]

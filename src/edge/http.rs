@@ -257,6 +257,10 @@ impl HttpServerApp for HttpApp {
         let keepalive = (session.get_keepalive().is_some() && !*shutdown.borrow())
             .then_some(self.limits.keepalive_secs);
         session.set_keepalive(keepalive);
+        // A body the handler did not read is drained after the answer (`linger`), which
+        // keeps the connection when the body ends in time: pipelined requests behind
+        // it are not lost to pingora's close-if-unread default.
+        session.set_close_on_response_before_downstream_finish(false);
         session.set_read_timeout(Some(self.limits.read_timeout));
         session.set_write_timeout(Some(self.limits.write_timeout));
         let client = session
@@ -285,6 +289,11 @@ impl HttpServerApp for HttpApp {
             (response, body.expect_continue)
         };
         let status = response.status;
+        if continue_pending && !session.is_body_done() {
+            // The client holds its body back until `100 Continue`, which it will not get:
+            // say now that the connection closes after this answer.
+            session.set_keepalive(None);
+        }
         if let Err(e) = write_response(&mut session, response, req.is_head()).await {
             tracing::debug!(error = %e, method = %req.method, path = %req.path, "writing response failed");
             return None;
