@@ -145,6 +145,12 @@ fn exchange(port: u16, request: &[u8]) -> RawResponse {
     conn.response(request.starts_with(b"HEAD "))
 }
 
+/// The server still answers a plain `GET /v2/`.
+fn assert_serving(port: u16) {
+    let answer = exchange(port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(answer.status, 200, "{}", answer.head);
+}
+
 fn plain_server(dir: &Path, extra: &str) -> Server {
     let config = format!("[server]\nlisten = \"127.0.0.1:{{PLAIN_PORT}}\"\n{extra}");
     Server::start_with_config(&config, dir)
@@ -312,10 +318,7 @@ fn issue8_malformed_request_heads_get_an_answer_then_a_close() {
     assert_eq!(control.status, 404, "{}", control.head);
     assert_eq!(control.oci_code(), "UNSUPPORTED");
     // The server is fine afterwards.
-    assert_eq!(
-        exchange(port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").status,
-        200
-    );
+    assert_serving(port);
 }
 
 #[test]
@@ -343,10 +346,7 @@ fn issue8_short_or_silent_connections_are_closed_by_the_head_deadline() {
             "a connection that sent {bytes:?} must be closed by the deadline"
         );
     }
-    assert_eq!(
-        exchange(port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").status,
-        200
-    );
+    assert_serving(port);
 }
 
 #[test]
@@ -680,8 +680,7 @@ fn issue8_temp_files_left_by_a_crash_are_removed_at_start() {
     std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
     std::fs::write(&leftover, vec![0u8; 4096]).unwrap();
     let server = plain_server(work.path(), "");
-    let answer = exchange(server.port(), b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(answer.status, 200);
+    assert_serving(server.port());
     assert!(!leftover.exists(), "the half-written temp file is gone");
 }
 
