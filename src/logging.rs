@@ -27,10 +27,12 @@ static SECRET_VALUE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 const REDACTED: &str = "<redacted>";
+/// [`SECRET_HEADER`]'s replacement: the name and separator stay, the value goes.
+const HEADER_REDACTED: &str = "${1}${2}<redacted>";
 
 /// `text` with credentials replaced by `<redacted>`.
 pub fn redact(text: &str) -> Cow<'_, str> {
-    let headers = SECRET_HEADER.replace_all(text, format!("${{1}}${{2}}{REDACTED}"));
+    let headers = SECRET_HEADER.replace_all(text, HEADER_REDACTED);
     match SECRET_VALUE.replace_all(&headers, |c: &regex::Captures| {
         let prefix = c.get(1).or_else(|| c.get(2)).map_or("", |m| m.as_str());
         format!("{prefix}{REDACTED}")

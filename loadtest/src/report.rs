@@ -385,7 +385,7 @@ fn targets_table(md: &mut String, reports: &[Report], roles: &Roles) {
                 r.server_cpu_s
                     .map(|cpu| cpu / (r.bytes as f64 / (1u64 << 30) as f64))
             })
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))))
+            .reduce(f64::min)
     };
     let (large_ours, large_provisional) = match large(&roles.portcullis_secure) {
         Some(v) => (Some(v), false),
@@ -447,7 +447,7 @@ fn targets_table(md: &mut String, reports: &[Report], roles: &Roles) {
             .iter()
             .filter(|r| r.target == label && r.ran)
             .filter_map(|r| r.server_peak_rss_mib)
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+            .reduce(f64::max)
     };
     let mib = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1} MiB"));
     let ours_peak = [
@@ -457,7 +457,7 @@ fn targets_table(md: &mut String, reports: &[Report], roles: &Roles) {
     ]
     .into_iter()
     .filter_map(|label| peak(label))
-    .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    .reduce(f64::max);
     let _ = writeln!(
         md,
         "| resident memory under load (peak over all scenarios) | {} | {} | {} | {} | - | < 64 MiB | {} |\n",

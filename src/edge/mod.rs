@@ -109,13 +109,12 @@ impl Listener {
 
     async fn serve_tls(
         &self,
-        stream: Stream,
+        mut stream: Stream,
         acceptor: &Acceptor,
         redirect: bool,
         deadline: Instant,
         shutdown: &ShutdownWatch,
     ) {
-        let mut stream = stream;
         let mut first = [0u8; 2];
         match tokio::time::timeout_at(deadline, stream.try_peek(&mut first)).await {
             Ok(Ok(true)) => {}

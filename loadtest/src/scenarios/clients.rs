@@ -247,9 +247,17 @@ impl ClientCopy {
         let tag = format!("i{i}");
         let repo = ctx.repo(self.name());
         let remote = format!("{}/{repo}:{tag}", registry_host(ctx)?);
+        // A push reads the image from a layout; a pull finds it in the registry.
         let layout = scratch.path("layout");
-        write_oci_layout(&layout, &image, &tag)
-            .map_err(|e| format!("writing the OCI layout: {e}"))?;
+        match self.direction {
+            Direction::Push => write_oci_layout(&layout, &image, &tag)
+                .map_err(|e| format!("writing the OCI layout: {e}"))?,
+            Direction::Pull => {
+                ctx.api()
+                    .push_image(&repo, &tag, &image, ctx.settings.upload)
+                    .await?;
+            }
+        }
         let program = self.program(ctx);
         let certs = scratch.path("certs");
         let mut command = scratch.command(program, self.tool);
@@ -263,9 +271,6 @@ impl ClientCopy {
                     .arg(format!("docker://{remote}"));
             }
             (Tool::Skopeo, Direction::Pull) => {
-                ctx.api()
-                    .push_image(&repo, &tag, &image, ctx.settings.upload)
-                    .await?;
                 command
                     .args(["copy", "--quiet"])
                     .args(registry_flags(ctx, &certs, "src-")?);
@@ -274,9 +279,6 @@ impl ClientCopy {
                     .arg(format!("oci:{}:{tag}", scratch.path("pulled").display()));
             }
             (Tool::Podman, Direction::Pull) => {
-                ctx.api()
-                    .push_image(&repo, &tag, &image, ctx.settings.upload)
-                    .await?;
                 command
                     .args(["pull", "--quiet"])
                     .args(registry_flags(ctx, &certs, "")?)
