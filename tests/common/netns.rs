@@ -45,9 +45,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{is_root, run_with_timeout};
+use super::run_with_timeout;
 
 /// Set (to the namespace name) for the inner run. Deliberately not `PORTCULLIS_*`: the
 /// server reads those as configuration and it inherits this environment.
@@ -56,6 +56,8 @@ pub const INNER_RUN_ENV: &str = "TEST_NETNS_NAME";
 const INNER_RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Upper bound for one `ip` call.
 const IP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound for a killed leftover process to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Makes namespace names unique within this test process (the pid does across processes).
 static NAMESPACE_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -74,6 +76,7 @@ pub fn in_fresh_netns() -> bool {
         return true;
     }
     assert_environment();
+    become_subreaper();
     let namespace = Namespace::create();
     let exe = std::env::current_exe().expect("path of the running test binary");
     let ns_file = File::open(namespace.path())
@@ -135,6 +138,33 @@ fn current_test_name() -> String {
     }
 }
 
+/// Daemons orphaned by a killed inner run then become children of this process, so the
+/// namespace guard can reap them (PID 1 here does not).
+fn become_subreaper() {
+    // SAFETY: prctl(2) with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    assert_eq!(
+        rc,
+        0,
+        "prctl(PR_SET_CHILD_SUBREAPER): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// SIGKILLs `pid` and, when it is our child (an orphan, see [`become_subreaper`]),
+/// reaps it, waiting at most [`REAP_TIMEOUT`].
+fn kill_and_reap(pid: libc::pid_t) {
+    // SAFETY: kill(2) and waitpid(2) on a pid inside our own namespace; no memory passed.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + REAP_TIMEOUT;
+    // 0: not exited yet; pid: reaped; -1: not our child (nothing to reap).
+    while unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// In the child between fork and exec: a mount namespace of its own whose mounts do not
 /// propagate back to the host, then the network namespace behind `ns_fd`.
 fn enter_namespaces(ns_fd: i32) -> std::io::Result<()> {
@@ -173,8 +203,10 @@ fn assert_inside(namespace: &str) {
 }
 
 fn assert_environment() {
+    // SAFETY: geteuid(2) cannot fail. (Not `is_root()`: that needs `id` in PATH.)
+    let is_root = unsafe { libc::geteuid() } == 0;
     assert!(
-        is_root(),
+        is_root,
         "ENVIRONMENT: this test runs inside a network namespace of its own and needs root \
          (`ip netns add`, setns); run the tests as root (CI does)"
     );
@@ -237,8 +269,7 @@ impl Drop for Namespace {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<libc::pid_t>() {
                     eprintln!("netns {}: killing leftover process {pid}", self.name);
-                    // SAFETY: kill(2) on a pid that is inside our own namespace.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    kill_and_reap(pid);
                 }
             }
         }
