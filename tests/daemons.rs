@@ -13,14 +13,16 @@ use std::time::Duration;
 
 use common::daemons::{Containerd, Dockerd, DockerdOptions};
 use common::netns::in_fresh_netns;
-use common::{run_ok, run_with_timeout, ContainersEnv, ImageFixture, Server};
+use common::{run_ok, ContainersEnv, ImageFixture, Server};
 
 /// Upper bound for one skopeo push.
 const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
 /// Upper bound for one `docker pull` / `ctr images pull` of the small fixture image.
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Upper bound for a connect that must fail at once; reaching it fails the test too.
+/// Upper bound for a connect that must fail at once (else it fails with a timeout error).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for `ip link show`.
+const IP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where the fixture image is pushed.
 const REPOSITORY: &str = "team/app";
 
@@ -40,21 +42,6 @@ fn push_small_image(server: &Server, tag: &str) -> ImageFixture {
         SKOPEO_TIMEOUT,
     );
     image
-}
-
-/// Runs a pull, showing the daemon's and the server's log when it fails.
-fn pull(command: &mut Command, daemon_log: impl Fn() -> String, server: &Server) {
-    let what = format!("{command:?}");
-    let out = run_with_timeout(command, PULL_TIMEOUT);
-    assert!(
-        out.status.success(),
-        "pull failed ({}): {what}\nstdout:\n{}\nstderr:\n{}\ndaemon log:\n{}\nserver log:\n{}",
-        out.status,
-        out.stdout_str(),
-        out.stderr,
-        daemon_log(),
-        server.log()
-    );
 }
 
 /// What `docker image inspect` must show for the fixture image pulled as `repository`.
@@ -103,11 +90,7 @@ fn docker_pulls_by_registry_host_and_port() {
     let image = push_small_image(&server, "v1");
     let dockerd = Dockerd::start(DockerdOptions::default());
     let reference = format!("{}/{REPOSITORY}:v1", server.host_port());
-    pull(
-        &mut dockerd.docker(&["pull", &reference]),
-        || dockerd.log(),
-        &server,
-    );
+    run_ok(&mut dockerd.docker(&["pull", &reference]), PULL_TIMEOUT);
     let repository = format!("{}/{REPOSITORY}", server.host_port());
     assert_docker_image(&dockerd, &reference, &repository, &image);
 }
@@ -125,11 +108,7 @@ fn docker_pulls_hub_name_through_registry_mirror() {
     });
     // A Docker Hub name: only the mirror can serve it (the Hub is unreachable here).
     let reference = format!("{REPOSITORY}:v2");
-    pull(
-        &mut dockerd.docker(&["pull", &reference]),
-        || dockerd.log(),
-        &server,
-    );
+    run_ok(&mut dockerd.docker(&["pull", &reference]), PULL_TIMEOUT);
     assert_docker_image(&dockerd, &reference, REPOSITORY, &image);
 }
 
@@ -142,10 +121,9 @@ fn ctr_pulls_with_plain_http() {
     let image = push_small_image(&server, "v3");
     let containerd = Containerd::start();
     let reference = format!("{}/{REPOSITORY}:v3", server.host_port());
-    pull(
+    run_ok(
         &mut containerd.ctr(&["images", "pull", "--plain-http", &reference]),
-        || containerd.log(),
-        &server,
+        PULL_TIMEOUT,
     );
     assert_containerd_image(&containerd, &reference, &image);
 }
@@ -162,7 +140,7 @@ fn ctr_pulls_hub_name_through_hosts_toml_mirror() {
     let reference = format!("docker.io/{REPOSITORY}:v4");
     let mut command = containerd.ctr(&["images", "pull", "--hosts-dir"]);
     command.arg(&hosts_dir).arg(&reference);
-    pull(&mut command, || containerd.log(), &server);
+    run_ok(&mut command, PULL_TIMEOUT);
     assert_containerd_image(&containerd, &reference, &image);
 }
 
@@ -171,11 +149,7 @@ fn fresh_netns_has_only_loopback() {
     if !in_fresh_netns() {
         return;
     }
-    let links = run_ok(
-        Command::new("ip").args(["-o", "link", "show"]),
-        CONNECT_TIMEOUT,
-    )
-    .stdout_str();
+    let links = run_ok(Command::new("ip").args(["-o", "link", "show"]), IP_TIMEOUT).stdout_str();
     let names: Vec<&str> = links
         .lines()
         .filter_map(|line| line.split(": ").nth(1))
