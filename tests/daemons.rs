@@ -26,8 +26,9 @@ const IP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where the fixture image is pushed.
 const REPOSITORY: &str = "team/app";
 
-/// Builds the small fixture image tagged `tag` and pushes it to `REPOSITORY:tag`.
-fn push_small_image(server: &Server, tag: &str) -> ImageFixture {
+/// A fresh server holding the small fixture image as `REPOSITORY:tag` (pushed with skopeo).
+fn server_with_small_image(tag: &str) -> (Server, ImageFixture) {
+    let server = Server::start();
     let image = ImageFixture::small(tag);
     let source = format!("oci:{}:{tag}", image.layout.display());
     let destination = format!("docker://{}/{REPOSITORY}:{tag}", server.host_port());
@@ -41,7 +42,7 @@ fn push_small_image(server: &Server, tag: &str) -> ImageFixture {
         ]),
         SKOPEO_TIMEOUT,
     );
-    image
+    (server, image)
 }
 
 /// What `docker image inspect` must show for the fixture image pulled as `repository`.
@@ -86,8 +87,7 @@ fn docker_pulls_by_registry_host_and_port() {
     if !in_fresh_netns() {
         return;
     }
-    let server = Server::start();
-    let image = push_small_image(&server, "v1");
+    let (server, image) = server_with_small_image("v1");
     let dockerd = Dockerd::start(DockerdOptions::default());
     let reference = format!("{}/{REPOSITORY}:v1", server.host_port());
     run_ok(&mut dockerd.docker(&["pull", &reference]), PULL_TIMEOUT);
@@ -100,8 +100,7 @@ fn docker_pulls_hub_name_through_registry_mirror() {
     if !in_fresh_netns() {
         return;
     }
-    let server = Server::start();
-    let image = push_small_image(&server, "v2");
+    let (server, image) = server_with_small_image("v2");
     let dockerd = Dockerd::start(DockerdOptions {
         registry_mirrors: vec![server.base_url()],
         ..Default::default()
@@ -117,8 +116,7 @@ fn ctr_pulls_with_plain_http() {
     if !in_fresh_netns() {
         return;
     }
-    let server = Server::start();
-    let image = push_small_image(&server, "v3");
+    let (server, image) = server_with_small_image("v3");
     let containerd = Containerd::start();
     let reference = format!("{}/{REPOSITORY}:v3", server.host_port());
     run_ok(
@@ -133,8 +131,7 @@ fn ctr_pulls_hub_name_through_hosts_toml_mirror() {
     if !in_fresh_netns() {
         return;
     }
-    let server = Server::start();
-    let image = push_small_image(&server, "v4");
+    let (server, image) = server_with_small_image("v4");
     let containerd = Containerd::start();
     let hosts_dir = containerd.write_mirror_hosts_dir("docker.io", &server.base_url());
     let reference = format!("docker.io/{REPOSITORY}:v4");
