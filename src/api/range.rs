@@ -86,12 +86,49 @@ pub fn parse_content_range(header: &str) -> Option<ByteRange> {
     (end >= start && end < u64::MAX).then_some(ByteRange { start, end })
 }
 
+/// Parses a 206 response's `Content-Range: bytes a-b/total` (total may be `*`):
+/// the range and the whole size, as an upstream reports them when a blob resumes.
+pub fn parse_response_content_range(header: &str) -> Option<(ByteRange, Option<u64>)> {
+    let rest = header.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let range = parse_content_range(range)?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    match total {
+        Some(t) if range.end >= t => None,
+        _ => Some((range, total)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn partial(start: u64, end: u64) -> RangeRequest {
         RangeRequest::Partial(ByteRange { start, end })
+    }
+
+    #[test]
+    fn response_content_ranges() {
+        assert_eq!(
+            parse_response_content_range("bytes 100-199/200"),
+            Some((
+                ByteRange {
+                    start: 100,
+                    end: 199
+                },
+                Some(200)
+            ))
+        );
+        assert_eq!(
+            parse_response_content_range("bytes 5-9/*"),
+            Some((ByteRange { start: 5, end: 9 }, None))
+        );
+        assert_eq!(parse_response_content_range("bytes 0-200/200"), None);
+        assert_eq!(parse_response_content_range("bytes */200"), None);
+        assert_eq!(parse_response_content_range("0-1/2"), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::route::{query_pairs, query_value};
 use super::{ApiError, Caller, ErrorCode, Request, Response};
 use crate::auth::access::Action;
 use crate::oci::{Digest, RepoName};
-use crate::store::{ByteSource, Registry, StoreError, UploadId};
+use crate::store::{ByteSource, Origin, Registry, StoreError, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -77,7 +77,9 @@ pub async fn start(
         let id = registry.start_upload(name).await?;
         let stored = async {
             registry.append_upload(name, &id, Some(0), body).await?;
-            registry.finish_upload(name, &id, &digest).await
+            registry
+                .finish_upload(name, &id, &digest, Origin::Pushed)
+                .await
         };
         return match stored.await {
             Ok(_) => Ok(created(name, &digest)),
@@ -238,7 +240,9 @@ pub async fn finish(
         let range = chunk_range(req)?;
         append_chunk(registry, req, name, id, range, body).await?;
     }
-    registry.finish_upload(name, id, &digest).await?;
+    registry
+        .finish_upload(name, id, &digest, Origin::Pushed)
+        .await?;
     Ok(created(name, &digest))
 }
 

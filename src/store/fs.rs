@@ -4,7 +4,7 @@
 //! verify its digest, rename it into place, fsync the directory. A crash at any step
 //! leaves either no blob or a complete, verified one.
 
-use super::{BlobStore, ByteSource, StoreError, UploadId};
+use super::{BlobStore, ByteSource, SessionReader, StoreError, UploadId};
 use crate::oci::digest::{Algorithm, Hasher};
 use crate::oci::{Digest, RepoName};
 use async_trait::async_trait;
@@ -115,6 +115,27 @@ impl ByteSource for FileChunks {
         }
         self.remaining -= buf.len() as u64;
         Ok(Some(Bytes::from(buf)))
+    }
+}
+
+/// An upload session's file, read at any offset. The open handle follows the file
+/// when finishing renames it into `blobs/`, so readers never see a gap.
+struct SessionFile(Arc<std::fs::File>);
+
+#[async_trait]
+impl SessionReader for SessionFile {
+    async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let file = self.0.clone();
+        let len = usize::try_from(len).map_err(|_| {
+            StoreError::io("reading upload", std::io::Error::other("read too large"))
+        })?;
+        blocking("reading upload".into(), move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
     }
 }
 
@@ -472,5 +493,17 @@ impl BlobStore for FsBlobStore {
             .map_err(|e| StoreError::io("cancelling upload", e))?;
         self.forget_session(id);
         Ok(removed.is_some())
+    }
+
+    async fn upload_reader(
+        &self,
+        id: &UploadId,
+    ) -> Result<Option<Arc<dyn SessionReader>>, StoreError> {
+        let path = self.upload_dir(id).join("data");
+        let file = blocking("opening upload".into(), move || {
+            not_found_is_none(std::fs::File::open(path))
+        })
+        .await?;
+        Ok(file.map(|f| Arc::new(SessionFile(Arc::new(f))) as Arc<dyn SessionReader>))
     }
 }

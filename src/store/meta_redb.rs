@@ -4,7 +4,7 @@
 //! listing tags or referrers is a range scan, never a directory walk. Every method is
 //! one transaction, committed durably before it returns.
 
-use super::{ManifestRecord, MetaStore, Page, StoreError};
+use super::{CachedTag, CachedTagList, ManifestRecord, MetaStore, Origin, Page, StoreError};
 use crate::oci::manifest::Descriptor;
 use crate::oci::{Digest, RepoName, Tag};
 use async_trait::async_trait;
@@ -22,6 +22,12 @@ const MANIFESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("ma
 const TAGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("tags");
 /// (repository, subject digest, referrer digest) -> referrer Descriptor as JSON.
 const REFERRERS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("referrers");
+/// (repository, blob digest) -> (): the blob links the pull-through cache made.
+const CACHED_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("cached_links");
+/// (repository, tag, media type) -> CachedTag as JSON: mirrored tags.
+const CACHED_TAGS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("cached_tags");
+/// repository -> CachedTagList as JSON: mirrored tag lists.
+const CACHED_TAG_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("cached_tag_lists");
 
 pub struct RedbMetaStore {
     db: Arc<Database>,
@@ -56,6 +62,9 @@ impl RedbMetaStore {
             txn.open_table(MANIFESTS).map_err(meta_err)?;
             txn.open_table(TAGS).map_err(meta_err)?;
             txn.open_table(REFERRERS).map_err(meta_err)?;
+            txn.open_table(CACHED_LINKS).map_err(meta_err)?;
+            txn.open_table(CACHED_TAGS).map_err(meta_err)?;
+            txn.open_table(CACHED_TAG_LISTS).map_err(meta_err)?;
         }
         txn.commit().map_err(meta_err)?;
         Ok(RedbMetaStore { db: Arc::new(db) })
@@ -128,6 +137,7 @@ impl MetaStore for RedbMetaStore {
         repo: &RepoName,
         digest: &Digest,
         size: u64,
+        origin: Origin,
     ) -> Result<(), StoreError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |txn| {
@@ -135,10 +145,20 @@ impl MetaStore for RedbMetaStore {
                 .map_err(meta_err)?
                 .insert(repo.as_str(), ())
                 .map_err(meta_err)?;
+            let key = (repo.as_str(), digest.as_str());
             let mut links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
-            links
-                .insert((repo.as_str(), digest.as_str()), size)
-                .map_err(meta_err)?;
+            let existed = links.insert(key, size).map_err(meta_err)?.is_some();
+            let mut cached = txn.open_table(CACHED_LINKS).map_err(meta_err)?;
+            match origin {
+                // A blob pushed (or mounted) earlier stays pushed.
+                Origin::Cached if !existed => {
+                    cached.insert(key, ()).map_err(meta_err)?;
+                }
+                Origin::Cached => {}
+                Origin::Pushed => {
+                    cached.remove(key).map_err(meta_err)?;
+                }
+            }
             Ok(())
         })
         .await
@@ -163,9 +183,12 @@ impl MetaStore for RedbMetaStore {
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         self.write(move |txn| {
+            let key = (repo.as_str(), digest.as_str());
             let mut links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
-            let removed = links
-                .remove((repo.as_str(), digest.as_str()))
+            let removed = links.remove(key).map_err(meta_err)?;
+            txn.open_table(CACHED_LINKS)
+                .map_err(meta_err)?
+                .remove(key)
                 .map_err(meta_err)?;
             Ok(removed.is_some())
         })
@@ -375,6 +398,128 @@ impl MetaStore for RedbMetaStore {
                 found.push(serde_json::from_slice(value.value()).map_err(json_err)?);
             }
             Ok(found)
+        })
+        .await
+    }
+
+    async fn cached_tags(&self, repo: &RepoName, tag: &Tag) -> Result<Vec<CachedTag>, StoreError> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.read(move |txn| {
+            let table = txn.open_table(CACHED_TAGS).map_err(meta_err)?;
+            let mut found = Vec::new();
+            for entry in table
+                .range((repo.as_str(), tag.as_str(), "")..)
+                .map_err(meta_err)?
+            {
+                let (key, value) = entry.map_err(meta_err)?;
+                let (r, t, _) = key.value();
+                if r != repo || t != tag {
+                    break;
+                }
+                found.push(serde_json::from_slice(value.value()).map_err(json_err)?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn put_cached_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        record: &CachedTag,
+    ) -> Result<(), StoreError> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        let media_type = record.media_type.clone();
+        let json = serde_json::to_vec(record).map_err(json_err)?;
+        self.write(move |txn| {
+            txn.open_table(REPOS)
+                .map_err(meta_err)?
+                .insert(repo.as_str(), ())
+                .map_err(meta_err)?;
+            txn.open_table(CACHED_TAGS)
+                .map_err(meta_err)?
+                .insert(
+                    (repo.as_str(), tag.as_str(), media_type.as_str()),
+                    json.as_slice(),
+                )
+                .map_err(meta_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_cached_tag(&self, repo: &RepoName, tag: &Tag) -> Result<(), StoreError> {
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        self.write(move |txn| {
+            let mut table = txn.open_table(CACHED_TAGS).map_err(meta_err)?;
+            let mut media_types = Vec::new();
+            for entry in table
+                .range((repo.as_str(), tag.as_str(), "")..)
+                .map_err(meta_err)?
+            {
+                let (key, _) = entry.map_err(meta_err)?;
+                let (r, t, media_type) = key.value();
+                if r != repo || t != tag {
+                    break;
+                }
+                media_types.push(media_type.to_string());
+            }
+            for media_type in media_types {
+                table
+                    .remove((repo.as_str(), tag.as_str(), media_type.as_str()))
+                    .map_err(meta_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cached_tag_names(&self, repo: &RepoName) -> Result<Vec<String>, StoreError> {
+        let repo = repo.to_string();
+        self.read(move |txn| {
+            let table = txn.open_table(CACHED_TAGS).map_err(meta_err)?;
+            let mut names: Vec<String> = Vec::new();
+            for entry in table.range((repo.as_str(), "", "")..).map_err(meta_err)? {
+                let (key, _) = entry.map_err(meta_err)?;
+                let (r, tag, _) = key.value();
+                if r != repo {
+                    break;
+                }
+                if names.last().map(String::as_str) != Some(tag) {
+                    names.push(tag.to_string());
+                }
+            }
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn cached_tag_list(&self, repo: &RepoName) -> Result<Option<CachedTagList>, StoreError> {
+        let repo = repo.to_string();
+        self.read(move |txn| {
+            let table = txn.open_table(CACHED_TAG_LISTS).map_err(meta_err)?;
+            let found = table.get(repo.as_str()).map_err(meta_err)?;
+            found
+                .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn put_cached_tag_list(
+        &self,
+        repo: &RepoName,
+        list: &CachedTagList,
+    ) -> Result<(), StoreError> {
+        let repo = repo.to_string();
+        let json = serde_json::to_vec(list).map_err(json_err)?;
+        self.write(move |txn| {
+            txn.open_table(CACHED_TAG_LISTS)
+                .map_err(meta_err)?
+                .insert(repo.as_str(), json.as_slice())
+                .map_err(meta_err)?;
+            Ok(())
         })
         .await
     }

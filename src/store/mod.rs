@@ -12,12 +12,13 @@ mod registry;
 
 pub use fs::FsBlobStore;
 pub use meta_redb::RedbMetaStore;
-pub use registry::Registry;
+pub use registry::{LinkedBlob, ManifestContent, Registry};
 
 use crate::oci::manifest::{Descriptor, ManifestError};
 use crate::oci::{Digest, RepoName, Tag};
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// An upload session id: a UUID, validated before it names a directory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -109,6 +110,18 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded
 }
 
+/// How content came into a repository. The lifecycle (garbage collection, the byte
+/// cap on cached content) treats the two differently: cached content can be fetched
+/// again, pushed content cannot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    #[default]
+    Pushed,
+    /// Fetched from an upstream by the pull-through cache.
+    Cached,
+}
+
 /// What the registry knows about a stored manifest; its bytes live in the blob store.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ManifestRecord {
@@ -116,6 +129,29 @@ pub struct ManifestRecord {
     pub size: u64,
     /// The `subject` it refers to, so deleting it can drop its referrers entry.
     pub subject: Option<Digest>,
+    /// Records written before origins were kept are pushed ones.
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+/// What a tag of a mirrored repository resolved to upstream for one media type, and
+/// when the upstream last confirmed it. A tag can name an index for clients that
+/// accept one and a single manifest for those that do not, so there is one record
+/// per (tag, media type).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CachedTag {
+    pub media_type: String,
+    pub digest: Digest,
+    /// Unix seconds of the last fetch or revalidation.
+    pub checked_at: u64,
+}
+
+/// The tag list of a mirrored repository as the upstream last gave it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CachedTagList {
+    pub tags: Vec<String>,
+    /// Unix seconds of the fetch.
+    pub fetched_at: u64,
 }
 
 /// One page of a sorted listing (tags, repositories).
@@ -124,6 +160,15 @@ pub struct Page {
     pub items: Vec<String>,
     /// More items follow the last one returned.
     pub more: bool,
+}
+
+/// Random reads of an upload session's bytes while they are still being written: the
+/// pull-through cache serves a blob to every waiting client from the file it is
+/// filling. The reader keeps reading the same bytes after the session finishes.
+#[async_trait]
+pub trait SessionReader: Send + Sync {
+    /// `len` bytes from `offset`; all of them must already be written.
+    async fn read_at(&self, offset: u64, len: u64) -> Result<Bytes, StoreError>;
 }
 
 /// Content-addressed bytes. Contract for every implementation:
@@ -176,17 +221,25 @@ pub trait BlobStore: Send + Sync {
 
     /// Ends a session and drops its bytes; `false` if it did not exist.
     async fn upload_cancel(&self, id: &UploadId) -> Result<bool, StoreError>;
+
+    /// A reader of a session's bytes, or `None` if the session is unknown.
+    async fn upload_reader(
+        &self,
+        id: &UploadId,
+    ) -> Result<Option<Arc<dyn SessionReader>>, StoreError>;
 }
 
 /// Registry metadata. Every method is one transaction.
 #[async_trait]
 pub trait MetaStore: Send + Sync {
-    /// Records that `repo` holds blob `digest` (pushed or mounted).
+    /// Records that `repo` holds blob `digest` (pushed, mounted or cached). A pushed
+    /// link replaces a cached one: the repository now depends on it.
     async fn link_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         size: u64,
+        origin: Origin,
     ) -> Result<(), StoreError>;
     /// The size of `digest` if `repo` holds it.
     async fn linked_blob(
@@ -233,4 +286,24 @@ pub trait MetaStore: Send + Sync {
         repo: &RepoName,
         subject: &Digest,
     ) -> Result<Vec<Descriptor>, StoreError>;
+
+    /// What a mirrored tag resolved to, one record per media type.
+    async fn cached_tags(&self, repo: &RepoName, tag: &Tag) -> Result<Vec<CachedTag>, StoreError>;
+    /// Adds or replaces the record for `record.media_type`.
+    async fn put_cached_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        record: &CachedTag,
+    ) -> Result<(), StoreError>;
+    /// Forgets a mirrored tag (all media types), e.g. when the upstream no longer has it.
+    async fn remove_cached_tag(&self, repo: &RepoName, tag: &Tag) -> Result<(), StoreError>;
+    /// The names of the mirrored tags `repo` holds records for, sorted.
+    async fn cached_tag_names(&self, repo: &RepoName) -> Result<Vec<String>, StoreError>;
+    async fn cached_tag_list(&self, repo: &RepoName) -> Result<Option<CachedTagList>, StoreError>;
+    async fn put_cached_tag_list(
+        &self,
+        repo: &RepoName,
+        list: &CachedTagList,
+    ) -> Result<(), StoreError>;
 }

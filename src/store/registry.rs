@@ -8,7 +8,10 @@
 //! - New content is refused while free space is below the reserve, so the metadata
 //!   store never meets a full disk in the middle of a transaction.
 
-use super::{BlobStore, ByteSource, ManifestRecord, MetaStore, Page, StoreError, UploadId};
+use super::{
+    BlobStore, ByteSource, ManifestRecord, MetaStore, Origin, Page, SessionReader, StoreError,
+    UploadId,
+};
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Reference, RepoName};
 use bytes::Bytes;
@@ -43,6 +46,19 @@ pub struct LinkedBlob {
 pub struct PutManifestOutcome {
     pub digest: Digest,
     pub subject: Option<Digest>,
+}
+
+/// The descriptor a manifest with a `subject` gets in its subject's referrers list.
+fn referrer_entry(parsed: &manifest::ParsedManifest, digest: &Digest, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: parsed.media_type.clone(),
+        digest: digest.clone(),
+        size,
+        artifact_type: parsed.artifact_type.clone(),
+        urls: Vec::new(),
+        annotations: parsed.annotations.clone(),
+        platform: None,
+    }
 }
 
 impl Registry {
@@ -119,7 +135,9 @@ impl Registry {
         if from.is_some() && self.blobs.stat(digest).await?.is_none() {
             return Ok(None);
         }
-        self.meta.link_blob(repo, digest, size).await?;
+        self.meta
+            .link_blob(repo, digest, size, Origin::Pushed)
+            .await?;
         Ok(Some(size))
     }
 
@@ -161,17 +179,106 @@ impl Registry {
         self.blobs.upload_append(id, offset, body).await
     }
 
-    /// Completes a session: verifies `digest`, stores the blob, links it into `repo`.
+    /// Completes a session: verifies `digest`, stores the blob, links it into `repo`
+    /// as content of `origin`.
     pub async fn finish_upload(
         &self,
         repo: &RepoName,
         id: &UploadId,
         digest: &Digest,
+        origin: Origin,
     ) -> Result<u64, StoreError> {
         self.upload_size(repo, id).await?;
         let size = self.blobs.upload_finish(id, digest).await?;
-        self.meta.link_blob(repo, digest, size).await?;
+        self.meta.link_blob(repo, digest, size, origin).await?;
         Ok(size)
+    }
+
+    /// Reads a session of `repo` while it is written (see [`SessionReader`]).
+    pub async fn upload_reader(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> Result<Arc<dyn SessionReader>, StoreError> {
+        self.upload_size(repo, id).await?;
+        self.blobs
+            .upload_reader(id)
+            .await?
+            .ok_or(StoreError::UploadUnknown)
+    }
+
+    /// Links a blob the store already holds into `repo` as cached content, for a
+    /// repository whose upstream confirmed it has that blob. `None` if not stored.
+    pub async fn link_cached_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<LinkedBlob>, StoreError> {
+        let Some(size) = self.blobs.stat(digest).await? else {
+            return Ok(None);
+        };
+        self.meta
+            .link_blob(repo, digest, size, Origin::Cached)
+            .await?;
+        Ok(Some(LinkedBlob {
+            digest: digest.clone(),
+            size,
+        }))
+    }
+
+    /// The size of a blob if the store holds it, in any repository.
+    pub async fn stored_blob_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        self.blobs.stat(digest).await
+    }
+
+    /// Stores a manifest fetched from an upstream, exactly as it came, after checking
+    /// its bytes against `digest`. What it references is fetched when clients ask.
+    pub async fn put_cached_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<ManifestContent, StoreError> {
+        digest
+            .verify(&bytes)
+            .map_err(|actual| StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            })?;
+        self.ensure_space().await?;
+        // Only for the referrers index: an upstream format we cannot parse is still
+        // served byte for byte.
+        let parsed = manifest::parse(Some(media_type), &bytes).ok();
+        let size = bytes.len() as u64;
+        self.blobs.put_bytes(digest, bytes).await?;
+        let subject = parsed
+            .as_ref()
+            .and_then(|p| p.subject.as_ref().map(|s| s.digest.clone()));
+        let referrer = parsed
+            .as_ref()
+            .filter(|_| subject.is_some())
+            .map(|p| referrer_entry(p, digest, size));
+        let record = ManifestRecord {
+            media_type: media_type.to_string(),
+            size,
+            subject,
+            origin: Origin::Cached,
+        };
+        self.meta
+            .put_manifest(repo, digest, &record, None, referrer.as_ref())
+            .await?;
+        Ok(ManifestContent {
+            digest: digest.clone(),
+            media_type: record.media_type,
+            size,
+        })
+    }
+
+    /// The metadata store, for the pull-through cache's own records (cached tags and
+    /// tag lists); content itself goes through the methods above.
+    pub fn meta(&self) -> &dyn MetaStore {
+        &*self.meta
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &UploadId) -> Result<(), StoreError> {
@@ -217,19 +324,14 @@ impl Registry {
         let size = bytes.len() as u64;
         self.blobs.put_bytes(&digest, bytes).await?;
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
-        let referrer = subject.as_ref().map(|_| Descriptor {
-            media_type: parsed.media_type.clone(),
-            digest: digest.clone(),
-            size,
-            artifact_type: parsed.artifact_type.clone(),
-            urls: Vec::new(),
-            annotations: parsed.annotations.clone(),
-            platform: None,
-        });
+        let referrer = subject
+            .as_ref()
+            .map(|_| referrer_entry(&parsed, &digest, size));
         let record = ManifestRecord {
             media_type: parsed.media_type,
             size,
             subject: subject.clone(),
+            origin: Origin::Pushed,
         };
         let tag = match reference {
             Reference::Tag(tag) => Some(tag),
