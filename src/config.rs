@@ -48,6 +48,35 @@ pub struct RawConfig {
     access: Vec<RawAccess>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    mirror: RawMirror,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMirror {
+    default_upstream: Option<String>,
+    local: Option<OneOrMany>,
+    offline: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    url: Option<String>,
+    repositories: Option<OneOrMany>,
+    tag_ttl_secs: Option<u64>,
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    connect_timeout_secs: Option<u64>,
+    response_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +169,86 @@ pub struct Config {
     pub auth: AuthConfig,
     pub access: AccessRules,
     pub limits: Limits,
+    pub mirror: MirrorConfig,
+}
+
+/// The pull-through cache: which repositories come from which upstream registry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MirrorConfig {
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Serves requests that name no registry (no `?ns=`, no registry prefix);
+    /// `None`: such requests are local.
+    pub default_upstream: Option<String>,
+    /// Repository patterns that are never sent upstream and accept pushes.
+    pub local: Vec<String>,
+    /// Never contact an upstream: serve what the cache holds.
+    pub offline: bool,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// The registry's name as clients spell it (`docker.io`, `ghcr.io`): what `?ns=`
+    /// and path prefixes select, and the first component of cached repositories.
+    pub name: String,
+    pub url: String,
+    /// Patterns of upstream repository names this upstream serves.
+    pub repositories: Vec<String>,
+    pub tag_ttl: Duration,
+    pub credentials: Option<Credentials>,
+    /// Extra CA certificates (PEM) to trust for this upstream.
+    pub ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Until the response head arrives.
+    pub response_timeout: Duration,
+    /// The longest pause within a response body.
+    pub idle_timeout: Duration,
+}
+
+/// Hand-written so the password never reaches a log line or a panic message.
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("repositories", &self.repositories)
+            .field("tag_ttl", &self.tag_ttl)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|c| &c.username),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// The URL of the well-known registries' APIs, by the name clients use for them.
+pub fn default_upstream_url(name: &str) -> String {
+    match name {
+        "docker.io" => "https://registry-1.docker.io".to_string(),
+        other => format!("https://{other}"),
+    }
+}
+
+impl UpstreamConfig {
+    /// An upstream with every setting at its default.
+    pub fn named(name: &str, url: Option<String>) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.to_string(),
+            url: url.unwrap_or_else(|| default_upstream_url(name)),
+            repositories: vec!["*".to_string()],
+            tag_ttl: Duration::from_secs(300),
+            credentials: None,
+            ca: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +323,10 @@ impl Default for Limits {
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// `--mirror NAME[=URL]`: upstreams to add; the first serves unprefixed names.
+    pub mirrors: Vec<String>,
+    /// `--offline`
+    pub offline: bool,
 }
 
 /// A configuration error: where, which key, what to do.
@@ -262,7 +375,8 @@ pub fn from_text(
     env: impl IntoIterator<Item = (String, String)>,
     overrides: Overrides,
 ) -> Result<Config, ConfigError> {
-    RawConfig::parse(text, origin, env)?.resolve(origin, overrides)
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    RawConfig::parse(text, origin, env.iter().cloned())?.resolve(origin, overrides, &env)
 }
 
 /// Line number (1-based) of a byte offset, for error messages.
@@ -333,7 +447,12 @@ impl RawConfig {
     }
 
     /// Applies command-line overrides and defaults, and validates the result.
-    fn resolve(self, origin: &str, overrides: Overrides) -> Result<Config, ConfigError> {
+    fn resolve(
+        self,
+        origin: &str,
+        overrides: Overrides,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let at = |key: &str| format!("{origin}: {key}");
         let addresses = |values: Vec<String>, key: &str| -> Result<Vec<SocketAddr>, ConfigError> {
             values
@@ -348,7 +467,7 @@ impl RawConfig {
                 })
                 .collect()
         };
-        let listen = match overrides.listen {
+        let listen = match overrides.listen.clone() {
             Some(l) => addresses(vec![l], "--listen")?,
             None => match self.server.listen {
                 Some(l) => addresses(l.into_vec(), "server.listen")?,
@@ -379,6 +498,7 @@ impl RawConfig {
         let auth = resolve_auth(self.auth, origin)?;
         let access = resolve_access(self.access, self.groups, auth.htpasswd.is_some(), origin)?;
         let limits = resolve_limits(self.limits, origin)?;
+        let mirror = resolve_mirror(self.mirror, self.upstream, &overrides, env, origin)?;
         let threads = match self.server.threads {
             None | Some(0) => std::thread::available_parallelism().map_or(2, |n| n.get()),
             Some(n) => n,
@@ -402,6 +522,7 @@ impl RawConfig {
             auth,
             access,
             limits,
+            mirror,
         })
     }
 }
@@ -594,6 +715,197 @@ fn resolve_limits(raw: RawLimits, origin: &str) -> Result<Limits, ConfigError> {
     })
 }
 
+/// A registry name as clients write it: a host name, optionally with a port.
+fn valid_registry_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b))
+        && !name.starts_with(['.', '-', ':'])
+}
+
+fn resolve_mirror(
+    raw: RawMirror,
+    raw_upstreams: Vec<RawUpstream>,
+    overrides: &Overrides,
+    env: &[(String, String)],
+    origin: &str,
+) -> Result<MirrorConfig, ConfigError> {
+    let mut upstreams = Vec::new();
+    for (i, raw) in raw_upstreams.into_iter().enumerate() {
+        upstreams.push(resolve_upstream(raw, i, env, origin)?);
+    }
+    let mut default_upstream = raw.default_upstream;
+    for (i, flag) in overrides.mirrors.iter().enumerate() {
+        let (name, url) = match flag.split_once('=') {
+            Some((name, url)) => (name, Some(url.to_string())),
+            None => (flag.as_str(), None),
+        };
+        let at = format!("--mirror {flag}");
+        if !valid_registry_name(name) {
+            return Err(ConfigError::new(
+                at,
+                "write the registry's name, e.g. --mirror docker.io or --mirror ghcr.io=https://ghcr.io",
+            ));
+        }
+        let upstream = UpstreamConfig::named(name, url);
+        check_url(&upstream.url, &at)?;
+        match upstreams.iter_mut().find(|u| u.name == name) {
+            Some(existing) if flag.contains('=') => existing.url = upstream.url,
+            Some(_) => {}
+            None => upstreams.push(upstream),
+        }
+        if i == 0 && default_upstream.is_none() {
+            default_upstream = Some(name.to_string());
+        }
+    }
+    for (i, u) in upstreams.iter().enumerate() {
+        if upstreams[..i].iter().any(|o| o.name == u.name) {
+            return Err(ConfigError::new(
+                format!("{origin}: upstream[{i}].name"),
+                format!(
+                    "upstream {:?} is defined twice; keep one [[upstream]] per registry",
+                    u.name
+                ),
+            ));
+        }
+    }
+    if let Some(name) = &default_upstream {
+        if !upstreams.iter().any(|u| &u.name == name) {
+            return Err(ConfigError::new(
+                format!("{origin}: mirror.default_upstream"),
+                format!("{name:?} is not the name of an [[upstream]]; add one or remove the key"),
+            ));
+        }
+    }
+    Ok(MirrorConfig {
+        upstreams,
+        default_upstream,
+        local: raw.local.map(OneOrMany::into_vec).unwrap_or_default(),
+        offline: overrides.offline || raw.offline.unwrap_or(false),
+    })
+}
+
+fn check_url(url: &str, at: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['?', '#']) => Ok(()),
+        _ => Err(ConfigError::new(
+            at,
+            format!("{url:?} is not an http:// or https:// URL of a registry, e.g. https://registry-1.docker.io"),
+        )),
+    }
+}
+
+fn resolve_upstream(
+    raw: RawUpstream,
+    index: usize,
+    env: &[(String, String)],
+    origin: &str,
+) -> Result<UpstreamConfig, ConfigError> {
+    let at = |key: &str| format!("{origin}: upstream[{index}].{key}");
+    if !valid_registry_name(&raw.name) {
+        return Err(ConfigError::new(
+            at("name"),
+            format!("{:?} is not a registry name; write it as clients do, e.g. \"docker.io\" or \"ghcr.io\"", raw.name),
+        ));
+    }
+    let mut upstream = UpstreamConfig::named(&raw.name, raw.url);
+    check_url(&upstream.url, &at("url"))?;
+    if let Some(patterns) = raw.repositories {
+        upstream.repositories = patterns.into_vec();
+    }
+    let seconds = |value: Option<u64>, default: Duration, key: &str| match value {
+        Some(0) => Err(ConfigError::new(at(key), "must be greater than 0")),
+        Some(v) => Ok(Duration::from_secs(v)),
+        None => Ok(default),
+    };
+    upstream.tag_ttl = match raw.tag_ttl_secs {
+        // 0: revalidate every tag request (a HEAD each time).
+        Some(v) => Duration::from_secs(v),
+        None => upstream.tag_ttl,
+    };
+    upstream.connect_timeout = seconds(
+        raw.connect_timeout_secs,
+        upstream.connect_timeout,
+        "connect_timeout_secs",
+    )?;
+    upstream.response_timeout = seconds(
+        raw.response_timeout_secs,
+        upstream.response_timeout,
+        "response_timeout_secs",
+    )?;
+    upstream.idle_timeout = seconds(
+        raw.idle_timeout_secs,
+        upstream.idle_timeout,
+        "idle_timeout_secs",
+    )?;
+    if let Some(ca) = &raw.ca {
+        readable(
+            ca,
+            origin,
+            &format!("upstream[{index}].ca"),
+            "point it at a PEM file of CA certificates",
+        )?;
+    }
+    upstream.ca = raw.ca;
+    let sources = [
+        raw.password.is_some(),
+        raw.password_env.is_some(),
+        raw.password_file.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        return Err(ConfigError::new(
+            at("password"),
+            "give the password one way: password, password_env or password_file",
+        ));
+    }
+    let password = if let Some(var) = &raw.password_env {
+        let value = env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone());
+        Some(value.ok_or_else(|| {
+            ConfigError::new(
+                at("password_env"),
+                format!(
+                    "the environment variable {var} is not set; export it or use password_file"
+                ),
+            )
+        })?)
+    } else if let Some(path) = &raw.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                at("password_file"),
+                format!(
+                    "cannot read {} ({e}); point it at a file holding the password or token",
+                    path.display()
+                ),
+            )
+        })?;
+        Some(text.trim_end_matches(['\r', '\n']).to_string())
+    } else {
+        raw.password
+    };
+    upstream.credentials = match (raw.username, password) {
+        (Some(username), Some(password)) => Some(Credentials { username, password }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                at("username"),
+                "a username needs a password: set password_env, password_file or password",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                at("password"),
+                "a password needs a username; add username",
+            ))
+        }
+    };
+    Ok(upstream)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,7 +933,7 @@ mod tests {
             Vec::new(),
         )
         .unwrap();
-        let config = raw.resolve("t.toml", Overrides::default()).unwrap();
+        let config = raw.resolve("t.toml", Overrides::default(), &[]).unwrap();
         assert_eq!(config.listen.len(), 2);
         assert!(config.read_only);
         assert_eq!(config.data_dir, PathBuf::from("/srv/reg"));
@@ -631,8 +943,9 @@ mod tests {
         let overrides = Overrides {
             listen: Some("[::1]:7000".into()),
             data_dir: Some("/x".into()),
+            ..Overrides::default()
         };
-        let config = raw.resolve("t.toml", overrides).unwrap();
+        let config = raw.resolve("t.toml", overrides, &[]).unwrap();
         assert_eq!(config.listen, vec!["[::1]:7000".parse().unwrap()]);
         assert_eq!(config.data_dir, PathBuf::from("/x"));
     }
@@ -651,7 +964,7 @@ mod tests {
             ("HOME".to_string(), "/root".to_string()),
         ];
         let raw = RawConfig::parse("[server]\nlisten = \"127.0.0.1:1\"\n", "t.toml", env).unwrap();
-        let config = raw.resolve("t.toml", Overrides::default()).unwrap();
+        let config = raw.resolve("t.toml", Overrides::default(), &[]).unwrap();
         assert_eq!(config.listen, vec!["127.0.0.1:7001".parse().unwrap()]);
         assert_eq!(config.limits.max_concurrent_uploads, 7);
 
@@ -710,5 +1023,87 @@ mod tests {
                 assert!(err.contains(fragment), "{fragment:?} missing from {err}");
             }
         }
+    }
+
+    #[test]
+    fn mirror_sections_and_flags() {
+        let text = "[mirror]\nlocal = [\"team/*\"]\n\n[[upstream]]\nname = \"docker.io\"\nusername = \"me\"\npassword_env = \"HUB_TOKEN\"\ntag_ttl_secs = 60\n\n[[upstream]]\nname = \"ghcr.io\"\nrepositories = \"acme/*\"\n";
+        let env = vec![("HUB_TOKEN".to_string(), "s3cret".to_string())];
+        let config = from_text(text, "t.toml", env, Overrides::default()).unwrap();
+        let m = &config.mirror;
+        assert_eq!(m.upstreams.len(), 2);
+        assert_eq!(m.upstreams[0].url, "https://registry-1.docker.io");
+        assert_eq!(m.upstreams[0].tag_ttl, Duration::from_secs(60));
+        let creds = m.upstreams[0].credentials.as_ref().unwrap();
+        assert_eq!(
+            (creds.username.as_str(), creds.password.as_str()),
+            ("me", "s3cret")
+        );
+        assert!(!format!("{:?}", m.upstreams[0]).contains("s3cret"));
+        assert_eq!(m.upstreams[1].url, "https://ghcr.io");
+        assert_eq!(m.upstreams[1].repositories, vec!["acme/*"]);
+        assert_eq!(m.local, vec!["team/*"]);
+        assert_eq!(m.default_upstream, None);
+        assert!(!m.offline);
+
+        // `--mirror docker.io` alone makes a Docker Hub mirror; NAME=URL sets the URL.
+        let flags = Overrides {
+            mirrors: vec!["docker.io=http://127.0.0.1:9".into(), "quay.io".into()],
+            offline: true,
+            ..Overrides::default()
+        };
+        let config = from_text("", "t.toml", Vec::new(), flags).unwrap();
+        let m = &config.mirror;
+        assert_eq!(m.default_upstream.as_deref(), Some("docker.io"));
+        assert_eq!(m.upstreams[0].url, "http://127.0.0.1:9");
+        assert_eq!(m.upstreams[1].url, "https://quay.io");
+        assert!(m.offline);
+    }
+
+    #[test]
+    fn mirror_errors_name_the_key() {
+        let cases: [(&str, &[&str]); 6] = [
+            (
+                "[[upstream]]\nname = \"Docker Hub\"\n",
+                &["upstream[0].name", "docker.io"],
+            ),
+            (
+                "[[upstream]]\nname = \"x.io\"\nurl = \"ftp://x\"\n",
+                &["upstream[0].url", "https://"],
+            ),
+            (
+                "[[upstream]]\nname = \"x.io\"\nusername = \"u\"\n",
+                &["upstream[0].username", "password_env"],
+            ),
+            (
+                "[[upstream]]\nname = \"x.io\"\nusername = \"u\"\npassword_env = \"NOPE_UNSET\"\n",
+                &["upstream[0].password_env", "NOPE_UNSET"],
+            ),
+            (
+                "[mirror]\ndefault_upstream = \"ghcr.io\"\n",
+                &["mirror.default_upstream", "[[upstream]]"],
+            ),
+            (
+                "[[upstream]]\nname = \"x.io\"\n[[upstream]]\nname = \"x.io\"\n",
+                &["upstream[1].name", "twice"],
+            ),
+        ];
+        for (text, fragments) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            for fragment in fragments {
+                assert!(err.contains(fragment), "{fragment:?} missing from {err}");
+            }
+        }
+        let flags = Overrides {
+            mirrors: vec!["https://registry-1.docker.io".into()],
+            ..Overrides::default()
+        };
+        let err = from_text("", "t.toml", Vec::new(), flags)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--mirror") && err.contains("docker.io"),
+            "{err}"
+        );
     }
 }

@@ -122,7 +122,7 @@ impl AccessRules {
 }
 
 /// `*` matches any run of characters (including `/`); everything else is literal.
-fn glob_match(pattern: &str, name: &str) -> bool {
+pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     // Where the last `*` was, and how much of the name it has swallowed.
