@@ -13,5 +13,6 @@ pub mod certs;
 pub mod config;
 pub mod edge;
 pub mod logging;
+pub mod mirror;
 pub mod oci;
 pub mod store;

@@ -13,6 +13,7 @@ use portcullis::certs;
 use portcullis::config::{self, Config, Overrides};
 use portcullis::edge::tls::CertStore;
 use portcullis::edge::{self, ConnectionLimiter, HttpApp, Listener, Protocol, Reloader};
+use portcullis::mirror::Mirror;
 use portcullis::store::{FsBlobStore, RedbMetaStore, Registry};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ enum Command {
         /// Directory for blobs and metadata; overrides storage.data_dir.
         #[arg(long)]
         data: Option<PathBuf>,
+        #[command(flatten)]
+        mirror: MirrorArgs,
     },
     /// Validate a configuration (and the certificates and htpasswd file it names) without serving.
     Check {
@@ -64,6 +67,19 @@ enum Command {
         #[command(subcommand)]
         action: HtpasswdAction,
     },
+}
+
+/// Pull-through cache switches, for `serve` and `fetch`.
+#[derive(clap::Args)]
+struct MirrorArgs {
+    /// Mirror an upstream registry: NAME (docker.io, ghcr.io, quay.io...) or NAME=URL.
+    /// Repeatable; the first serves repository names without a registry prefix, so
+    /// `--mirror docker.io` makes a Docker Hub mirror. Adds to [[upstream]] in the config.
+    #[arg(long = "mirror", value_name = "NAME[=URL]")]
+    mirrors: Vec<String>,
+    /// Never contact an upstream; serve only what the cache holds (mirror.offline).
+    #[arg(long)]
+    offline: bool,
 }
 
 #[derive(Subcommand)]
@@ -105,11 +121,14 @@ fn main() {
             config,
             listen,
             data,
+            mirror,
         } => load_config(
             config.as_deref(),
             Overrides {
                 listen,
                 data_dir: data,
+                mirrors: mirror.mirrors,
+                offline: mirror.offline,
             },
         )
         .and_then(serve),
@@ -231,9 +250,8 @@ fn htpasswd(action: HtpasswdAction) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens the store and runs the pingora server until a signal stops it.
-fn serve(config: Config) -> Result<(), String> {
-    let Loaded { auth, certs, tls } = load_files(&config)?;
+/// Opens (creating if needed) the store in the configured data directory.
+fn open_registry(config: &Config) -> Result<Arc<Registry>, String> {
     let data = &config.data_dir;
     std::fs::create_dir_all(data).map_err(|e| {
         format!(
@@ -242,15 +260,32 @@ fn serve(config: Config) -> Result<(), String> {
         )
     })?;
     let blobs = FsBlobStore::open(data).map_err(|e| e.to_string())?;
-    let meta = RedbMetaStore::open(&data.join("meta.redb"))
-        .map_err(|e| format!("{e}; is another portcullis using {}?", data.display()))?;
-    let registry = Arc::new(Registry::new(
+    let meta = RedbMetaStore::open(&data.join("meta.redb")).map_err(|e| {
+        format!(
+            "{e}; is another portcullis using {}? (stop it, or use another --data)",
+            data.display()
+        )
+    })?;
+    Ok(Arc::new(Registry::new(
         Arc::new(blobs),
         Arc::new(meta),
         config.min_free_bytes,
-    ));
+    )))
+}
+
+/// Opens the store and runs the pingora server until a signal stops it.
+fn serve(config: Config) -> Result<(), String> {
+    let Loaded { auth, certs, tls } = load_files(&config)?;
+    let data = &config.data_dir;
+    let registry = open_registry(&config)?;
+    let mirror = Mirror::new(
+        registry.clone(),
+        &config.mirror,
+        config.limits.max_manifest_bytes,
+    )?;
     let api = Arc::new(Api {
         registry,
+        mirror,
         auth: auth.clone(),
         access: config.access.clone(),
         read_only: config.read_only,
@@ -314,6 +349,8 @@ fn serve(config: Config) -> Result<(), String> {
         tls_listen = ?config.tls_listen,
         data = %data.display(),
         read_only = config.read_only,
+        upstreams = ?config.mirror.upstreams.iter().map(|u| &u.name).collect::<Vec<_>>(),
+        offline = config.mirror.offline,
         "portcullis serving"
     );
     server.run_forever()

@@ -13,6 +13,7 @@ use portcullis::auth::access::AccessRules;
 use portcullis::auth::Authenticator;
 use portcullis::config::{self, Overrides};
 use portcullis::edge::HttpApp;
+use portcullis::mirror::Mirror;
 use portcullis::store::{FsBlobStore, RedbMetaStore, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use std::sync::{Arc, LazyLock};
@@ -28,8 +29,11 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     let config = config::from_text("", "fuzz", Vec::new(), Overrides::default()).unwrap();
     let blobs = FsBlobStore::open(dir.path()).unwrap();
     let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+    let registry = Arc::new(Registry::new(Arc::new(blobs), Arc::new(meta), 0));
     let api = Api {
-        registry: Arc::new(Registry::new(Arc::new(blobs), Arc::new(meta), 0)),
+        mirror: Mirror::new(registry.clone(), &config.mirror, config.limits.max_manifest_bytes)
+            .unwrap(),
+        registry,
         auth: Arc::new(Authenticator::new(&config.auth).unwrap()),
         access: AccessRules::default_for(false, Default::default()),
         read_only: false,

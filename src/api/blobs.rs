@@ -2,19 +2,22 @@
 
 use super::range::{parse_range, RangeRequest};
 use super::{ApiError, Body, ErrorCode, Request, Response};
+use crate::mirror::{Mirror, Target};
 use crate::oci::{Digest, RepoName};
 use crate::store::Registry;
+use std::sync::Arc;
 
 /// Spec: "GET /v2/<name>/blobs/<digest>" returns 200 with the blob, or 206 for a
-/// satisfiable `Range`; HEAD answers with the same headers and no body.
+/// satisfiable `Range`; HEAD answers with the same headers and no body. A blob that
+/// the pull-through cache is still fetching streams as it arrives.
 pub async fn get(
-    registry: &Registry,
+    mirror: &Arc<Mirror>,
     req: &Request,
-    name: &RepoName,
+    target: &Target,
     digest: &Digest,
 ) -> Result<Response, ApiError> {
-    let blob = registry.linked_blob(name, digest).await?;
-    let size = blob.size;
+    let blob = mirror.blob(target, digest, req.is_head()).await?;
+    let size = blob.size();
     let range = match req.header("range") {
         Some(header) => parse_range(header, size),
         None => RangeRequest::Whole,
@@ -34,7 +37,7 @@ pub async fn get(
         .with_header("Content-Range", format!("bytes */{size}"))),
         RangeRequest::Whole if req.is_head() => Ok(response.body(Body::HeadOf(size))),
         RangeRequest::Whole => {
-            let source = registry.open_blob(&blob, 0, size).await?;
+            let source = mirror.open_blob(&blob, 0, size).await?;
             Ok(response.body(Body::Stream { source, len: size }))
         }
         RangeRequest::Partial(r) => {
@@ -46,7 +49,7 @@ pub async fn get(
             if req.is_head() {
                 return Ok(response.body(Body::HeadOf(r.length())));
             }
-            let source = registry.open_blob(&blob, r.start, r.length()).await?;
+            let source = mirror.open_blob(&blob, r.start, r.length()).await?;
             Ok(response.body(Body::Stream {
                 source,
                 len: r.length(),

@@ -5,6 +5,8 @@
 //! headers the client needs (for example `Range` on a 416).
 
 use super::response::{Body, Response};
+use crate::mirror::upstream::UpstreamError;
+use crate::mirror::{MirrorError, Missing};
 use crate::store::{is_disk_full, StoreError};
 use bytes::Bytes;
 
@@ -33,6 +35,14 @@ pub enum ErrorCode {
     Unauthorized,
     Denied,
     TooManyRequests,
+    /// The upstream of a mirrored repository is unreachable, down or offline mode is
+    /// on, and the cache cannot answer: UNAVAILABLE with 503 (distribution's code).
+    UpstreamUnavailable,
+    /// The upstream did not answer in time: UNAVAILABLE with 504.
+    UpstreamTimeout,
+    /// The upstream answered with an error or with content that failed verification:
+    /// UNKNOWN with 502.
+    UpstreamFailed,
     /// The store is full or at its reserve: UNKNOWN with 507 (RFC 4918), which says so.
     StorageFull,
     /// A fault of ours (disk, database): UNKNOWN with 500. Never used for bad input.
@@ -95,6 +105,9 @@ impl ErrorCode {
             Unauthorized => ("UNAUTHORIZED", 401, "authentication required"),
             Denied => ("DENIED", 403, "requested access to the resource is denied"),
             TooManyRequests => ("TOOMANYREQUESTS", 429, "too many requests"),
+            UpstreamUnavailable => ("UNAVAILABLE", 503, "upstream registry unavailable"),
+            UpstreamTimeout => ("UNAVAILABLE", 504, "upstream registry timed out"),
+            UpstreamFailed => ("UNKNOWN", 502, "upstream registry failed"),
             StorageFull => ("UNKNOWN", 507, "the registry's storage is full"),
             Internal => ("UNKNOWN", 500, "unknown error"),
         }
@@ -175,6 +188,37 @@ impl From<StoreError> for ApiError {
             tracing::warn!(error = %err, "write refused: storage full");
         }
         ApiError::new(code, err.to_string())
+    }
+}
+
+impl From<MirrorError> for ApiError {
+    fn from(err: MirrorError) -> ApiError {
+        use ErrorCode::*;
+        let upstream = match err {
+            MirrorError::Store(e) => return e.into(),
+            MirrorError::NotFound { missing, detail } => {
+                let code = match missing {
+                    Missing::Manifest => ManifestUnknown,
+                    Missing::Blob => BlobUnknown,
+                    Missing::Repository => NameUnknown,
+                };
+                return ApiError::new(code, detail);
+            }
+            MirrorError::Upstream(e) => e,
+        };
+        let detail = format!("not in the cache, and {upstream}");
+        let code = match &upstream {
+            UpstreamError::Offline { .. }
+            | UpstreamError::Down { .. }
+            | UpstreamError::Unreachable { .. } => UpstreamUnavailable,
+            UpstreamError::Timeout { .. } => UpstreamTimeout,
+            UpstreamError::RateLimited { retry_after, .. } => {
+                return ApiError::new(TooManyRequests, detail)
+                    .with_header("Retry-After", retry_after.as_secs().max(1).to_string());
+            }
+            UpstreamError::Status { .. } | UpstreamError::Invalid { .. } => UpstreamFailed,
+        };
+        ApiError::new(code, detail)
     }
 }
 

@@ -3,19 +3,29 @@
 //! Bytes are served exactly as pushed, with the digest of those bytes.
 
 use super::{ApiError, Body, ErrorCode, Request, Response};
+use crate::mirror::policy::Accept;
+use crate::mirror::{Mirror, Target};
 use crate::oci::{Reference, RepoName};
 use crate::store::{ByteSource, Registry};
 use bytes::BytesMut;
 
 /// Spec: "GET /v2/<name>/manifests/<reference>" returns the manifest with its
 /// `Content-Type` and `Docker-Content-Digest`; HEAD the same headers without body.
+/// For a mirrored repository the client's `Accept` list decides which of a tag's
+/// manifests it gets (an index or a single-platform manifest), as upstream.
 pub async fn get(
-    registry: &Registry,
+    mirror: &Mirror,
     req: &Request,
-    name: &RepoName,
+    target: &Target,
     reference: &Reference,
 ) -> Result<Response, ApiError> {
-    let content = registry.manifest(name, reference).await?;
+    let accept = Accept::parse(
+        req.headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let content = mirror.manifest(target, reference, &accept).await?;
     let response = Response::new(200)
         .header("Content-Type", content.media_type.clone())
         .header("Docker-Content-Digest", content.digest.to_string())
@@ -23,7 +33,7 @@ pub async fn get(
     if req.is_head() {
         return Ok(response.body(Body::HeadOf(content.size)));
     }
-    let bytes = registry.manifest_bytes(&content).await?;
+    let bytes = mirror.registry().manifest_bytes(&content).await?;
     Ok(response.body(Body::Bytes(bytes)))
 }
 

@@ -24,6 +24,7 @@ pub use route::Route;
 
 use crate::auth::access::{AccessRules, Action};
 use crate::auth::{AuthError, Authenticator, Principal};
+use crate::mirror::{Mirror, Target};
 use crate::oci::RepoName;
 use crate::store::{ByteSource, Registry};
 use std::net::IpAddr;
@@ -33,6 +34,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Everything a request needs beyond itself: storage, who may do what, limits.
 pub struct Api {
     pub registry: Arc<Registry>,
+    /// Serves reads: from the store, or through the pull-through cache for
+    /// repositories that an upstream serves.
+    pub mirror: Arc<Mirror>,
     pub auth: Arc<Authenticator>,
     pub access: AccessRules,
     /// Maintenance mode: pulls work, pushes and deletes are refused.
@@ -89,6 +93,26 @@ fn not_found_for_reads(err: ApiError, method: &http::Method) -> ApiError {
     }
 }
 
+/// Mirrored repositories hold what their upstream has: pushes and deletes there
+/// would be lost or fight the cache, so they are refused with the setting to change.
+fn refuse_writes_to_mirrored(
+    target: &Target,
+    repo: &RepoName,
+    action: Action,
+) -> Result<(), ApiError> {
+    match target.upstream_name() {
+        Some(upstream) if action != Action::Pull => Err(ApiError::new(
+            ErrorCode::Unsupported,
+            format!(
+                "{repo} is mirrored from upstream {upstream}, so it is read-only here; \
+                 to push it to this registry, add a pattern matching it to mirror.local \
+                 in the configuration (or push under another name)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Whether a request writes blob data and so needs an upload slot.
 fn writes_blob_data(route: &Route, method: &http::Method) -> bool {
     matches!(
@@ -126,12 +150,27 @@ impl Api {
             .map_err(|e| self.auth_error(e))?;
         let route = route::parse(&req.path).map_err(|e| not_found_for_reads(e, &req.method))?;
         self.authorize(&principal, &route, &req.method)?;
+        let pairs = route::query_pairs(req.query.as_deref());
+        let ns = route::query_value(&pairs, "ns");
+        let target = required_action(&route, &req.method)
+            .map(|(repo, action)| {
+                let target = self.mirror.target(repo, ns);
+                refuse_writes_to_mirrored(&target, repo, action).map(|()| target)
+            })
+            .transpose()?;
         let _slot = self.upload_slot(&route, &req.method)?;
         let caller = Caller {
             principal,
             rules: &self.access,
         };
-        self.dispatch(&caller, req, &route, body).await
+        let response = self
+            .dispatch(&caller, req, &route, target.as_ref(), body)
+            .await;
+        // The OCI spec's answer to `?ns=`: which registry's content this is.
+        match (ns, target.as_ref().and_then(Target::upstream_name)) {
+            (Some(ns), Some(_)) => response.map(|r| r.header("OCI-Namespace", ns.to_string())),
+            _ => response,
+        }
     }
 
     fn challenge(&self, detail: &str) -> ApiError {
@@ -212,9 +251,13 @@ impl Api {
         caller: &Caller<'_>,
         req: &Request,
         route: &Route,
+        target: Option<&Target>,
         body: &mut dyn ByteSource,
     ) -> Result<Response, ApiError> {
         let r = &*self.registry;
+        let mirror = &self.mirror;
+        // Every route with a repository has a target; reads go through it.
+        let read_from = || target.ok_or_else(|| ApiError::new(ErrorCode::Internal, "no target"));
         match (route, req.method.as_str()) {
             (Route::Base, "GET" | "HEAD") => Ok(Response::new(200).json(
                 &serde_json::json!({}),
@@ -222,9 +265,9 @@ impl Api {
                 req.is_head(),
             )),
             (Route::Catalog, "GET") => catalog::list(r, caller, req).await,
-            (Route::Tags(name), "GET") => tags::list(r, req, name).await,
-            (Route::Manifest(name, reference), "GET" | "HEAD") => {
-                manifests::get(r, req, name, reference).await
+            (Route::Tags(name), "GET") => tags::list(mirror, req, name, read_from()?).await,
+            (Route::Manifest(_, reference), "GET" | "HEAD") => {
+                manifests::get(mirror, req, read_from()?, reference).await
             }
             (Route::Manifest(name, reference), "PUT") => {
                 manifests::put(r, req, name, reference, body, self.max_manifest_bytes).await
@@ -232,14 +275,19 @@ impl Api {
             (Route::Manifest(name, reference), "DELETE") => {
                 manifests::delete(r, name, reference).await
             }
-            (Route::Blob(name, digest), "GET" | "HEAD") => blobs::get(r, req, name, digest).await,
+            (Route::Blob(_, digest), "GET" | "HEAD") => {
+                blobs::get(mirror, req, read_from()?, digest).await
+            }
             (Route::Blob(name, digest), "DELETE") => blobs::delete(r, name, digest).await,
             (Route::UploadStart(name), "POST") => uploads::start(r, caller, req, name, body).await,
             (Route::Upload(name, id), "GET") => uploads::status(r, name, id).await,
             (Route::Upload(name, id), "PATCH") => uploads::patch(r, req, name, id, body).await,
             (Route::Upload(name, id), "PUT") => uploads::finish(r, req, name, id, body).await,
             (Route::Upload(name, id), "DELETE") => uploads::cancel(r, name, id).await,
-            (Route::Referrers(name, digest), "GET") => referrers::list(r, req, name, digest).await,
+            (Route::Referrers(_, digest), "GET") => {
+                let target = read_from()?;
+                referrers::list(r, req, target.stored_as(), digest).await
+            }
             (_, method) => Err(ApiError::new(
                 ErrorCode::Unsupported,
                 format!("{method} is not supported on {}", req.path),

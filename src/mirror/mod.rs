@@ -1,0 +1,949 @@
+//! The pull-through cache: handlers ask [`Mirror`] for manifests, blobs and tag lists;
+//! for a local repository it answers from the store, for a mirrored one it answers
+//! from the cache and fills misses from the upstream through the same commit path as
+//! a push (verify, fsync, rename, link), recording the content as cached.
+//!
+//! - `policy`: pure decisions (which upstream, which cached record, freshness, health);
+//! - `upstream`: the HTTP client of one upstream (tokens, redirects, timeouts);
+//! - `inflight`: one upstream fetch per blob, streamed to every waiter as it grows.
+
+pub mod inflight;
+pub mod policy;
+pub mod upstream;
+
+use crate::config::MirrorConfig;
+use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::store::{
+    ByteSource, CachedTag, CachedTagList, LinkedBlob, ManifestContent, Origin, Page, Registry,
+    StoreError, UploadId,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use inflight::{BlobFetches, Fetch};
+use policy::{Accept, Selection};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use upstream::{read_limited, Upstream, UpstreamError, UpstreamRequest};
+
+/// A broken blob download is resumed with a Range request at most this many times.
+const MAX_RESUMES: u32 = 5;
+/// Upstream bytes gathered into one write while more are already waiting.
+const WRITE_BATCH: usize = 1 << 20;
+/// Pages of an upstream tag list followed (of up to 1000 tags each).
+const MAX_TAG_PAGES: usize = 100;
+const TAG_PAGE_SIZE: usize = 1000;
+const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
+
+/// Where a request's repository is served from.
+pub enum Target {
+    Local(RepoName),
+    Mirrored(Mirrored),
+}
+
+pub struct Mirrored {
+    upstream: Arc<Upstream>,
+    /// The repository's name upstream.
+    pub remote: RepoName,
+    /// The repository the cache keeps it in (`docker.io/library/nginx`).
+    pub cached_as: RepoName,
+}
+
+impl Target {
+    /// The repository in the store that holds this target's content.
+    pub fn stored_as(&self) -> &RepoName {
+        match self {
+            Target::Local(name) => name,
+            Target::Mirrored(m) => &m.cached_as,
+        }
+    }
+
+    pub fn upstream_name(&self) -> Option<&str> {
+        match self {
+            Target::Local(_) => None,
+            Target::Mirrored(m) => Some(&m.upstream.name),
+        }
+    }
+}
+
+/// What is missing, for 404s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Manifest,
+    Blob,
+    Repository,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("{detail}")]
+    NotFound { missing: Missing, detail: String },
+}
+
+/// A blob as a handler serves it.
+pub enum Blob {
+    Stored(LinkedBlob),
+    /// Being fetched; streams as it arrives.
+    Arriving {
+        fetch: Arc<Fetch>,
+        size: u64,
+    },
+    /// Known upstream, not cached (the answer to a HEAD).
+    Remote {
+        size: u64,
+    },
+}
+
+impl Blob {
+    pub fn size(&self) -> u64 {
+        match self {
+            Blob::Stored(b) => b.size,
+            Blob::Arriving { size, .. } | Blob::Remote { size } => *size,
+        }
+    }
+}
+
+/// One lock per key, so concurrent misses for the same manifest or tag list cause a
+/// single upstream request: the others wait, then find it cached.
+#[derive(Default)]
+struct KeyLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+impl KeyLocks {
+    async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+        let mutex = {
+            let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if table.len() > 4096 {
+                table.retain(|_, weak| weak.strong_count() > 0);
+            }
+            match table.get(&key).and_then(Weak::upgrade) {
+                Some(mutex) => mutex,
+                None => {
+                    let mutex = Arc::new(tokio::sync::Mutex::new(()));
+                    table.insert(key, Arc::downgrade(&mutex));
+                    mutex
+                }
+            }
+        };
+        mutex.lock_owned().await
+    }
+}
+
+pub struct Mirror {
+    registry: Arc<Registry>,
+    config: MirrorConfig,
+    upstreams: Vec<Arc<Upstream>>,
+    blob_fetches: BlobFetches,
+    locks: KeyLocks,
+    max_manifest_bytes: usize,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn header<'r>(response: &'r reqwest::Response, name: &str) -> Option<&'r str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Several chunks handed to the store as one append.
+struct Chunks(VecDeque<Bytes>);
+
+#[async_trait]
+impl ByteSource for Chunks {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.0.pop_front())
+    }
+}
+
+impl Mirror {
+    pub fn new(
+        registry: Arc<Registry>,
+        config: &MirrorConfig,
+        max_manifest_bytes: usize,
+    ) -> Result<Arc<Mirror>, String> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(Upstream::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(Mirror {
+            registry,
+            config: config.clone(),
+            upstreams,
+            blob_fetches: BlobFetches::default(),
+            locks: KeyLocks::default(),
+            max_manifest_bytes,
+        }))
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// Where `repo` (as the request names it, with its `ns` parameter) is served from.
+    pub fn target(&self, repo: &RepoName, ns: Option<&str>) -> Target {
+        match policy::select(&self.config, repo, ns) {
+            Selection::Local => Target::Local(repo.clone()),
+            Selection::Upstream {
+                upstream,
+                remote,
+                cached_as,
+            } => Target::Mirrored(Mirrored {
+                upstream: self.upstreams[upstream].clone(),
+                remote,
+                cached_as,
+            }),
+        }
+    }
+
+    /// Fails at once in offline mode, before any request is built.
+    fn online(&self, m: &Mirrored) -> Result<(), UpstreamError> {
+        if self.config.offline {
+            Err(UpstreamError::Offline {
+                upstream: m.upstream.name.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn not_found(m: &Mirrored, missing: Missing, what: impl std::fmt::Display) -> MirrorError {
+        MirrorError::NotFound {
+            missing,
+            detail: format!(
+                "{what} is unknown to upstream {} ({})",
+                m.upstream.name, m.remote
+            ),
+        }
+    }
+
+    /// Statuses other than success: 404 is an answer about the content; 401/403 after
+    /// the token dance mean the repository is missing or private.
+    fn refusal(m: &Mirrored, missing: Missing, what: &str, status: StatusCode) -> MirrorError {
+        match status {
+            StatusCode::NOT_FOUND => Self::not_found(m, missing, what),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => MirrorError::NotFound {
+                missing: Missing::Repository,
+                detail: format!(
+                    "upstream {} refused access to {} ({status}): the repository does not exist or is private; \
+                     for a private one set username and a password in its [[upstream]] section",
+                    m.upstream.name, m.remote
+                ),
+            },
+            other => MirrorError::Upstream(UpstreamError::Invalid {
+                upstream: m.upstream.name.clone(),
+                reason: format!("{other} for {what}"),
+            }),
+        }
+    }
+
+    // ---- manifests -------------------------------------------------------------
+
+    /// A manifest by tag or digest. Mirrored: by digest from the cache forever, by
+    /// tag from the cache while fresh, then revalidated with a HEAD (stale-if-error).
+    pub async fn manifest(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: &Accept,
+    ) -> Result<ManifestContent, MirrorError> {
+        let m = match target {
+            Target::Local(name) => return Ok(self.registry.manifest(name, reference).await?),
+            Target::Mirrored(m) => m,
+        };
+        match reference {
+            Reference::Digest(digest) => self.manifest_by_digest(m, digest, accept).await,
+            Reference::Tag(tag) => self.manifest_by_tag(m, tag, accept).await,
+        }
+    }
+
+    async fn cached_manifest(
+        &self,
+        m: &Mirrored,
+        digest: &Digest,
+    ) -> Result<Option<ManifestContent>, StoreError> {
+        match self
+            .registry
+            .manifest(&m.cached_as, &Reference::Digest(digest.clone()))
+            .await
+        {
+            Ok(content) => Ok(Some(content)),
+            Err(StoreError::ManifestUnknown(_) | StoreError::NameUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        m: &Mirrored,
+        digest: &Digest,
+        accept: &Accept,
+    ) -> Result<ManifestContent, MirrorError> {
+        if let Some(content) = self.cached_manifest(m, digest).await? {
+            return Ok(content);
+        }
+        self.online(m)?;
+        let _one_fetch = self
+            .locks
+            .lock(format!("manifest {} {digest}", m.cached_as))
+            .await;
+        if let Some(content) = self.cached_manifest(m, digest).await? {
+            return Ok(content);
+        }
+        self.fetch_manifest(m, &digest.to_string(), Some(digest), accept)
+            .await
+    }
+
+    /// GETs a manifest (counts against Docker Hub's pull limit) and caches it.
+    async fn fetch_manifest(
+        &self,
+        m: &Mirrored,
+        reference: &str,
+        expected: Option<&Digest>,
+        accept: &Accept,
+    ) -> Result<ManifestContent, MirrorError> {
+        let mut request =
+            UpstreamRequest::new(Method::GET, &m.remote, &format!("manifests/{reference}"));
+        request.accept = accept.upstream_values();
+        let response = m.upstream.send(request).await?;
+        if !response.status().is_success() {
+            return Err(Self::refusal(
+                m,
+                Missing::Manifest,
+                &format!("manifest {reference}"),
+                response.status(),
+            ));
+        }
+        let invalid = |reason: String| {
+            MirrorError::Upstream(UpstreamError::Invalid {
+                upstream: m.upstream.name.clone(),
+                reason,
+            })
+        };
+        let content_type = header(&response, "content-type").map(str::to_string);
+        let announced = header(&response, "docker-content-digest")
+            .map(|d| d.parse::<Digest>())
+            .transpose()
+            .map_err(|e| invalid(format!("Docker-Content-Digest: {e}")))?;
+        let bytes = read_limited(response, self.max_manifest_bytes)
+            .await
+            .map_err(|e| invalid(format!("manifest {reference}: {e}")))?;
+        let media_type = match content_type {
+            Some(t) if !t.is_empty() && t != "application/json" => t,
+            // Old registries label manifests application/json: the document says.
+            _ => crate::oci::manifest::parse(None, &bytes)
+                .map(|p| p.media_type)
+                .map_err(|e| invalid(format!("manifest {reference} without a media type: {e}")))?,
+        };
+        let digest = expected
+            .cloned()
+            .or(announced)
+            .unwrap_or_else(|| Digest::sha256_of(&bytes));
+        let stored = self
+            .registry
+            .put_cached_manifest(&m.cached_as, &digest, &media_type, bytes)
+            .await;
+        match stored {
+            Err(StoreError::DigestMismatch { expected, actual }) => Err(invalid(format!(
+                "manifest {reference} should have digest {expected} but has {actual}; nothing was cached"
+            ))),
+            other => Ok(other?),
+        }
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        m: &Mirrored,
+        tag: &Tag,
+        accept: &Accept,
+    ) -> Result<ManifestContent, MirrorError> {
+        let meta = self.registry.meta();
+        let now = now_secs();
+        let records = meta.cached_tags(&m.cached_as, tag).await?;
+        if let Some(record) = policy::pick(&records, accept) {
+            if self.config.offline || policy::is_fresh(record.checked_at, now, m.upstream.tag_ttl) {
+                if let Some(content) = self.cached_manifest(m, &record.digest).await? {
+                    return Ok(content);
+                }
+            }
+        }
+        self.online(m)?;
+        let _one_check = self.locks.lock(format!("tag {} {tag}", m.cached_as)).await;
+        // Someone may have revalidated while this request waited.
+        let records = meta.cached_tags(&m.cached_as, tag).await?;
+        let record = policy::pick(&records, accept).cloned();
+        if let Some(record) = &record {
+            if policy::is_fresh(record.checked_at, now_secs(), m.upstream.tag_ttl) {
+                if let Some(content) = self.cached_manifest(m, &record.digest).await? {
+                    return Ok(content);
+                }
+            }
+        }
+        let refreshed = match &record {
+            Some(record) => self.revalidate(m, tag, accept, record).await,
+            None => self.fetch_tag(m, tag, accept).await,
+        };
+        match (refreshed, record) {
+            (Ok(content), _) => Ok(content),
+            // Stale-if-error: the upstream failed, the cache still knows the tag.
+            (Err(MirrorError::Upstream(e)), Some(record)) => {
+                match self.cached_manifest(m, &record.digest).await? {
+                    Some(content) => {
+                        tracing::warn!(repository = %m.cached_as, %tag, error = %e, "serving a stale tag");
+                        Ok(content)
+                    }
+                    None => Err(MirrorError::Upstream(e)),
+                }
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// First fetch of a tag: GET it and remember what it resolved to.
+    async fn fetch_tag(
+        &self,
+        m: &Mirrored,
+        tag: &Tag,
+        accept: &Accept,
+    ) -> Result<ManifestContent, MirrorError> {
+        let content = self
+            .fetch_manifest(m, &tag.to_string(), None, accept)
+            .await?;
+        self.remember_tag(m, tag, &content).await?;
+        Ok(content)
+    }
+
+    async fn remember_tag(
+        &self,
+        m: &Mirrored,
+        tag: &Tag,
+        content: &ManifestContent,
+    ) -> Result<(), StoreError> {
+        let record = CachedTag {
+            media_type: content.media_type.clone(),
+            digest: content.digest.clone(),
+            checked_at: now_secs(),
+        };
+        self.registry
+            .meta()
+            .put_cached_tag(&m.cached_as, tag, &record)
+            .await
+    }
+
+    /// A stale tag: HEAD upstream (free under Docker Hub's pull limit); fetch the
+    /// manifest only if the tag now names one the cache lacks.
+    async fn revalidate(
+        &self,
+        m: &Mirrored,
+        tag: &Tag,
+        accept: &Accept,
+        record: &CachedTag,
+    ) -> Result<ManifestContent, MirrorError> {
+        let mut request =
+            UpstreamRequest::new(Method::HEAD, &m.remote, &format!("manifests/{tag}"));
+        request.accept = accept.upstream_values();
+        let response = m.upstream.send(request).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            // The tag is gone upstream: so it is here.
+            self.registry
+                .meta()
+                .remove_cached_tag(&m.cached_as, tag)
+                .await?;
+            return Err(Self::not_found(
+                m,
+                Missing::Manifest,
+                format_args!("tag {tag}"),
+            ));
+        }
+        if !response.status().is_success() {
+            return Err(Self::refusal(
+                m,
+                Missing::Manifest,
+                &format!("tag {tag}"),
+                response.status(),
+            ));
+        }
+        let digest = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
+        let cached = match &digest {
+            Some(d) if *d == record.digest => self.cached_manifest(m, d).await?,
+            Some(d) => self.cached_manifest(m, d).await?,
+            None => None,
+        };
+        let content = match cached {
+            Some(content) => content,
+            None => match digest {
+                Some(d) => {
+                    self.fetch_manifest(m, &d.to_string(), Some(&d), accept)
+                        .await?
+                }
+                // No digest in the HEAD answer: only a GET can tell.
+                None => {
+                    self.fetch_manifest(m, &tag.to_string(), None, accept)
+                        .await?
+                }
+            },
+        };
+        self.remember_tag(m, tag, &content).await?;
+        Ok(content)
+    }
+
+    // ---- tag lists -------------------------------------------------------------
+
+    /// Tags after `last`, at most `limit`. Mirrored: the upstream's list, cached for
+    /// the tag TTL and served stale when the upstream fails.
+    pub async fn tags(
+        &self,
+        target: &Target,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, MirrorError> {
+        let m = match target {
+            Target::Local(name) => return Ok(self.registry.tags(name, last, limit).await?),
+            Target::Mirrored(m) => m,
+        };
+        let tags = self.tag_list(m).await?;
+        let after = tags.iter().filter(|t| last.is_none_or(|l| t.as_str() > l));
+        let items: Vec<String> = after.clone().take(limit).cloned().collect();
+        let more = after.count() > items.len();
+        Ok(Page { items, more })
+    }
+
+    async fn tag_list(&self, m: &Mirrored) -> Result<Vec<String>, MirrorError> {
+        let meta = self.registry.meta();
+        let cached = meta.cached_tag_list(&m.cached_as).await?;
+        let fresh = |list: &CachedTagList| {
+            policy::is_fresh(list.fetched_at, now_secs(), m.upstream.tag_ttl)
+        };
+        if let Some(list) = cached.as_ref().filter(|l| fresh(l) || self.config.offline) {
+            return Ok(list.tags.clone());
+        }
+        let fetched = match self.online(m) {
+            Ok(()) => {
+                let _one_fetch = self.locks.lock(format!("tags {}", m.cached_as)).await;
+                match meta.cached_tag_list(&m.cached_as).await? {
+                    Some(list) if fresh(&list) => Ok(list.tags),
+                    _ => self.fetch_tag_list(m).await,
+                }
+            }
+            Err(offline) => Err(MirrorError::Upstream(offline)),
+        };
+        match fetched {
+            Ok(tags) => Ok(tags),
+            Err(MirrorError::Upstream(e)) => {
+                // Stale-if-error: the last list, else the tags this cache holds.
+                if let Some(list) = cached {
+                    tracing::warn!(repository = %m.cached_as, error = %e, "serving a stale tag list");
+                    return Ok(list.tags);
+                }
+                let known = meta.cached_tag_names(&m.cached_as).await?;
+                if known.is_empty() {
+                    Err(MirrorError::Upstream(e))
+                } else {
+                    Ok(known)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fetch_tag_list(&self, m: &Mirrored) -> Result<Vec<String>, MirrorError> {
+        let invalid = |reason: String| {
+            MirrorError::Upstream(UpstreamError::Invalid {
+                upstream: m.upstream.name.clone(),
+                reason,
+            })
+        };
+        let mut tags = Vec::new();
+        let mut path = format!("/v2/{}/tags/list?n={TAG_PAGE_SIZE}", m.remote);
+        for _ in 0..MAX_TAG_PAGES {
+            let request = UpstreamRequest {
+                path,
+                ..UpstreamRequest::new(Method::GET, &m.remote, "")
+            };
+            let response = m.upstream.send(request).await?;
+            if !response.status().is_success() {
+                return Err(Self::refusal(
+                    m,
+                    Missing::Repository,
+                    "tag list",
+                    response.status(),
+                ));
+            }
+            let next = header(&response, "link")
+                .and_then(policy::next_link)
+                .map(str::to_string);
+            let body = read_limited(response, MAX_TAG_PAGE_BYTES)
+                .await
+                .map_err(|e| invalid(format!("tag list: {e}")))?;
+            #[derive(serde::Deserialize)]
+            struct TagPage {
+                tags: Option<Vec<String>>,
+            }
+            let page: TagPage =
+                serde_json::from_slice(&body).map_err(|e| invalid(format!("tag list: {e}")))?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                // Only paths on the same upstream are followed.
+                Some(next) if next.starts_with("/v2/") => path = next,
+                _ => break,
+            }
+        }
+        tags.sort();
+        tags.dedup();
+        let list = CachedTagList {
+            tags,
+            fetched_at: now_secs(),
+        };
+        self.registry
+            .meta()
+            .put_cached_tag_list(&m.cached_as, &list)
+            .await?;
+        Ok(list.tags)
+    }
+
+    // ---- blobs -----------------------------------------------------------------
+
+    /// A blob the target may serve. Mirrored and not cached: a HEAD asks the upstream
+    /// with a HEAD; a GET joins (or starts) the one upstream fetch of that digest.
+    pub async fn blob(
+        self: &Arc<Self>,
+        target: &Target,
+        digest: &Digest,
+        head: bool,
+    ) -> Result<Blob, MirrorError> {
+        let m = match target {
+            Target::Local(name) => {
+                return Ok(Blob::Stored(self.registry.linked_blob(name, digest).await?))
+            }
+            Target::Mirrored(m) => m,
+        };
+        match self.registry.linked_blob(&m.cached_as, digest).await {
+            Ok(blob) => return Ok(Blob::Stored(blob)),
+            Err(StoreError::BlobUnknown(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(fetch) = self.blob_fetches.get(digest) {
+            if head {
+                let size = fetch.size().await.map_err(|e| self.fetch_error(m, e))?;
+                return Ok(Blob::Remote { size });
+            }
+        }
+        self.online(m)?;
+        if head || self.registry.stored_blob_size(digest).await?.is_some() {
+            let size = self.head_blob(m, digest).await?;
+            // Stored for another repository: the upstream confirmed this one has it.
+            if let Some(blob) = self.registry.link_cached_blob(&m.cached_as, digest).await? {
+                return Ok(Blob::Stored(blob));
+            }
+            return Ok(Blob::Remote { size });
+        }
+        let fetch = self
+            .blob_fetches
+            .join_or_start(digest, &m.cached_as, |fetch| {
+                let mirror = self.clone();
+                let upstream = m.upstream.clone();
+                let remote = m.remote.clone();
+                let cached_as = m.cached_as.clone();
+                tokio::spawn(async move { mirror.fill(upstream, remote, cached_as, fetch).await });
+            });
+        let size = fetch.size().await.map_err(|e| self.fetch_error(m, e))?;
+        Ok(Blob::Arriving { fetch, size })
+    }
+
+    fn fetch_error(&self, m: &Mirrored, reason: String) -> MirrorError {
+        MirrorError::Upstream(UpstreamError::Invalid {
+            upstream: m.upstream.name.clone(),
+            reason,
+        })
+    }
+
+    async fn head_blob(&self, m: &Mirrored, digest: &Digest) -> Result<u64, MirrorError> {
+        let request = UpstreamRequest::new(Method::HEAD, &m.remote, &format!("blobs/{digest}"));
+        let response = m.upstream.send(request).await?;
+        if !response.status().is_success() {
+            return Err(Self::refusal(
+                m,
+                Missing::Blob,
+                &format!("blob {digest}"),
+                response.status(),
+            ));
+        }
+        response.content_length().ok_or_else(|| {
+            self.fetch_error(m, format!("HEAD of blob {digest} without Content-Length"))
+        })
+    }
+
+    /// Opens `len` bytes from `offset` of a blob found with [`Mirror::blob`].
+    pub async fn open_blob(
+        &self,
+        blob: &Blob,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn ByteSource>, StoreError> {
+        match blob {
+            Blob::Stored(b) => self.registry.open_blob(b, offset, len).await,
+            Blob::Arriving { fetch, .. } => Ok(Box::new(fetch.stream(offset, len))),
+            Blob::Remote { .. } => Err(StoreError::BlobUnknown(Digest::sha256_of(b""))),
+        }
+    }
+
+    /// The fetch task: downloads, verifies and commits one blob, then links every
+    /// repository that asked for it meanwhile. Runs detached, so a client that goes
+    /// away does not cancel it for the others.
+    async fn fill(
+        self: Arc<Self>,
+        upstream: Arc<Upstream>,
+        remote: RepoName,
+        cached_as: RepoName,
+        fetch: Arc<Fetch>,
+    ) {
+        let result = self.download(&upstream, &remote, &cached_as, &fetch).await;
+        let repos = self.blob_fetches.complete(&fetch);
+        let outcome = match result {
+            Ok(()) => {
+                let mut linked = Ok(());
+                for repo in repos.iter().filter(|r| **r != cached_as) {
+                    if let Err(e) = self.registry.link_cached_blob(repo, &fetch.digest).await {
+                        linked = Err(e.to_string());
+                    }
+                }
+                linked
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %upstream.name, repository = %remote, digest = %fetch.digest, error = %e, "blob fetch failed; nothing cached");
+                Err(e.to_string())
+            }
+        };
+        fetch.finish(outcome);
+    }
+
+    async fn download(
+        &self,
+        upstream: &Arc<Upstream>,
+        remote: &RepoName,
+        cached_as: &RepoName,
+        fetch: &Fetch,
+    ) -> Result<(), MirrorError> {
+        let id = self.registry.start_upload(cached_as).await?;
+        let result = self
+            .download_into(upstream, remote, cached_as, fetch, &id)
+            .await;
+        if result.is_err() {
+            let _ = self.registry.cancel_upload(cached_as, &id).await;
+        }
+        result
+    }
+
+    async fn download_into(
+        &self,
+        upstream: &Arc<Upstream>,
+        remote: &RepoName,
+        cached_as: &RepoName,
+        fetch: &Fetch,
+        id: &UploadId,
+    ) -> Result<(), MirrorError> {
+        let invalid = |reason: String| {
+            MirrorError::Upstream(UpstreamError::Invalid {
+                upstream: upstream.name.clone(),
+                reason,
+            })
+        };
+        let digest = &fetch.digest;
+        fetch.set_reader(self.registry.upload_reader(cached_as, id).await?);
+        let mut received = 0u64;
+        let mut size: Option<u64> = None;
+        let mut resumes = 0;
+        loop {
+            let mut request = UpstreamRequest::new(Method::GET, remote, &format!("blobs/{digest}"));
+            request.from_byte = (received > 0).then_some(received);
+            let attempt = self
+                .download_attempt(
+                    upstream,
+                    request,
+                    &mut received,
+                    &mut size,
+                    fetch,
+                    cached_as,
+                    id,
+                )
+                .await;
+            match attempt {
+                Ok(()) => break,
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Broken(reason)) if resumes < MAX_RESUMES => {
+                    resumes += 1;
+                    tracing::info!(upstream = %upstream.name, %digest, received, resumes, %reason, "blob download broke; resuming");
+                }
+                Err(Attempt::Broken(reason)) => {
+                    return Err(invalid(format!(
+                        "blob {digest} broke off after {received} bytes, {MAX_RESUMES} resumes: {reason}"
+                    )))
+                }
+            }
+        }
+        match self
+            .registry
+            .finish_upload(cached_as, id, digest, Origin::Cached)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::DigestMismatch { actual, .. }) => Err(invalid(format!(
+                "blob {digest} arrived with digest {actual}; nothing was cached"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One GET (or ranged GET) of a blob, appending what arrives. A broken body is
+    /// `Broken` (resume); an answer that cannot be right is `Fatal`.
+    #[allow(clippy::too_many_arguments)]
+    async fn download_attempt(
+        &self,
+        upstream: &Arc<Upstream>,
+        request: UpstreamRequest<'_>,
+        received: &mut u64,
+        size: &mut Option<u64>,
+        fetch: &Fetch,
+        cached_as: &RepoName,
+        id: &UploadId,
+    ) -> Result<(), Attempt> {
+        let fatal = |reason: String| {
+            Attempt::Fatal(MirrorError::Upstream(UpstreamError::Invalid {
+                upstream: upstream.name.clone(),
+                reason,
+            }))
+        };
+        let digest = fetch.digest.clone();
+        let resuming = request.from_byte.is_some();
+        let mut response = match upstream.send(request).await {
+            Ok(r) => r,
+            // A first attempt that fails is the answer; a resume may try again.
+            Err(e) if resuming => return Err(Attempt::Broken(e.to_string())),
+            Err(e) => return Err(Attempt::Fatal(e.into())),
+        };
+        let status = response.status();
+        // Bytes at the start of the body that are already stored (a 200 to a Range).
+        let mut skip = 0u64;
+        let total = match status {
+            StatusCode::OK => {
+                skip = *received;
+                response.content_length()
+            }
+            StatusCode::PARTIAL_CONTENT if resuming => {
+                let range = header(&response, "content-range").unwrap_or("");
+                match crate::api::range::parse_response_content_range(range) {
+                    Some((r, total)) if r.start == *received => total,
+                    _ => {
+                        return Err(fatal(format!(
+                            "resume of blob {digest} got Content-Range {range:?}"
+                        )))
+                    }
+                }
+            }
+            other => {
+                let missing = MirrorError::NotFound {
+                    missing: Missing::Blob,
+                    detail: format!("blob {digest} is unknown to upstream {}", upstream.name),
+                };
+                return Err(match other {
+                    StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                        Attempt::Fatal(missing)
+                    }
+                    _ => fatal(format!("{other} for blob {digest}")),
+                });
+            }
+        };
+        match (*size, total) {
+            (None, Some(total)) => {
+                *size = Some(total);
+                fetch.set_size(total);
+            }
+            (Some(known), Some(total)) if known != total => {
+                return Err(fatal(format!(
+                    "blob {digest} changed size from {known} to {total}"
+                )))
+            }
+            _ => {}
+        }
+        loop {
+            let mut batch = VecDeque::new();
+            let mut batched = 0usize;
+            let mut ended = false;
+            let mut broken = None;
+            // Wait for one chunk, then take whatever else is already there.
+            let mut first = true;
+            while batched < WRITE_BATCH {
+                let next = if first {
+                    first = false;
+                    Ok(response.chunk().await)
+                } else {
+                    tokio::time::timeout(std::time::Duration::ZERO, response.chunk()).await
+                };
+                match next {
+                    Ok(Ok(Some(mut chunk))) => {
+                        if skip > 0 {
+                            let n = skip.min(chunk.len() as u64);
+                            skip -= n;
+                            chunk = chunk.slice(n as usize..);
+                        }
+                        batched += chunk.len();
+                        if !chunk.is_empty() {
+                            batch.push_back(chunk);
+                        }
+                    }
+                    Ok(Ok(None)) => {
+                        ended = true;
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        broken = Some(upstream::describe(&e));
+                        break;
+                    }
+                    Err(_nothing_ready) => break,
+                }
+            }
+            if batched > 0 {
+                let appended = self
+                    .registry
+                    .append_upload(cached_as, id, Some(*received), &mut Chunks(batch))
+                    .await
+                    .map_err(|e| Attempt::Fatal(e.into()))?;
+                *received = appended;
+                fetch.landed(appended);
+            }
+            if size.is_some_and(|s| *received > s) {
+                return Err(fatal(format!(
+                    "blob {digest} is longer than the {} bytes announced",
+                    size.unwrap_or(0)
+                )));
+            }
+            if let Some(reason) = broken {
+                return Err(Attempt::Broken(reason));
+            }
+            if ended {
+                return match *size {
+                    Some(s) if *received < s => Err(Attempt::Broken(format!(
+                        "body ended after {} of {s} bytes",
+                        *received
+                    ))),
+                    _ => Ok(()),
+                };
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Broken(String),
+    Fatal(MirrorError),
+}
