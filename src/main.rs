@@ -62,6 +62,26 @@ enum Command {
         #[arg(long)]
         client: Option<String>,
     },
+    /// Pull images into the pull-through cache (for a machine about to go offline).
+    /// Uses the store directly: stop a server on the same data directory first.
+    Fetch {
+        /// Images, e.g. docker.io/library/alpine:3.20 or ghcr.io/org/app@sha256:...
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Platform to take from a multi-platform image, os/arch[/variant]
+        /// (repeatable; default: this machine's).
+        #[arg(long = "platform", conflicts_with = "all_platforms")]
+        platforms: Vec<String>,
+        /// Take every platform of a multi-platform image.
+        #[arg(long)]
+        all_platforms: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        mirror: MirrorArgs,
+    },
     /// Manage an htpasswd file (bcrypt).
     Htpasswd {
         #[command(subcommand)]
@@ -146,6 +166,23 @@ fn main() {
         })
         .map(|text| print!("{text}")),
         Command::Htpasswd { action } => htpasswd(action),
+        Command::Fetch {
+            images,
+            platforms,
+            all_platforms,
+            config,
+            data,
+            mirror,
+        } => load_config(
+            config.as_deref(),
+            Overrides {
+                data_dir: data,
+                mirrors: mirror.mirrors,
+                offline: mirror.offline,
+                ..Overrides::default()
+            },
+        )
+        .and_then(|config| fetch(&config, &images, &platforms, all_platforms)),
     };
     if let Err(message) = result {
         eprintln!("portcullis: {message}");
@@ -271,6 +308,64 @@ fn open_registry(config: &Config) -> Result<Arc<Registry>, String> {
         Arc::new(meta),
         config.min_free_bytes,
     )))
+}
+
+fn fetch(
+    config: &Config,
+    images: &[String],
+    platforms: &[String],
+    all_platforms: bool,
+) -> Result<(), String> {
+    use portcullis::mirror::prefill::{self, Platform, Platforms};
+    let platforms = if all_platforms {
+        Platforms::All
+    } else if platforms.is_empty() {
+        Platforms::Only(vec![Platform::host()])
+    } else {
+        Platforms::Only(
+            platforms
+                .iter()
+                .map(|p| Platform::parse(p))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    if config.mirror.upstreams.is_empty() {
+        return Err(
+            "no upstream to fetch from; add --mirror docker.io (or [[upstream]] in --config)"
+                .into(),
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let registry = open_registry(config)?;
+        let mirror = Mirror::new(registry, &config.mirror, config.limits.max_manifest_bytes)?;
+        let mut out = std::io::stderr();
+        for image in images {
+            eprintln!("{image}");
+            let started = std::time::Instant::now();
+            let s = prefill::fetch_image(&mirror, image, &platforms, &mut out).await?;
+            eprintln!(
+                "{image}: {} manifests, {} blobs ({} already cached), {:.1} MiB fetched in {:.1} s",
+                s.manifests,
+                s.blobs,
+                s.already_cached,
+                s.bytes_fetched as f64 / f64::from(1 << 20),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        for upstream in &config.mirror.upstreams {
+            if let Some(left) = mirror
+                .upstream(&upstream.name)
+                .and_then(|u| u.rate_limit_remaining())
+            {
+                eprintln!(
+                    "{}: pulls left in the rate-limit window: {left}",
+                    upstream.name
+                );
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Opens the store and runs the pingora server until a signal stops it.

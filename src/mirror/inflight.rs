@@ -119,6 +119,21 @@ impl Fetch {
         }
     }
 
+    /// Waits until the blob is verified and committed, or the fetch failed.
+    pub async fn finished(&self) -> Result<(), String> {
+        let mut rx = self.progress.subscribe();
+        loop {
+            match &rx.borrow_and_update().state {
+                State::Done => return Ok(()),
+                State::Failed(reason) => return Err(reason.clone()),
+                State::Running => {}
+            }
+            rx.changed()
+                .await
+                .map_err(|_| "the upstream fetch was abandoned".to_string())?;
+        }
+    }
+
     /// `len` bytes from `offset` (within the size), as they arrive.
     pub fn stream(self: &Arc<Self>, offset: u64, len: u64) -> GrowingBlob {
         GrowingBlob {

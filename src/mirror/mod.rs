@@ -9,6 +9,7 @@
 
 pub mod inflight;
 pub mod policy;
+pub mod prefill;
 pub mod upstream;
 
 use crate::config::MirrorConfig;
