@@ -161,8 +161,14 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
+        store_error(&err)
+    }
+}
+
+fn store_error(err: &StoreError) -> ApiError {
+    {
         use ErrorCode::*;
-        let code = match &err {
+        let code = match err {
             StoreError::StorageFull { .. } => StorageFull,
             StoreError::Io { source, .. } if is_disk_full(source) => StorageFull,
             StoreError::BlobUnknown(_) => BlobUnknown,
@@ -193,21 +199,28 @@ impl From<StoreError> for ApiError {
 
 impl From<MirrorError> for ApiError {
     fn from(err: MirrorError) -> ApiError {
-        use ErrorCode::*;
+        mirror_error(&err)
+    }
+}
+
+fn mirror_error(err: &MirrorError) -> ApiError {
+    use ErrorCode::*;
+    {
         let upstream = match err {
-            MirrorError::Store(e) => return e.into(),
+            MirrorError::Store(e) => return store_error(e),
+            MirrorError::Shared(e) => return mirror_error(e),
             MirrorError::NotFound { missing, detail } => {
                 let code = match missing {
                     Missing::Manifest => ManifestUnknown,
                     Missing::Blob => BlobUnknown,
                     Missing::Repository => NameUnknown,
                 };
-                return ApiError::new(code, detail);
+                return ApiError::new(code, detail.clone());
             }
             MirrorError::Upstream(e) => e,
         };
         let detail = format!("not in the cache, and {upstream}");
-        let code = match &upstream {
+        let code = match upstream {
             UpstreamError::Offline { .. }
             | UpstreamError::Down { .. }
             | UpstreamError::Unreachable { .. } => UpstreamUnavailable,

@@ -7,6 +7,7 @@
 //! verified, so a client can never complete a download of wrong content: on a
 //! mismatch or a truncated upstream every waiter gets an error instead.
 
+use super::MirrorError;
 use crate::oci::{Digest, RepoName};
 use crate::store::{ByteSource, SessionReader, StoreError};
 use async_trait::async_trait;
@@ -18,13 +19,13 @@ use tokio::sync::watch;
 /// Bytes read from the growing file per chunk sent to a client.
 const READ_CHUNK: u64 = 256 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum State {
     Running,
     /// Verified and committed to the store.
     Done,
     /// Why the fetch failed; nothing was stored.
-    Failed(String),
+    Failed(Arc<MirrorError>),
 }
 
 #[derive(Debug, Clone)]
@@ -84,14 +85,14 @@ impl Fetch {
         self.progress.send_modify(|p| p.landed = total);
     }
 
-    pub fn finish(&self, outcome: Result<(), String>) {
+    pub fn finish(&self, outcome: Result<(), MirrorError>) {
         self.progress.send_modify(|p| {
             p.state = match outcome {
                 Ok(()) => {
                     p.size.get_or_insert(p.landed);
                     State::Done
                 }
-                Err(reason) => State::Failed(reason),
+                Err(reason) => State::Failed(Arc::new(reason)),
             }
         });
     }
@@ -101,7 +102,7 @@ impl Fetch {
     }
 
     /// Waits until the blob's size is known (the upstream's response head).
-    pub async fn size(&self) -> Result<u64, String> {
+    pub async fn size(&self) -> Result<u64, Arc<MirrorError>> {
         let mut rx = self.progress.subscribe();
         loop {
             {
@@ -113,14 +114,12 @@ impl Fetch {
                     return Ok(size);
                 }
             }
-            rx.changed()
-                .await
-                .map_err(|_| "the upstream fetch was abandoned".to_string())?;
+            rx.changed().await.map_err(|_| abandoned())?;
         }
     }
 
     /// Waits until the blob is verified and committed, or the fetch failed.
-    pub async fn finished(&self) -> Result<(), String> {
+    pub async fn finished(&self) -> Result<(), Arc<MirrorError>> {
         let mut rx = self.progress.subscribe();
         loop {
             match &rx.borrow_and_update().state {
@@ -128,9 +127,7 @@ impl Fetch {
                 State::Failed(reason) => return Err(reason.clone()),
                 State::Running => {}
             }
-            rx.changed()
-                .await
-                .map_err(|_| "the upstream fetch was abandoned".to_string())?;
+            rx.changed().await.map_err(|_| abandoned())?;
         }
     }
 
@@ -163,8 +160,18 @@ pub struct GrowingBlob {
     end: u64,
 }
 
-fn fetch_failed(reason: String) -> StoreError {
-    StoreError::io("fetching from upstream", std::io::Error::other(reason))
+/// The fetch task ended without saying how (it cannot: it always finishes).
+fn abandoned() -> Arc<MirrorError> {
+    Arc::new(MirrorError::Store(fetch_failed(
+        "the upstream fetch was abandoned",
+    )))
+}
+
+fn fetch_failed(reason: impl std::fmt::Display) -> StoreError {
+    StoreError::io(
+        "fetching from upstream",
+        std::io::Error::other(reason.to_string()),
+    )
 }
 
 #[async_trait]
@@ -177,21 +184,22 @@ impl ByteSource for GrowingBlob {
             let readable = {
                 let p = self.progress.borrow_and_update();
                 if let State::Failed(reason) = &p.state {
-                    return Err(fetch_failed(reason.clone()));
+                    return Err(fetch_failed(reason));
                 }
                 readable_bytes(&p).min(self.end)
             };
             if self.position < readable {
-                let reader = self.fetch.reader.get().ok_or_else(|| {
-                    fetch_failed("bytes landed before the session was readable".into())
-                })?;
+                let reader =
+                    self.fetch.reader.get().ok_or_else(|| {
+                        fetch_failed("bytes landed before the session was readable")
+                    })?;
                 let len = (readable - self.position).min(READ_CHUNK);
                 let bytes = reader.read_at(self.position, len).await?;
                 self.position += len;
                 return Ok(Some(bytes));
             }
             if self.progress.changed().await.is_err() {
-                return Err(fetch_failed("the upstream fetch was abandoned".into()));
+                return Err(fetch_failed("the upstream fetch was abandoned"));
             }
         }
     }
@@ -311,7 +319,7 @@ mod tests {
         write(&fetch, &memory, b"abcdef");
         let mut waiter = fetch.stream(0, 6);
         assert_eq!(waiter.next_chunk().await.unwrap().unwrap(), "abcde");
-        fetch.finish(Err("digest mismatch".into()));
+        fetch.finish(Err(MirrorError::Store(fetch_failed("digest mismatch"))));
         assert!(waiter.next_chunk().await.is_err());
         assert!(fetch.size().await.is_err());
     }

@@ -83,6 +83,9 @@ pub enum MirrorError {
     Upstream(#[from] UpstreamError),
     #[error("{detail}")]
     NotFound { missing: Missing, detail: String },
+    /// The failure of a blob fetch, shared by every client waiting for it.
+    #[error("{0}")]
+    Shared(Arc<MirrorError>),
 }
 
 /// A blob as a handler serves it.
@@ -635,7 +638,7 @@ impl Mirror {
         }
         if let Some(fetch) = self.blob_fetches.get(digest) {
             if head {
-                let size = fetch.size().await.map_err(|e| self.fetch_error(m, e))?;
+                let size = fetch.size().await.map_err(MirrorError::Shared)?;
                 return Ok(Blob::Remote { size });
             }
         }
@@ -657,7 +660,7 @@ impl Mirror {
                 let cached_as = m.cached_as.clone();
                 tokio::spawn(async move { mirror.fill(upstream, remote, cached_as, fetch).await });
             });
-        let size = fetch.size().await.map_err(|e| self.fetch_error(m, e))?;
+        let size = fetch.size().await.map_err(MirrorError::Shared)?;
         Ok(Blob::Arriving { fetch, size })
     }
 
@@ -715,14 +718,14 @@ impl Mirror {
                 let mut linked = Ok(());
                 for repo in repos.iter().filter(|r| **r != cached_as) {
                     if let Err(e) = self.registry.link_cached_blob(repo, &fetch.digest).await {
-                        linked = Err(e.to_string());
+                        linked = Err(e.into());
                     }
                 }
                 linked
             }
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name, repository = %remote, digest = %fetch.digest, error = %e, "blob fetch failed; nothing cached");
-                Err(e.to_string())
+                Err(e)
             }
         };
         fetch.finish(outcome);

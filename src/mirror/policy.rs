@@ -292,14 +292,6 @@ impl Health {
         Some(self.backoff)
     }
 
-    /// Down for this long from now (a 429's `Retry-After`), whatever the count.
-    pub fn hold_off(&mut self, now: Instant, wait: Duration) {
-        let until = now + wait;
-        if self.down_until.is_none_or(|d| d < until) {
-            self.down_until = Some(until);
-        }
-    }
-
     pub fn down_until(&self) -> Option<Instant> {
         self.down_until
     }
@@ -504,8 +496,5 @@ mod tests {
         assert_eq!(health.backoff, MAX_BACKOFF);
         health.record_success();
         assert!(!health.is_down(now) && !health.marked_down());
-        health.hold_off(now, Duration::from_secs(5));
-        assert!(health.is_down(now + Duration::from_secs(4)));
-        assert!(!health.is_down(now + Duration::from_secs(5)));
     }
 }

@@ -98,6 +98,8 @@ pub struct Upstream {
     /// One token fetch at a time, so concurrent cold requests share it.
     token_fetch: tokio::sync::Mutex<()>,
     health: Mutex<Health>,
+    /// After a 429: no request before this instant (its `Retry-After`).
+    rate_limited_until: Mutex<Option<Instant>>,
     probing: std::sync::atomic::AtomicBool,
     /// The last `ratelimit-remaining` the upstream reported (Docker Hub's pull quota).
     rate_limit_remaining: Mutex<Option<String>>,
@@ -158,6 +160,7 @@ impl Upstream {
             tokens: Mutex::new(HashMap::new()),
             token_fetch: tokio::sync::Mutex::new(()),
             health: Mutex::new(Health::default()),
+            rate_limited_until: Mutex::new(None),
             probing: false.into(),
             rate_limit_remaining: Mutex::new(None),
         }))
@@ -181,7 +184,14 @@ impl Upstream {
         self: &Arc<Self>,
         request: UpstreamRequest<'_>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        if lock(&self.health).is_down(Instant::now()) {
+        let now = Instant::now();
+        if let Some(until) = lock(&self.rate_limited_until).filter(|until| now < *until) {
+            return Err(UpstreamError::RateLimited {
+                upstream: self.name.clone(),
+                retry_after: until - now,
+            });
+        }
+        if lock(&self.health).is_down(now) {
             return Err(UpstreamError::Down {
                 upstream: self.name.clone(),
             });
@@ -219,7 +229,7 @@ impl Upstream {
                     .and_then(|v| v.to_str().ok()),
             );
             tracing::warn!(upstream = %self.name, retry_after_secs = wait.as_secs(), "upstream rate limit reached");
-            lock(&self.health).hold_off(Instant::now(), wait);
+            *lock(&self.rate_limited_until) = Some(Instant::now() + wait);
             return Err(UpstreamError::RateLimited {
                 upstream: self.name.clone(),
                 retry_after: wait,
