@@ -6,6 +6,9 @@
 //! most [`MAX_BODY`] bytes (the control POSTs); chunked bodies are refused. Keep-alive
 //! and pipelining work. Responses always carry `Content-Length`; file bodies are
 //! streamed in [`CHUNK`]-sized pieces and never held in memory whole.
+//!
+//! Written apart from the server's own parsers (`portcullis::api`) on purpose: a test
+//! double that shared the code under test would share its bugs.
 
 use std::io;
 use std::path::PathBuf;
@@ -23,6 +26,8 @@ const MAX_HEADERS: usize = 64;
 pub const MAX_BODY: usize = 1 << 20;
 /// Piece size for streaming file bodies.
 pub const CHUNK: usize = 256 * 1024;
+/// How long a closing connection waits for the client to close its side.
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One parsed request.
 #[derive(Debug)]
@@ -283,9 +288,13 @@ impl Connection {
         self.stream.flush().await
     }
 
-    /// Ends the connection with a FIN, as a server that closes cleanly does.
+    /// Ends the connection with a FIN, as a server that closes cleanly does. What the
+    /// client still sends is read and dropped for a while first: closing with unread
+    /// data would make the kernel send an RST that can destroy the answer in flight.
     pub async fn close_cleanly(mut self) {
-        let _ = self.stream.shutdown().await;
+        if self.stream.shutdown().await.is_ok() {
+            let _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, self.wait_for_client_close()).await;
+        }
     }
 
     /// Ends the connection with an RST (SO_LINGER 0): a connection broken mid-body.
