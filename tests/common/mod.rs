@@ -7,6 +7,7 @@
 //! * [`run_with_timeout`] / [`run_ok`] run external tools with a hard time
 //!   limit and readable failure messages.
 
+pub mod fakehub;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
