@@ -8,9 +8,10 @@
 //! Layout: `scenario` (registry of scenarios, driver, loops with count and time limits),
 //! `scenarios/` (one file per scenario), `client` (HTTP and OCI calls), `image`
 //! (synthetic content), `stats`, `procmon` (/proc sampling), `report`, `guard`
-//! (the loopback check).
+//! (the loopback check), `fakehub/` (`fake-hub`: a simulated Docker Hub to test against).
 
 mod client;
+mod fakehub;
 mod guard;
 mod image;
 mod procmon;
@@ -46,6 +47,9 @@ enum Command {
     List,
     /// Aggregate JSON result lines (from `run --json`) into a markdown report.
     Report(Box<ReportArgs>),
+    /// Serve a simulated Docker Hub (registry, token realm, CDN) from OCI layouts, with
+    /// a control API for the request log and injected faults.
+    FakeHub(Box<fakehub::FakeHubArgs>),
 }
 
 #[derive(Args)]
@@ -198,6 +202,13 @@ fn main() {
             Ok(failures) => i32::from(failures > 0),
             Err(e) => {
                 eprintln!("portcullis-loadtest: {e}");
+                2
+            }
+        },
+        Command::FakeHub(args) => match fakehub::run(*args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("portcullis-loadtest fake-hub: {e}");
                 2
             }
         },

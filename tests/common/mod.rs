@@ -8,6 +8,7 @@
 //!   limit and readable failure messages.
 
 pub mod daemons;
+pub mod fakehub;
 pub mod netns;
 
 use std::fs::{self, File};
