@@ -1,5 +1,10 @@
 //! The control API under `/_control/` on the registry listener: the request log and
 //! the fault rules. Never logged, never authenticated, never faulted.
+//!
+//! * `GET requests`: the request log, a JSON array in arrival order
+//! * `POST reset`: empty the log and refill the rate limit
+//! * `GET faults`, `POST faults` (append a rule or an array of rules), `DELETE faults`
+//! * `GET health`: 200 once the hub serves
 
 use super::http::{Request, Response};
 use super::{lock, Hub, RATE_LIMIT};

@@ -47,7 +47,7 @@ pub struct FakeHubArgs {
     #[arg(long, value_enum, default_value_t = AuthMode::Token)]
     auth: AuthMode,
     /// Lifetime of tokens; 0 omits expires_in from token responses (clients then assume 60 s).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=MAX_TOKEN_SECS))]
     token_expires_secs: u64,
     /// USER:PASSWORD the token realm requires as Basic auth (anonymous requests get 401).
     #[arg(long)]
@@ -62,6 +62,9 @@ pub enum AuthMode {
     Token,
     None,
 }
+
+/// Longest token lifetime accepted (a year): far beyond any test, and no overflow.
+const MAX_TOKEN_SECS: u64 = 365 * 24 * 3600;
 
 /// Docker Hub's anonymous pull limit, as its `ratelimit-limit` header states it.
 const RATE_LIMIT: u32 = 100;
