@@ -682,9 +682,12 @@ impl Mirror {
                 response.status(),
             ));
         }
-        response.content_length().ok_or_else(|| {
-            self.fetch_error(m, format!("HEAD of blob {digest} without Content-Length"))
-        })
+        // Not `content_length()`: for a HEAD that is the (empty) body's length.
+        header(&response, "content-length")
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| {
+                self.fetch_error(m, format!("HEAD of blob {digest} without Content-Length"))
+            })
     }
 
     /// Opens `len` bytes from `offset` of a blob found with [`Mirror::blob`].
