@@ -6,7 +6,9 @@
 #[allow(dead_code)]
 mod common;
 
-use common::fakehub::{place_image, place_index, set_tag, FakeHub, FakeHubOptions, HubRequest};
+use common::fakehub::{
+    mirror_config, place_image, place_index, set_tag, FakeHub, FakeHubOptions, HubRequest,
+};
 use common::{portcullis, run_ok, sha256_digest, ImageFixture, Server, PLAIN_PORT};
 use reqwest::{Client, Response};
 use serde_json::{json, Value};
@@ -27,22 +29,11 @@ fn client() -> Client {
         .expect("client")
 }
 
-/// A fake hub serving `content`, and a mirror of it as docker.io (the default
-/// upstream) with `upstream_extra` added to its `[[upstream]]` section and
-/// `mirror_extra` to `[mirror]`; `team/*` is local.
+/// A fake hub serving `content`, and a portcullis mirroring it (see [`mirror_config`]).
 struct Mirror {
     hub: FakeHub,
     server: Server,
     _dir: tempfile::TempDir,
-}
-
-fn config(hub: &FakeHub, upstream_extra: &str, mirror_extra: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:{PLAIN_PORT}\"\n\
-         [mirror]\ndefault_upstream = \"docker.io\"\nlocal = [\"team/*\"]\n{mirror_extra}\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\nresponse_timeout_secs = 5\n{upstream_extra}\n",
-        hub.registry_url()
-    )
 }
 
 impl Mirror {
@@ -58,8 +49,10 @@ impl Mirror {
     ) -> Mirror {
         let hub = FakeHub::start(content, options);
         let dir = tempfile::tempdir().expect("server dir");
-        let server =
-            Server::start_with_config(&config(&hub, upstream_extra, mirror_extra), dir.path());
+        let server = Server::start_with_config(
+            &mirror_config(&hub, upstream_extra, mirror_extra),
+            dir.path(),
+        );
         Mirror {
             hub,
             server,
@@ -727,7 +720,7 @@ async fn private_upstream_repositories_use_the_configured_credentials() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let text = config(
+    let text = mirror_config(
         &m.hub,
         "username = \"robot\"\npassword_env = \"HUB_PASSWORD\"",
         "",

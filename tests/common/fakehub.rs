@@ -554,3 +554,16 @@ fn platform_image(blobs: &Path, tag: &str, arch: &str) -> PlatformImage {
         layer_digests: image.layer_digests.clone(),
     }
 }
+
+/// A portcullis config (for `Server::start_with_config`) that mirrors `hub` as
+/// docker.io, the default upstream, with `upstream_extra` added to its `[[upstream]]`
+/// section and `mirror_extra` to `[mirror]`; `team/*` is local.
+pub fn mirror_config(hub: &FakeHub, upstream_extra: &str, mirror_extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\n\
+         [mirror]\ndefault_upstream = \"docker.io\"\nlocal = [\"team/*\"]\n{mirror_extra}\n\
+         [[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\nresponse_timeout_secs = 5\n{upstream_extra}\n",
+        super::PLAIN_PORT,
+        hub.registry_url()
+    )
+}
