@@ -29,6 +29,8 @@ use upstream::{read_limited, Upstream, UpstreamError, UpstreamRequest};
 
 /// A broken blob download is resumed with a Range request at most this many times.
 const MAX_RESUMES: u32 = 5;
+/// Blob downloads running at once, over all upstreams; more wait for a slot.
+const MAX_CONCURRENT_FETCHES: usize = 64;
 /// Upstream bytes gathered into one write while more are already waiting.
 const WRITE_BATCH: usize = 1 << 20;
 /// Pages of an upstream tag list followed (of up to 1000 tags each).
@@ -141,6 +143,7 @@ pub struct Mirror {
     config: MirrorConfig,
     upstreams: Vec<Arc<Upstream>>,
     blob_fetches: BlobFetches,
+    fetch_slots: tokio::sync::Semaphore,
     locks: KeyLocks,
     max_manifest_bytes: usize,
 }
@@ -149,6 +152,11 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// `application/x; charset=utf-8` -> `application/x`.
+fn bare_media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
 }
 
 fn header<'r>(response: &'r reqwest::Response, name: &str) -> Option<&'r str> {
@@ -181,6 +189,7 @@ impl Mirror {
             config: config.clone(),
             upstreams,
             blob_fetches: BlobFetches::default(),
+            fetch_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
             locks: KeyLocks::default(),
             max_manifest_bytes,
         }))
@@ -248,6 +257,20 @@ impl Mirror {
                 upstream: m.upstream.name.clone(),
                 reason: format!("{other} for {what}"),
             }),
+        }
+    }
+
+    /// The response if it is a success, else what its status means (see `refusal`).
+    fn successful(
+        m: &Mirrored,
+        response: reqwest::Response,
+        missing: Missing,
+        what: &str,
+    ) -> Result<reqwest::Response, MirrorError> {
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(Self::refusal(m, missing, what, response.status()))
         }
     }
 
@@ -319,15 +342,12 @@ impl Mirror {
         let mut request =
             UpstreamRequest::new(Method::GET, &m.remote, &format!("manifests/{reference}"));
         request.accept = accept.upstream_values();
-        let response = m.upstream.send(request).await?;
-        if !response.status().is_success() {
-            return Err(Self::refusal(
-                m,
-                Missing::Manifest,
-                &format!("manifest {reference}"),
-                response.status(),
-            ));
-        }
+        let response = Self::successful(
+            m,
+            m.upstream.send(request).await?,
+            Missing::Manifest,
+            &format!("manifest {reference}"),
+        )?;
         let invalid = |reason: String| {
             MirrorError::Upstream(UpstreamError::Invalid {
                 upstream: m.upstream.name.clone(),
@@ -394,7 +414,7 @@ impl Mirror {
             }
         }
         let refreshed = match &record {
-            Some(record) => self.revalidate(m, tag, accept, record).await,
+            Some(_) => self.revalidate(m, tag, accept).await,
             None => self.fetch_tag(m, tag, accept).await,
         };
         match (refreshed, record) {
@@ -434,7 +454,8 @@ impl Mirror {
         content: &ManifestContent,
     ) -> Result<(), StoreError> {
         let record = CachedTag {
-            media_type: content.media_type.clone(),
+            // The key for `Accept` matching: the bare type, without parameters.
+            media_type: bare_media_type(&content.media_type).to_string(),
             digest: content.digest.clone(),
             checked_at: now_secs(),
         };
@@ -451,7 +472,6 @@ impl Mirror {
         m: &Mirrored,
         tag: &Tag,
         accept: &Accept,
-        record: &CachedTag,
     ) -> Result<ManifestContent, MirrorError> {
         let mut request =
             UpstreamRequest::new(Method::HEAD, &m.remote, &format!("manifests/{tag}"));
@@ -469,17 +489,11 @@ impl Mirror {
                 format_args!("tag {tag}"),
             ));
         }
-        if !response.status().is_success() {
-            return Err(Self::refusal(
-                m,
-                Missing::Manifest,
-                &format!("tag {tag}"),
-                response.status(),
-            ));
-        }
-        let digest = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
+        let response = Self::successful(m, response, Missing::Manifest, &format!("tag {tag}"))?;
+        // Unchanged (the usual case) or moved to a manifest cached already: no GET.
+        let digest: Option<Digest> =
+            header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
         let cached = match &digest {
-            Some(d) if *d == record.digest => self.cached_manifest(m, d).await?,
             Some(d) => self.cached_manifest(m, d).await?,
             None => None,
         };
@@ -574,15 +588,12 @@ impl Mirror {
                 path,
                 ..UpstreamRequest::new(Method::GET, &m.remote, "")
             };
-            let response = m.upstream.send(request).await?;
-            if !response.status().is_success() {
-                return Err(Self::refusal(
-                    m,
-                    Missing::Repository,
-                    "tag list",
-                    response.status(),
-                ));
-            }
+            let response = Self::successful(
+                m,
+                m.upstream.send(request).await?,
+                Missing::Repository,
+                "tag list",
+            )?;
             let next = header(&response, "link")
                 .and_then(policy::next_link)
                 .map(str::to_string);
@@ -673,15 +684,12 @@ impl Mirror {
 
     async fn head_blob(&self, m: &Mirrored, digest: &Digest) -> Result<u64, MirrorError> {
         let request = UpstreamRequest::new(Method::HEAD, &m.remote, &format!("blobs/{digest}"));
-        let response = m.upstream.send(request).await?;
-        if !response.status().is_success() {
-            return Err(Self::refusal(
-                m,
-                Missing::Blob,
-                &format!("blob {digest}"),
-                response.status(),
-            ));
-        }
+        let response = Self::successful(
+            m,
+            m.upstream.send(request).await?,
+            Missing::Blob,
+            &format!("blob {digest}"),
+        )?;
         // Not `content_length()`: for a HEAD that is the (empty) body's length.
         header(&response, "content-length")
             .and_then(|l| l.parse().ok())
@@ -714,7 +722,13 @@ impl Mirror {
         cached_as: RepoName,
         fetch: Arc<Fetch>,
     ) {
-        let result = self.download(&upstream, &remote, &cached_as, &fetch).await;
+        let result = match self.fetch_slots.acquire().await {
+            Ok(_slot) => self.download(&upstream, &remote, &cached_as, &fetch).await,
+            Err(closed) => Err(MirrorError::Store(StoreError::io(
+                "waiting for a fetch slot",
+                std::io::Error::other(closed),
+            ))),
+        };
         let repos = self.blob_fetches.complete(&fetch);
         let outcome = match result {
             Ok(()) => {

@@ -207,8 +207,14 @@ impl Upstream {
         let result = result.and_then(|response| self.judge(response));
         match &result {
             Ok(_) => lock(&self.health).record_success(),
-            Err(UpstreamError::RateLimited { .. }) => {}
-            Err(_) => self.record_failure(),
+            // Only trouble reaching the upstream counts against its health; a refused
+            // token or a bad answer says nothing about whether it is up.
+            Err(
+                UpstreamError::Unreachable { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::Status { .. },
+            ) => self.record_failure(),
+            Err(_) => {}
         }
         result
     }
