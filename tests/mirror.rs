@@ -665,20 +665,32 @@ async fn a_late_joiner_streams_the_blob_while_it_is_still_arriving() {
         .await
         .unwrap()
         .expect("first bytes before the end");
+    // The first client goes away: the fetch goes on for the others.
+    drop(first);
     let mut joiner = get(&url, "*/*").await;
     let joined = joiner
         .chunk()
         .await
         .unwrap()
         .expect("the joiner's first bytes");
-    // The joiner got bytes while the first download was still running.
-    let progress = m.hub.requests();
-    assert_eq!(
-        progress.iter().filter(|r| r.listener == "cdn").count(),
-        1,
-        "{progress:#?}"
-    );
     assert!(!first_chunk.is_empty() && !joined.is_empty());
+    // A range of the arriving blob, as resuming clients ask.
+    let ranged = client()
+        .get(&url)
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(
+        ranged.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 1000-1999/{}", image.blob(&layer).len())
+    );
+    assert_eq!(
+        ranged.bytes().await.unwrap(),
+        image.blob(&layer)[1000..2000]
+    );
+    // Both got bytes while the download was still running, from one upstream GET.
     let still_arriving = !stored(&m.server, &layer);
     assert!(
         still_arriving,
@@ -689,7 +701,12 @@ async fn a_late_joiner_streams_the_blob_while_it_is_still_arriving() {
         whole.extend_from_slice(&chunk);
     }
     assert_eq!(sha256_digest(&whole), layer);
-    drop(first);
+    let log = m.hub.requests();
+    assert_eq!(
+        log.iter().filter(|r| r.listener == "cdn").count(),
+        1,
+        "{log:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -743,4 +760,58 @@ async fn private_upstream_repositories_use_the_configured_credentials() {
         "{tokens:#?}"
     );
     assert!(!server.log().contains("hunter2"), "no password in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distribution_registry_is_a_second_upstream_by_prefix_and_ns() {
+    let content = content_dir();
+    let distribution = common::distribution::Distribution::start();
+    let image = ImageFixture::build("1", &[64 << 10, 32 << 10]);
+    run_ok(
+        &mut common::ContainersEnv::new().skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:1", image.layout.display()),
+            &format!("docker://{}/team/tool:1", distribution.host_port()),
+        ]),
+        CLIENT_TIMEOUT,
+    );
+    let second = format!(
+        "\n[[upstream]]\nname = \"registry.lan\"\nurl = \"{}\"\n",
+        distribution.url()
+    );
+    let m = Mirror::start(content.path(), &second);
+    let base = m.server.base_url();
+    // A registry prefix for clients that cannot send ns, and ns for those that do.
+    assert_eq!(
+        pull(&base, "registry.lan/team/tool", "1").await,
+        image.manifest
+    );
+    let by_ns = get(&m.url("team/tool/manifests/1?ns=registry.lan"), ACCEPT_ALL).await;
+    assert_eq!(by_ns.headers()["oci-namespace"], "registry.lan");
+    assert_eq!(body_of(by_ns, "by ns").await, image.manifest);
+    // team/* is local: without ns it never reaches either upstream.
+    oci_error(
+        get(&m.url("team/tool/manifests/1"), ACCEPT_ALL).await,
+        404,
+        "NAME_UNKNOWN",
+    )
+    .await;
+    assert!(m.hub.requests().is_empty(), "nothing went to docker.io");
+    let catalog = body_of(get(&m.url("_catalog"), "*/*").await, "catalog").await;
+    let catalog: Value = serde_json::from_slice(&catalog).unwrap();
+    assert_eq!(catalog["repositories"], json!(["registry.lan/team/tool"]));
+
+    // The second upstream goes away; what it gave is still served.
+    drop(distribution);
+    assert_eq!(
+        pull(&base, "registry.lan/team/tool", "1").await,
+        image.manifest
+    );
+    let by_digest = format!("registry.lan/team/tool/manifests/{}", image.manifest_digest);
+    assert_eq!(
+        body_of(get(&m.url(&by_digest), ACCEPT_ALL).await, "by digest").await,
+        image.manifest
+    );
 }

@@ -377,6 +377,9 @@ impl Mirror {
             .registry
             .put_cached_manifest(&m.cached_as, &digest, &media_type, bytes)
             .await;
+        if let Ok(content) = &stored {
+            tracing::info!(upstream = %m.upstream.name, repository = %m.remote, reference, digest = %content.digest, "manifest cached");
+        }
         match stored {
             Err(StoreError::DigestMismatch { expected, actual }) => Err(invalid(format!(
                 "manifest {reference} should have digest {expected} but has {actual}; nothing was cached"
@@ -722,6 +725,7 @@ impl Mirror {
         cached_as: RepoName,
         fetch: Arc<Fetch>,
     ) {
+        let started = std::time::Instant::now();
         let result = match self.fetch_slots.acquire().await {
             Ok(_slot) => self.download(&upstream, &remote, &cached_as, &fetch).await,
             Err(closed) => Err(MirrorError::Store(StoreError::io(
@@ -732,6 +736,14 @@ impl Mirror {
         let repos = self.blob_fetches.complete(&fetch);
         let outcome = match result {
             Ok(()) => {
+                tracing::info!(
+                    upstream = %upstream.name,
+                    repository = %remote,
+                    digest = %fetch.digest,
+                    bytes = fetch.progress().landed,
+                    secs = started.elapsed().as_secs_f64(),
+                    "blob cached"
+                );
                 let mut linked = Ok(());
                 for repo in repos.iter().filter(|r| **r != cached_as) {
                     if let Err(e) = self.registry.link_cached_blob(repo, &fetch.digest).await {

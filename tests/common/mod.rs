@@ -8,6 +8,7 @@
 //!   limit and readable failure messages.
 
 pub mod daemons;
+pub mod distribution;
 pub mod fakehub;
 pub mod netns;
 
