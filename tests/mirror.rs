@@ -815,3 +815,34 @@ async fn a_distribution_registry_is_a_second_upstream_by_prefix_and_ns() {
         image.manifest
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_of_a_fetch_leaves_a_consistent_cache() {
+    let content = content_dir();
+    let image = ImageFixture::build("1", &[2 << 20]);
+    place_image(content.path(), "library/app", &image, "1");
+    let hub = FakeHub::start(content.path(), FakeHubOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let config = mirror_config(&hub, "", "");
+    let server = Server::start_with_config(&config, dir.path());
+    let layer = image.layer_digests[0].clone();
+    hub.set_faults(json!([{"kind": "slow_body", "bytes_per_sec": 512 << 10, "target": "cdn"}]));
+    let url = format!("{}/v2/library/app/blobs/{layer}", server.base_url());
+    let mut partial = get(&url, "*/*").await;
+    partial.chunk().await.unwrap().expect("some bytes arrived");
+    // Dropping the server is SIGKILL: the download dies half-way.
+    assert!(!stored(&server, &layer));
+    drop(server);
+    drop(partial);
+    hub.clear_faults();
+    let restarted = Server::start_with_config(&config, dir.path());
+    assert!(
+        !stored(&restarted, &layer),
+        "a half-fetched blob is never visible"
+    );
+    assert_eq!(
+        pull(&restarted.base_url(), "library/app", "1").await,
+        image.manifest
+    );
+    assert!(stored(&restarted, &layer));
+}
