@@ -1,5 +1,7 @@
 //! Debian's `docker-registry` (CNCF distribution 2.8) as a child process: a second,
 //! real upstream for the pull-through cache, with its own filesystem storage.
+// Only some test binaries use it.
+#![allow(dead_code)]
 
 use super::{log_tail, release_ports, scratch_dir, spawn_until_ready, Attempt};
 use std::fs;
