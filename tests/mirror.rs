@@ -569,10 +569,20 @@ async fn ns_selects_the_upstream_and_is_answered_with_oci_namespace() {
         response.headers()["content-length"],
         image.manifest.len().to_string().as_str()
     );
-    // An unknown ns is this registry itself: local, nothing there.
-    let local = get(&m.url("library/app/manifests/1?ns=mirror.lan"), ACCEPT_ALL).await;
-    assert_eq!(local.status(), 404);
-    assert!(local.headers().get("oci-namespace").is_none());
+    // An ns naming no upstream (this registry's own name) is as if absent.
+    let own = get(&m.url("library/app/manifests/1?ns=mirror.lan"), ACCEPT_ALL).await;
+    assert!(own.headers().get("oci-namespace").is_none());
+    assert_eq!(body_of(own, "unknown ns").await, image.manifest);
+    // And it cannot turn a cached repository into a writable one.
+    let write = client()
+        .delete(m.url(&format!(
+            "docker.io/library/app/manifests/{}?ns=bogus",
+            image.manifest_digest
+        )))
+        .send()
+        .await
+        .unwrap();
+    oci_error(write, 405, "UNSUPPORTED").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,7 +684,14 @@ async fn a_late_joiner_streams_the_blob_while_it_is_still_arriving() {
         .unwrap()
         .expect("the joiner's first bytes");
     assert!(!first_chunk.is_empty() && !joined.is_empty());
-    // A range of the arriving blob, as resuming clients ask.
+    // Both got bytes while the download was still running, from one upstream GET.
+    let still_arriving = !stored(&m.server, &layer);
+    assert!(
+        still_arriving,
+        "the blob was committed before the joiner started: slow the fault down"
+    );
+    // A range of the arriving blob, as resuming clients ask; its last byte, like
+    // every stream's, waits until the whole blob is verified.
     let ranged = client()
         .get(&url)
         .header("Range", "bytes=1000-1999")
@@ -689,12 +706,6 @@ async fn a_late_joiner_streams_the_blob_while_it_is_still_arriving() {
     assert_eq!(
         ranged.bytes().await.unwrap(),
         image.blob(&layer)[1000..2000]
-    );
-    // Both got bytes while the download was still running, from one upstream GET.
-    let still_arriving = !stored(&m.server, &layer);
-    assert!(
-        still_arriving,
-        "the blob was committed before the joiner started: slow the fault down"
     );
     let mut whole = joined.to_vec();
     while let Some(chunk) = joiner.chunk().await.unwrap() {
@@ -845,4 +856,51 @@ async fn kill_9_in_the_middle_of_a_fetch_leaves_a_consistent_cache() {
         image.manifest
     );
     assert!(stored(&restarted, &layer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_see_mirrored_repositories_by_their_cached_name() {
+    let content = content_dir();
+    let image = ImageFixture::build("1", &[16 << 10]);
+    place_image(content.path(), "library/app", &image, "1");
+    place_image(content.path(), "acme/app", &image, "1");
+    let secrets = tempfile::tempdir().unwrap();
+    let htpasswd = secrets.path().join("htpasswd");
+    common::htpasswd_add(&htpasswd, "alice", "pw");
+    // Docker Hub content for everyone, the (private) ghcr.io mirror for users only.
+    let hub = FakeHub::start(content.path(), FakeHubOptions::default());
+    let extra = format!(
+        "\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"{}\"\n\
+         [auth]\nhtpasswd = \"{}\"\n\
+         [[access]]\nrepositories = \"docker.io/*\"\npull = [\"anonymous\"]\n\
+         [[access]]\nrepositories = \"*\"\npull = [\"*\"]\n",
+        hub.registry_url(),
+        htpasswd.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(&mirror_config(&hub, &extra, ""), dir.path());
+    let url = |path: &str| format!("{}/v2/{path}", server.base_url());
+    for anonymous_ok in [
+        "library/app/manifests/1",
+        "app/manifests/1",
+        "docker.io/library/app/manifests/1",
+    ] {
+        let response = get(&url(anonymous_ok), ACCEPT_ALL).await;
+        assert_eq!(response.status(), 200, "{anonymous_ok}");
+    }
+    // However the ghcr.io repository is spelled, its rule applies.
+    for spelling in [
+        "acme/app/manifests/1?ns=ghcr.io",
+        "ghcr.io/acme/app/manifests/1",
+    ] {
+        oci_error(get(&url(spelling), ACCEPT_ALL).await, 401, "UNAUTHORIZED").await;
+        let logged_in = client()
+            .get(url(spelling))
+            .header("Accept", ACCEPT_ALL)
+            .basic_auth("alice", Some("pw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(body_of(logged_in, spelling).await, image.manifest);
+    }
 }

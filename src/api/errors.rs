@@ -222,6 +222,7 @@ fn mirror_error(err: &MirrorError) -> ApiError {
         let detail = format!("not in the cache, and {upstream}");
         let code = match upstream {
             UpstreamError::Offline { .. }
+            | UpstreamError::Busy { .. }
             | UpstreamError::Down { .. }
             | UpstreamError::Unreachable { .. } => UpstreamUnavailable,
             UpstreamError::Timeout { .. } => UpstreamTimeout,

@@ -95,11 +95,8 @@ fn not_found_for_reads(err: ApiError, method: &http::Method) -> ApiError {
 
 /// Mirrored repositories hold what their upstream has: pushes and deletes there
 /// would be lost or fight the cache, so they are refused with the setting to change.
-fn refuse_writes_to_mirrored(
-    target: &Target,
-    repo: &RepoName,
-    action: Action,
-) -> Result<(), ApiError> {
+fn refuse_writes_to_mirrored(target: &Target, action: Action) -> Result<(), ApiError> {
+    let repo = target.stored_as();
     match target.upstream_name() {
         Some(upstream) if action != Action::Pull => Err(ApiError::new(
             ErrorCode::Unsupported,
@@ -149,15 +146,15 @@ impl Api {
             .await
             .map_err(|e| self.auth_error(e))?;
         let route = route::parse(&req.path).map_err(|e| not_found_for_reads(e, &req.method))?;
-        self.authorize(&principal, &route, &req.method)?;
         let pairs = route::query_pairs(req.query.as_deref());
         let ns = route::query_value(&pairs, "ns");
         let target = required_action(&route, &req.method)
-            .map(|(repo, action)| {
-                let target = self.mirror.target(repo, ns);
-                refuse_writes_to_mirrored(&target, repo, action).map(|()| target)
-            })
-            .transpose()?;
+            .map(|(repo, action)| (self.mirror.target(repo, ns), action));
+        self.authorize(&principal, target.as_ref())?;
+        if let Some((target, action)) = &target {
+            refuse_writes_to_mirrored(target, *action)?;
+        }
+        let target = target.map(|(target, _)| target);
         let _slot = self.upload_slot(&route, &req.method)?;
         let caller = Caller {
             principal,
@@ -168,7 +165,9 @@ impl Api {
             .await;
         // The OCI spec's answer to `?ns=`: which registry's content this is.
         match (ns, target.as_ref().and_then(Target::upstream_name)) {
-            (Some(ns), Some(_)) => response.map(|r| r.header("OCI-Namespace", ns.to_string())),
+            (Some(ns), Some(upstream)) if ns == upstream => {
+                response.map(|r| r.header("OCI-Namespace", ns.to_string()))
+            }
             _ => response,
         }
     }
@@ -190,14 +189,16 @@ impl Api {
         }
     }
 
+    /// Access rules see a repository by the name it is stored under: for a mirrored
+    /// one the cached name (`docker.io/library/nginx`), however the request spelled
+    /// it (`nginx`, `library/nginx?ns=docker.io`), so no spelling gets around a rule.
     fn authorize(
         &self,
         principal: &Principal,
-        route: &Route,
-        method: &http::Method,
+        target: Option<&(Target, Action)>,
     ) -> Result<(), ApiError> {
         let anonymous = *principal == Principal::Anonymous;
-        let Some((repo, action)) = required_action(route, method) else {
+        let Some((repo, action)) = target.map(|(t, a)| (t.stored_as(), *a)) else {
             // `/v2/` is how clients find out that they should log in; the catalog
             // challenges too, so clients that log in only when asked can list.
             return if anonymous && self.auth.enabled() {

@@ -39,10 +39,15 @@ pub fn page_request(req: &Request) -> Result<PageRequest, ApiError> {
     })
 }
 
-/// `Link: <path?n=N&last=L>; rel="next"` for the page after `last_item`.
-pub fn next_link(path: &str, limit: usize, last_item: &str) -> String {
-    let last = percent_encoding::utf8_percent_encode(last_item, percent_encoding::NON_ALPHANUMERIC);
-    format!("<{path}?n={limit}&last={last}>; rel=\"next\"")
+/// `Link: <path?n=N&last=L>; rel="next"` for the page after `last_item`; a request's
+/// `ns` goes along, so the next page comes from the same registry.
+pub fn next_link(path: &str, limit: usize, last_item: &str, ns: Option<&str>) -> String {
+    let encode = |s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC);
+    let ns = ns.map_or_else(String::new, |ns| format!("&ns={}", encode(ns)));
+    format!(
+        "<{path}?n={limit}&last={}{ns}>; rel=\"next\"",
+        encode(last_item)
+    )
 }
 
 /// A listing response: `body` as JSON, plus a `Link` to the page after `next_after`.
@@ -53,8 +58,10 @@ pub fn listing(
     body: serde_json::Value,
 ) -> Response {
     let response = Response::new(200).json(&body, "application/json", false);
+    let pairs = query_pairs(req.query.as_deref());
+    let ns = query_value(&pairs, "ns");
     match next_after {
-        Some(last) => response.header("Link", next_link(&req.path, limit, last)),
+        Some(last) => response.header("Link", next_link(&req.path, limit, last, ns)),
         None => response,
     }
 }
@@ -106,8 +113,12 @@ mod tests {
     #[test]
     fn link_encodes_last() {
         assert_eq!(
-            next_link("/v2/_catalog", 2, "a/b"),
+            next_link("/v2/_catalog", 2, "a/b", None),
             "</v2/_catalog?n=2&last=a%2Fb>; rel=\"next\""
+        );
+        assert_eq!(
+            next_link("/v2/library/x/tags/list", 1, "v1", Some("docker.io")),
+            "</v2/library/x/tags/list?n=1&last=v1&ns=docker%2Eio>; rel=\"next\""
         );
     }
 }

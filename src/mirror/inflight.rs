@@ -42,6 +42,7 @@ pub struct Fetch {
     pub digest: Digest,
     progress: watch::Sender<Progress>,
     reader: OnceLock<Arc<dyn SessionReader>>,
+    started_for: RepoName,
     /// Repositories that asked for the blob while it was arriving, so each is
     /// linked to it when it is committed.
     repos: Mutex<Vec<RepoName>>,
@@ -61,15 +62,14 @@ impl Fetch {
                 state: State::Running,
             }),
             reader: OnceLock::new(),
+            started_for: repo.clone(),
             repos: Mutex::new(vec![repo.clone()]),
         }
     }
 
-    fn add_repo(&self, repo: &RepoName) {
-        let mut repos = lock(&self.repos);
-        if !repos.contains(repo) {
-            repos.push(repo.clone());
-        }
+    /// The repository whose upstream the blob is being fetched from.
+    pub fn started_for(&self) -> &RepoName {
+        &self.started_for
     }
 
     /// Set once, before any byte lands.
@@ -142,13 +142,13 @@ impl Fetch {
     }
 }
 
-/// Bytes that may be sent to clients: everything written, except that the blob's
-/// last byte waits for verification (see the module comment).
-pub fn readable_bytes(progress: &Progress) -> u64 {
-    match (&progress.state, progress.size) {
-        (State::Done, _) => progress.landed,
-        (_, Some(size)) => progress.landed.min(size.saturating_sub(1)),
-        (_, None) => 0,
+/// Bytes of a stream ending at `end` that may be sent: everything written, except the
+/// stream's own last byte, which waits until the whole blob is verified. So no range,
+/// not even an empty one, completes with unverified content.
+pub fn readable_bytes(progress: &Progress, end: u64) -> u64 {
+    match progress.state {
+        State::Done => progress.landed.min(end),
+        _ => progress.landed.min(end.saturating_sub(1)),
     }
 }
 
@@ -178,15 +178,12 @@ fn fetch_failed(reason: impl std::fmt::Display) -> StoreError {
 impl ByteSource for GrowingBlob {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
         loop {
-            if self.position >= self.end {
-                return Ok(None);
-            }
-            let readable = {
+            let (readable, verified) = {
                 let p = self.progress.borrow_and_update();
                 if let State::Failed(reason) = &p.state {
                     return Err(fetch_failed(reason));
                 }
-                readable_bytes(&p).min(self.end)
+                (readable_bytes(&p, self.end), matches!(p.state, State::Done))
             };
             if self.position < readable {
                 let reader =
@@ -197,6 +194,14 @@ impl ByteSource for GrowingBlob {
                 let bytes = reader.read_at(self.position, len).await?;
                 self.position += len;
                 return Ok(Some(bytes));
+            }
+            if verified {
+                // Verified means every byte landed: the stream is at its end.
+                return if self.position >= self.end {
+                    Ok(None)
+                } else {
+                    Err(fetch_failed("the blob ended before the range"))
+                };
             }
             if self.progress.changed().await.is_err() {
                 return Err(fetch_failed("the upstream fetch was abandoned"));
@@ -218,23 +223,34 @@ impl BlobFetches {
     }
 
     /// Joins the fetch of `digest` for `repo`, or registers a new one and hands it to
-    /// `start` (which must see it through to [`BlobFetches::complete`]).
+    /// `start` (which must see it through to [`BlobFetches::complete`]). A fetch that
+    /// another repository started is joined only if `repo`'s own upstream `confirmed`
+    /// it has the blob (`None` otherwise): a name must not reach content its upstream
+    /// does not serve.
     pub fn join_or_start(
         &self,
         digest: &Digest,
         repo: &RepoName,
+        confirmed: bool,
         start: impl FnOnce(Arc<Fetch>),
-    ) -> Arc<Fetch> {
+    ) -> Option<Arc<Fetch>> {
         let mut table = lock(&self.table);
         if let Some(fetch) = table.get(digest) {
-            fetch.add_repo(repo);
-            return fetch.clone();
+            let mut repos = lock(&fetch.repos);
+            if repos.contains(repo) {
+                return Some(fetch.clone());
+            }
+            if !confirmed {
+                return None;
+            }
+            repos.push(repo.clone());
+            return Some(fetch.clone());
         }
         let fetch = Arc::new(Fetch::new(digest, repo));
         table.insert(digest.clone(), fetch.clone());
         drop(table);
         start(fetch.clone());
-        fetch
+        Some(fetch)
     }
 
     /// Takes the fetch out of the table; returns every repository that joined it.
@@ -276,17 +292,19 @@ mod tests {
     }
 
     #[test]
-    fn the_last_byte_waits_for_verification() {
-        let progress = |landed, size, state| Progress {
-            size,
+    fn the_last_byte_of_every_stream_waits_for_verification() {
+        let progress = |landed, state| Progress {
+            size: Some(6),
             landed,
             state,
         };
-        assert_eq!(readable_bytes(&progress(0, None, State::Running)), 0);
-        assert_eq!(readable_bytes(&progress(4, Some(6), State::Running)), 4);
-        assert_eq!(readable_bytes(&progress(6, Some(6), State::Running)), 5);
-        assert_eq!(readable_bytes(&progress(6, Some(6), State::Done)), 6);
-        assert_eq!(readable_bytes(&progress(0, Some(0), State::Running)), 0);
+        assert_eq!(readable_bytes(&progress(4, State::Running), 6), 4);
+        assert_eq!(readable_bytes(&progress(6, State::Running), 6), 5);
+        assert_eq!(readable_bytes(&progress(6, State::Done), 6), 6);
+        // A range that ends early holds back its own last byte too.
+        assert_eq!(readable_bytes(&progress(6, State::Running), 3), 2);
+        assert_eq!(readable_bytes(&progress(6, State::Done), 3), 3);
+        assert_eq!(readable_bytes(&progress(0, State::Running), 0), 0);
     }
 
     #[tokio::test]
@@ -298,18 +316,26 @@ mod tests {
         assert_eq!(whole.next_chunk().await.unwrap().unwrap(), "abc");
         write(&fetch, &memory, b"def");
         assert_eq!(whole.next_chunk().await.unwrap().unwrap(), "de");
-        // A late joiner's range that ends before the last byte needs no verification.
+        // A late joiner's range, and an empty one: both wait for the digest check.
         let mut range = fetch.stream(1, 3);
-        assert_eq!(range.next_chunk().await.unwrap().unwrap(), "bcd");
-        assert!(range.next_chunk().await.unwrap().is_none());
-        let last = tokio::spawn(async move { whole.next_chunk().await.map(|c| c.unwrap()) });
+        assert_eq!(range.next_chunk().await.unwrap().unwrap(), "bc");
+        let mut empty = fetch.stream(0, 0);
+        let pending = tokio::spawn(async move {
+            let last = whole.next_chunk().await.map(|c| c.unwrap());
+            let range_last = range.next_chunk().await.map(|c| c.unwrap());
+            let empty_end = empty.next_chunk().await.map(|c| c.is_none());
+            (last, range_last, empty_end)
+        });
         tokio::task::yield_now().await;
         assert!(
-            !last.is_finished(),
-            "the last byte must wait for the digest check"
+            !pending.is_finished(),
+            "the last bytes must wait for the digest check"
         );
         fetch.finish(Ok(()));
-        assert_eq!(last.await.unwrap().unwrap(), "f");
+        let (last, range_last, empty_end) = pending.await.unwrap();
+        assert_eq!(last.unwrap(), "f");
+        assert_eq!(range_last.unwrap(), "d");
+        assert!(empty_end.unwrap());
     }
 
     #[tokio::test]
@@ -329,16 +355,27 @@ mod tests {
         let fetches = BlobFetches::default();
         let digest = Digest::sha256_of(b"blob");
         let a = RepoName::parse("docker.io/library/a").unwrap();
-        let b = RepoName::parse("docker.io/library/b").unwrap();
+        let b = RepoName::parse("ghcr.io/acme/b").unwrap();
         let mut started = 0;
-        let first = fetches.join_or_start(&digest, &a, |_| started += 1);
-        let second = fetches.join_or_start(&digest, &b, |_| started += 1);
-        let third = fetches.join_or_start(&digest, &a, |_| started += 1);
+        let first = fetches
+            .join_or_start(&digest, &a, false, |_| started += 1)
+            .unwrap();
+        let again = fetches
+            .join_or_start(&digest, &a, false, |_| started += 1)
+            .unwrap();
+        // Another repository joins only once its own upstream confirmed the blob.
+        assert!(fetches
+            .join_or_start(&digest, &b, false, |_| started += 1)
+            .is_none());
+        let confirmed = fetches
+            .join_or_start(&digest, &b, true, |_| started += 1)
+            .unwrap();
         assert_eq!(started, 1);
-        assert!(Arc::ptr_eq(&first, &second) && Arc::ptr_eq(&first, &third));
+        assert!(Arc::ptr_eq(&first, &again) && Arc::ptr_eq(&first, &confirmed));
+        assert_eq!(first.started_for(), &a);
         assert_eq!(fetches.complete(&first), vec![a.clone(), b]);
         assert!(fetches.get(&digest).is_none());
-        fetches.join_or_start(&digest, &a, |_| started += 1);
+        fetches.join_or_start(&digest, &a, false, |_| started += 1);
         assert_eq!(started, 2);
     }
 }

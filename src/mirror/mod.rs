@@ -25,10 +25,14 @@ use inflight::{BlobFetches, Fetch};
 use policy::{Accept, Selection};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
-use upstream::{read_limited, Upstream, UpstreamError, UpstreamRequest};
+use upstream::{Upstream, UpstreamError, UpstreamRequest};
 
-/// A broken blob download is resumed with a Range request at most this many times.
-const MAX_RESUMES: u32 = 5;
+/// A broken blob download is resumed with a Range request at most this many times,
+/// and at most this many times in a row without receiving a byte.
+const MAX_RESUMES: u32 = 50;
+const MAX_STALLED_RESUMES: u32 = 5;
+/// The pause before the n-th resume in a row without progress is n times this.
+const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Blob downloads running at once, over all upstreams; more wait for a slot.
 const MAX_CONCURRENT_FETCHES: usize = 64;
 /// Upstream bytes gathered into one write while more are already waiting.
@@ -100,6 +104,7 @@ pub enum Blob {
     },
     /// Known upstream, not cached (the answer to a HEAD).
     Remote {
+        digest: Digest,
         size: u64,
     },
 }
@@ -108,7 +113,7 @@ impl Blob {
     pub fn size(&self) -> u64 {
         match self {
             Blob::Stored(b) => b.size,
-            Blob::Arriving { size, .. } | Blob::Remote { size } => *size,
+            Blob::Arriving { size, .. } | Blob::Remote { size, .. } => *size,
         }
     }
 }
@@ -359,9 +364,14 @@ impl Mirror {
             .map(|d| d.parse::<Digest>())
             .transpose()
             .map_err(|e| invalid(format!("Docker-Content-Digest: {e}")))?;
-        let bytes = read_limited(response, self.max_manifest_bytes)
-            .await
-            .map_err(|e| invalid(format!("manifest {reference}: {e}")))?;
+        let bytes = m
+            .upstream
+            .read_small(
+                response,
+                self.max_manifest_bytes,
+                &format!("manifest {reference}"),
+            )
+            .await?;
         let media_type = match content_type {
             Some(t) if !t.is_empty() && t != "application/json" => t,
             // Old registries label manifests application/json: the document says.
@@ -600,9 +610,10 @@ impl Mirror {
             let next = header(&response, "link")
                 .and_then(policy::next_link)
                 .map(str::to_string);
-            let body = read_limited(response, MAX_TAG_PAGE_BYTES)
-                .await
-                .map_err(|e| invalid(format!("tag list: {e}")))?;
+            let body = m
+                .upstream
+                .read_small(response, MAX_TAG_PAGE_BYTES, "tag list")
+                .await?;
             #[derive(serde::Deserialize)]
             struct TagPage {
                 tags: Option<Vec<String>>,
@@ -650,30 +661,53 @@ impl Mirror {
             Err(StoreError::BlobUnknown(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        if let Some(fetch) = self.blob_fetches.get(digest) {
-            if head {
-                let size = fetch.size().await.map_err(MirrorError::Shared)?;
-                return Ok(Blob::Remote { size });
-            }
-        }
         self.online(m)?;
-        if head || self.registry.stored_blob_size(digest).await?.is_some() {
+        if head {
+            // From the fetch under way for this repository, else a HEAD upstream.
+            let size = match self
+                .blob_fetches
+                .get(digest)
+                .filter(|f| f.started_for() == &m.cached_as)
+            {
+                Some(fetch) => fetch.size().await.map_err(MirrorError::Shared)?,
+                None => self.head_blob(m, digest).await?,
+            };
+            return Ok(Blob::Remote {
+                digest: digest.clone(),
+                size,
+            });
+        }
+        if self.registry.stored_blob_size(digest).await?.is_some() {
+            // Stored for another repository: linked once this one's upstream has it.
             let size = self.head_blob(m, digest).await?;
-            // Stored for another repository: the upstream confirmed this one has it.
             if let Some(blob) = self.registry.link_cached_blob(&m.cached_as, digest).await? {
                 return Ok(Blob::Stored(blob));
             }
-            return Ok(Blob::Remote { size });
-        }
-        let fetch = self
-            .blob_fetches
-            .join_or_start(digest, &m.cached_as, |fetch| {
-                let mirror = self.clone();
-                let upstream = m.upstream.clone();
-                let remote = m.remote.clone();
-                let cached_as = m.cached_as.clone();
-                tokio::spawn(async move { mirror.fill(upstream, remote, cached_as, fetch).await });
+            return Ok(Blob::Remote {
+                digest: digest.clone(),
+                size,
             });
+        }
+        let start = |fetch: Arc<Fetch>| {
+            let mirror = self.clone();
+            let upstream = m.upstream.clone();
+            let remote = m.remote.clone();
+            let cached_as = m.cached_as.clone();
+            tokio::spawn(async move { mirror.fill(upstream, remote, cached_as, fetch).await });
+        };
+        let fetch = match self
+            .blob_fetches
+            .join_or_start(digest, &m.cached_as, false, start)
+        {
+            Some(fetch) => fetch,
+            // Another repository's fetch of the same digest: join once confirmed.
+            None => {
+                self.head_blob(m, digest).await?;
+                self.blob_fetches
+                    .join_or_start(digest, &m.cached_as, true, start)
+                    .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))?
+            }
+        };
         let size = fetch.size().await.map_err(MirrorError::Shared)?;
         Ok(Blob::Arriving { fetch, size })
     }
@@ -711,7 +745,7 @@ impl Mirror {
         match blob {
             Blob::Stored(b) => self.registry.open_blob(b, offset, len).await,
             Blob::Arriving { fetch, .. } => Ok(Box::new(fetch.stream(offset, len))),
-            Blob::Remote { .. } => Err(StoreError::BlobUnknown(Digest::sha256_of(b""))),
+            Blob::Remote { digest, .. } => Err(StoreError::BlobUnknown(digest.clone())),
         }
     }
 
@@ -725,15 +759,20 @@ impl Mirror {
         cached_as: RepoName,
         fetch: Arc<Fetch>,
     ) {
-        let started = std::time::Instant::now();
-        let result = match self.fetch_slots.acquire().await {
-            Ok(_slot) => self.download(&upstream, &remote, &cached_as, &fetch).await,
-            Err(closed) => Err(MirrorError::Store(StoreError::io(
-                "waiting for a fetch slot",
-                std::io::Error::other(closed),
-            ))),
+        let mut completion = Completion {
+            fetches: &self.blob_fetches,
+            fetch: &fetch,
+            finished: false,
         };
-        let repos = self.blob_fetches.complete(&fetch);
+        let started = std::time::Instant::now();
+        let slot = tokio::time::timeout(upstream.response_timeout(), self.fetch_slots.acquire());
+        let result = match slot.await {
+            Ok(Ok(_slot)) => self.download(&upstream, &remote, &cached_as, &fetch).await,
+            _ => Err(MirrorError::Upstream(UpstreamError::Busy {
+                upstream: upstream.name.clone(),
+            })),
+        };
+        let repos = completion.complete();
         let outcome = match result {
             Ok(()) => {
                 tracing::info!(
@@ -744,13 +783,14 @@ impl Mirror {
                     secs = started.elapsed().as_secs_f64(),
                     "blob cached"
                 );
-                let mut linked = Ok(());
                 for repo in repos.iter().filter(|r| **r != cached_as) {
+                    // The blob is verified and stored; a missing link only costs that
+                    // repository a HEAD upstream on its next request.
                     if let Err(e) = self.registry.link_cached_blob(repo, &fetch.digest).await {
-                        linked = Err(e.into());
+                        tracing::warn!(repository = %repo, digest = %fetch.digest, error = %e, "linking a cached blob failed");
                     }
                 }
-                linked
+                Ok(())
             }
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name, repository = %remote, digest = %fetch.digest, error = %e, "blob fetch failed; nothing cached");
@@ -795,10 +835,11 @@ impl Mirror {
         fetch.set_reader(self.registry.upload_reader(cached_as, id).await?);
         let mut received = 0u64;
         let mut size: Option<u64> = None;
-        let mut resumes = 0;
+        let (mut resumes, mut stalls) = (0, 0);
         loop {
             let mut request = UpstreamRequest::new(Method::GET, remote, &format!("blobs/{digest}"));
             request.from_byte = (received > 0).then_some(received);
+            let received_before = received;
             let attempt = self
                 .download_attempt(
                     upstream,
@@ -813,13 +854,21 @@ impl Mirror {
             match attempt {
                 Ok(()) => break,
                 Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Broken(reason)) if resumes < MAX_RESUMES => {
+                Err(Attempt::Broken(reason))
+                    if resumes < MAX_RESUMES && stalls < MAX_STALLED_RESUMES =>
+                {
                     resumes += 1;
+                    if received == received_before {
+                        stalls += 1;
+                        tokio::time::sleep(RESUME_PAUSE * stalls).await;
+                    } else {
+                        stalls = 0;
+                    }
                     tracing::info!(upstream = %upstream.name, %digest, received, resumes, %reason, "blob download broke; resuming");
                 }
                 Err(Attempt::Broken(reason)) => {
                     return Err(invalid(format!(
-                        "blob {digest} broke off after {received} bytes, {MAX_RESUMES} resumes: {reason}"
+                        "blob {digest} broke off after {received} bytes and {resumes} resumes: {reason}"
                     )))
                 }
             }
@@ -860,8 +909,13 @@ impl Mirror {
         let resuming = request.from_byte.is_some();
         let mut response = match upstream.send(request).await {
             Ok(r) => r,
-            // A first attempt that fails is the answer; a resume may try again.
-            Err(e) if resuming => return Err(Attempt::Broken(e.to_string())),
+            // A first attempt that fails is the answer; a resume may try again when
+            // the trouble was the connection, not a verdict (down, rate-limited).
+            Err(
+                e @ (UpstreamError::Unreachable { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::Status { .. }),
+            ) if resuming => return Err(Attempt::Broken(e.to_string())),
             Err(e) => return Err(Attempt::Fatal(e.into())),
         };
         let status = response.status();
@@ -939,7 +993,7 @@ impl Mirror {
                         break;
                     }
                     Ok(Err(e)) => {
-                        broken = Some(upstream::describe(&e));
+                        broken = Some(upstream::describe(e));
                         break;
                     }
                     Err(_nothing_ready) => break,
@@ -972,6 +1026,33 @@ impl Mirror {
                     _ => Ok(()),
                 };
             }
+        }
+    }
+}
+
+/// Takes a fetch out of the in-flight table exactly once; if the task ends early (a
+/// panic, a runtime shutting down), it also fails the fetch, so no waiter waits forever.
+struct Completion<'a> {
+    fetches: &'a BlobFetches,
+    fetch: &'a Arc<Fetch>,
+    finished: bool,
+}
+
+impl Completion<'_> {
+    fn complete(&mut self) -> Vec<RepoName> {
+        self.finished = true;
+        self.fetches.complete(self.fetch)
+    }
+}
+
+impl Drop for Completion<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.fetches.complete(self.fetch);
+            self.fetch.finish(Err(MirrorError::Store(StoreError::io(
+                "fetching from upstream",
+                std::io::Error::other("the fetch task stopped"),
+            ))));
         }
     }
 }

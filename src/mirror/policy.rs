@@ -27,19 +27,17 @@ pub enum Selection {
 
 /// Chooses the upstream for `repo` as named in the request path, and the request's
 /// `ns` parameter if any:
-/// - `ns` names the registry the image belongs to (containerd and the OCI spec); a
-///   registry that is not configured means this one: local;
+/// - `ns` that names an upstream: that registry's image (containerd, the OCI spec);
 /// - otherwise a first path component that names an upstream (`ghcr.io/org/app`);
 /// - otherwise the default upstream, unless `mirror.local` matches the name.
 ///
+/// An `ns` naming no upstream (this registry's own name, say) is as if absent, so it
+/// cannot reach a cached repository by another route than its name gives.
 /// In every case the upstream must also list the name in its `repositories`.
 pub fn select(config: &MirrorConfig, repo: &RepoName, ns: Option<&str>) -> Selection {
     let by_name = |name: &str| config.upstreams.iter().position(|u| u.name == name);
-    let (upstream, remote) = if let Some(ns) = ns {
-        match by_name(ns) {
-            Some(i) => (i, repo.as_str().to_string()),
-            None => return Selection::Local,
-        }
+    let (upstream, remote) = if let Some(i) = ns.and_then(by_name) {
+        (i, repo.as_str().to_string())
     } else if let Some((i, rest)) = repo
         .as_str()
         .split_once('/')
@@ -159,12 +157,15 @@ fn is_index(media_type: &str) -> bool {
 }
 
 /// The cached record of a tag that answers a client with `accept`: an index if the
-/// client takes one (as registries answer), else a single manifest it takes.
+/// client takes one (as registries answer), else a single manifest it takes; of
+/// those, the one the upstream confirmed last (a tag that moved from a Docker
+/// manifest list to an OCI index leaves the older record behind).
 pub fn pick<'a>(records: &'a [CachedTag], accept: &Accept) -> Option<&'a CachedTag> {
     let acceptable = || records.iter().filter(|r| accept.allows(&r.media_type));
     acceptable()
-        .find(|r| is_index(&r.media_type))
-        .or_else(|| acceptable().next())
+        .filter(|r| is_index(&r.media_type))
+        .max_by_key(|r| r.checked_at)
+        .or_else(|| acceptable().max_by_key(|r| r.checked_at))
 }
 
 /// A cached tag younger than the TTL is served without asking the upstream.
@@ -344,16 +345,18 @@ mod tests {
             select(&c, &name("acme/app"), Some("ghcr.io")),
             upstream(1, "acme/app", "ghcr.io/acme/app")
         );
-        // Outside the upstream's repositories, local patterns, unknown ns: local.
+        // Outside the upstream's repositories, local patterns: local.
         assert_eq!(
             select(&c, &name("ghcr.io/other/app"), None),
             Selection::Local
         );
         assert_eq!(select(&c, &name("team/app"), None), Selection::Local);
+        // An ns naming no upstream is ignored: the name decides.
         assert_eq!(
             select(&c, &name("team/app"), Some("mirror.lan:5000")),
             Selection::Local
         );
+        assert_eq!(select(&c, &name("docker.io/nginx"), Some("bogus")), nginx);
         // ns wins over local patterns: it says the image is Docker Hub's.
         assert_eq!(
             select(&c, &name("team/app"), Some("docker.io")),
@@ -407,7 +410,7 @@ mod tests {
             digest: Digest::sha256_of(seed),
             checked_at: 0,
         };
-        let records = vec![
+        let mut records = vec![
             record(DOCKER_MANIFEST, b"single"),
             record(OCI_INDEX, b"index"),
         ];
@@ -417,6 +420,19 @@ mod tests {
         assert_eq!(pick(&records, &old).unwrap().media_type, DOCKER_MANIFEST);
         assert!(pick(&records, &Accept::parse([OCI_MANIFEST])).is_none());
         assert!(pick(&[], &modern).is_none());
+        // The tag moved from a manifest list to an OCI index: the newer record wins.
+        records[1].checked_at = 10;
+        records.push(CachedTag {
+            checked_at: 5,
+            ..record(DOCKER_MANIFEST_LIST, b"old list")
+        });
+        let both = Accept::parse([OCI_INDEX, DOCKER_MANIFEST_LIST]);
+        assert_eq!(pick(&records, &both).unwrap().media_type, OCI_INDEX);
+        records[2].checked_at = 20;
+        assert_eq!(
+            pick(&records, &both).unwrap().media_type,
+            DOCKER_MANIFEST_LIST
+        );
     }
 
     #[test]

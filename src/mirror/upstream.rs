@@ -43,6 +43,8 @@ pub enum UpstreamError {
         upstream: String,
         retry_after: Duration,
     },
+    #[error("too many blob downloads from upstream {upstream} are in progress; retry shortly")]
+    Busy { upstream: String },
     #[error("upstream {upstream} answered {status}")]
     Status { upstream: String, status: u16 },
     #[error("upstream {upstream} sent a bad response: {reason}")]
@@ -166,6 +168,11 @@ impl Upstream {
         }))
     }
 
+    /// The longest wait for a response head, also used for waits on its behalf.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
     pub fn rate_limit_remaining(&self) -> Option<String> {
         lock(&self.rate_limit_remaining).clone()
     }
@@ -185,7 +192,12 @@ impl Upstream {
         request: UpstreamRequest<'_>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let now = Instant::now();
-        if let Some(until) = lock(&self.rate_limited_until).filter(|until| now < *until) {
+        // Docker Hub's pull limit counts manifest GETs; blobs and HEADs still go.
+        let counts_as_pull = request.method == Method::GET && request.path.contains("/manifests/");
+        let held = counts_as_pull
+            .then(|| *lock(&self.rate_limited_until))
+            .flatten();
+        if let Some(until) = held.filter(|until| now < *until) {
             return Err(UpstreamError::RateLimited {
                 upstream: self.name.clone(),
                 retry_after: until - now,
@@ -204,7 +216,7 @@ impl Upstream {
                 secs: self.response_timeout.as_secs(),
             }),
         };
-        let result = result.and_then(|response| self.judge(response));
+        let result = result.and_then(|response| self.judge(response, counts_as_pull));
         match &result {
             Ok(_) => lock(&self.health).record_success(),
             // Only trouble reaching the upstream counts against its health; a refused
@@ -220,7 +232,11 @@ impl Upstream {
     }
 
     /// Statuses that are the upstream's trouble, not an answer about the content.
-    fn judge(&self, response: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
+    fn judge(
+        &self,
+        response: reqwest::Response,
+        counts_as_pull: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
         if let Some(remaining) = response.headers().get("ratelimit-remaining") {
             let remaining = remaining.to_str().unwrap_or("").to_string();
             tracing::debug!(upstream = %self.name, %remaining, "upstream rate limit");
@@ -235,7 +251,9 @@ impl Upstream {
                     .and_then(|v| v.to_str().ok()),
             );
             tracing::warn!(upstream = %self.name, retry_after_secs = wait.as_secs(), "upstream rate limit reached");
-            *lock(&self.rate_limited_until) = Some(Instant::now() + wait);
+            if counts_as_pull {
+                *lock(&self.rate_limited_until) = Some(Instant::now() + wait);
+            }
             return Err(UpstreamError::RateLimited {
                 upstream: self.name.clone(),
                 retry_after: wait,
@@ -300,7 +318,10 @@ impl Upstream {
             None => None,
         };
         let response = self.follow(request, auth).await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
+        // Only the upstream itself says how to log in to it: never a host it
+        // redirected to, and never over plain HTTP for an https upstream.
+        if response.status() != StatusCode::UNAUTHORIZED || !same_origin(response.url(), &self.base)
+        {
             return Ok(response);
         }
         let Some(challenge) = response
@@ -308,6 +329,7 @@ impl Upstream {
             .get(WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .and_then(policy::parse_challenge)
+            .filter(|c| self.realm_allowed(c))
         else {
             return Ok(response);
         };
@@ -318,6 +340,15 @@ impl Upstream {
             return Ok(response);
         };
         self.follow(request, Some(auth)).await
+    }
+
+    fn realm_allowed(&self, challenge: &Challenge) -> bool {
+        match challenge {
+            Challenge::Bearer { realm, .. } => {
+                self.base.scheme() != "https" || realm.starts_with("https://")
+            }
+            Challenge::Basic => true,
+        }
     }
 
     /// The `Authorization` value for `scope`, fetching a token when needed.
@@ -362,7 +393,7 @@ impl Upstream {
         let response = token_request
             .send()
             .await
-            .map_err(|e| self.error(format!("token realm: {}", describe(&e))))?;
+            .map_err(|e| self.error(format!("token realm: {}", describe(e))))?;
         if !response.status().is_success() {
             return Err(if response.status().is_server_error() {
                 UpstreamError::Status {
@@ -437,7 +468,7 @@ impl Upstream {
                         secs: self.response_timeout.as_secs(),
                     }
                 } else {
-                    self.error(describe(&e))
+                    self.error(describe(e))
                 }
             })?;
             if !response.status().is_redirection() {
@@ -466,10 +497,20 @@ fn basic_auth(c: &Credentials) -> HeaderValue {
     value
 }
 
-/// reqwest's error with its causes, which say what actually failed (refused, reset).
-pub fn describe(e: &reqwest::Error) -> String {
+/// reqwest's error with its causes, which say what actually failed (refused, reset),
+/// and the URL without its query (a CDN's signed URL carries credentials there).
+pub fn describe(e: reqwest::Error) -> String {
+    let url = e.url().map(|u| {
+        let mut u = u.clone();
+        u.set_query(None);
+        u.to_string()
+    });
+    let e = e.without_url();
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    if let Some(url) = url {
+        text.push_str(&format!(" ({url})"));
+    }
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
@@ -479,7 +520,7 @@ pub fn describe(e: &reqwest::Error) -> String {
 }
 
 /// Reads a small body (a token, a manifest, a tag list) of at most `limit` bytes.
-pub async fn read_limited(
+async fn read_limited(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<bytes::Bytes, String> {
@@ -490,7 +531,7 @@ pub async fn read_limited(
         return Err(format!("body over the {limit}-byte limit"));
     }
     let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+    while let Some(chunk) = response.chunk().await.map_err(describe)? {
         if body.len() + chunk.len() > limit {
             return Err(format!("body over the {limit}-byte limit"));
         }
@@ -507,16 +548,46 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
-pub async fn read_json_value(
-    response: reqwest::Response,
-    limit: usize,
-) -> Result<serde_json::Value, String> {
-    read_json(response, limit).await
+impl Upstream {
+    /// A small body (a manifest, a tag list page), whole within the response timeout,
+    /// so nobody queued behind it waits on a trickling upstream; `what` names it.
+    pub async fn read_small(
+        &self,
+        response: reqwest::Response,
+        limit: usize,
+        what: &str,
+    ) -> Result<bytes::Bytes, UpstreamError> {
+        match tokio::time::timeout(self.response_timeout, read_limited(response, limit)).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(reason)) => Err(self.invalid(format!("{what}: {reason}"))),
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                secs: self.response_timeout.as_secs(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_only_to_an_https_realm_of_an_https_upstream() {
+        let hub = Upstream::new(&UpstreamConfig::named("docker.io", None)).unwrap();
+        let bearer = |realm: &str| Challenge::Bearer {
+            realm: realm.into(),
+            service: None,
+        };
+        assert!(hub.realm_allowed(&bearer("https://auth.docker.io/token")));
+        assert!(!hub.realm_allowed(&bearer("http://auth.docker.io/token")));
+        let local = Upstream::new(&UpstreamConfig::named(
+            "lan",
+            Some("http://127.0.0.1:5000".into()),
+        ))
+        .unwrap();
+        assert!(local.realm_allowed(&bearer("http://127.0.0.1:5000/token")));
+    }
 
     #[test]
     fn origins() {
