@@ -9,7 +9,7 @@ mod common;
 use common::fakehub::{
     mirror_config, place_image, place_index, set_tag, FakeHub, FakeHubOptions, HubRequest,
 };
-use common::{portcullis, run_ok, sha256_digest, ImageFixture, Server, PLAIN_PORT};
+use common::{portcullis, run_ok, sha256_digest, ImageFixture, Server};
 use reqwest::{Client, Response};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -457,12 +457,10 @@ async fn fetch_fills_the_cache_for_an_offline_server() {
         !log.iter().any(|r| r.path.ends_with(&amd.manifest_digest)),
         "only the platform asked for"
     );
-    drop(hub);
 
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{PLAIN_PORT}\"\n[mirror]\noffline = true\ndefault_upstream = \"docker.io\"\n\
-         [[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:9\"\n"
-    );
+    // The upstream is still there, but an offline mirror never asks it.
+    hub.reset();
+    let config = mirror_config(&hub, "", "offline = true");
     let server = Server::start_with_config(&config, dir.path());
     let base = server.base_url();
     let got = body_of(
@@ -504,6 +502,11 @@ async fn fetch_fills_the_cache_for_an_offline_server() {
     )
     .await;
     assert!(detail.contains("offline"), "{detail}");
+    assert_eq!(
+        hub.requests(),
+        Vec::new(),
+        "offline: no upstream request at all"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -903,4 +906,26 @@ async fn access_rules_see_mirrored_repositories_by_their_cached_name() {
             .unwrap();
         assert_eq!(body_of(logged_in, spelling).await, image.manifest);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_before_it_expires_is_fetched_again() {
+    let content = content_dir();
+    let image = ImageFixture::build("1", &[16 << 10]);
+    place_image(content.path(), "library/app", &image, "1");
+    let m = Mirror::start(content.path(), "tag_ttl_secs = 0");
+    let base = m.server.base_url();
+    pull(&base, "library/app", "1").await;
+    m.hub.revoke_tokens();
+    m.hub.reset();
+    // The tag must be revalidated; the cached token is refused, a new one is fetched.
+    assert_eq!(pull(&base, "library/app", "1").await, image.manifest);
+    let log = m.hub.requests();
+    let heads: Vec<_> = log.iter().filter(|r| r.method == "HEAD").collect();
+    assert_eq!(heads.len(), 2, "refused, then with the new token: {log:#?}");
+    assert_eq!((heads[0].status, heads[1].status), (401, 200), "{log:#?}");
+    assert_eq!(
+        log.iter().filter(|r| r.path.starts_with("/token")).count(),
+        1
+    );
 }

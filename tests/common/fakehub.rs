@@ -270,6 +270,11 @@ impl FakeHub {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("fault list {body:?}: {e}"))
     }
 
+    /// Every token issued so far stops working, before its `expires_in` ran out.
+    pub fn revoke_tokens(&self) {
+        self.control("POST", "revoke-tokens", "");
+    }
+
     pub fn clear_faults(&self) {
         self.control("DELETE", "faults", "");
     }

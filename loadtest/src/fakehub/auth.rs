@@ -163,6 +163,13 @@ impl TokenStore {
         token
     }
 
+    pub fn revoke_all(&self) {
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Checks a request's Authorization against the tokens: any valid token when
     /// `repository` is `None` (`/v2/`), else one granting pull on it.
     pub fn authorize(

@@ -4,6 +4,8 @@
 //! * `GET requests`: the request log, a JSON array in arrival order
 //! * `POST reset`: empty the log and refill the rate limit
 //! * `GET faults`, `POST faults` (append a rule or an array of rules), `DELETE faults`
+//! * `POST revoke-tokens`: every token issued so far stops working (a token that
+//!   expires before the client expected it)
 //! * `GET health`: 200 once the hub serves
 
 use super::http::{Request, Response};
@@ -28,6 +30,10 @@ impl Hub {
                 self.rate_remaining.store(RATE_LIMIT, Ordering::Relaxed);
                 Response::new(200).json(&json!({}))
             }
+            ("POST", "revoke-tokens") => {
+                self.tokens.revoke_all();
+                Response::new(200).json(&json!({}))
+            }
             ("GET" | "HEAD", "faults") => {
                 let faults = lock(&self.faults);
                 Response::new(200).json(&json!(faults.rules()))
@@ -48,7 +54,7 @@ impl Hub {
                 lock(&self.faults).clear();
                 Response::new(200).json(&json!({}))
             }
-            (_, "health" | "requests" | "reset" | "faults") => {
+            (_, "health" | "requests" | "reset" | "faults" | "revoke-tokens") => {
                 control_error(405, &format!("{} is not allowed here", request.method))
             }
             _ => control_error(404, &format!("no control endpoint {what:?}")),
