@@ -502,6 +502,16 @@ async fn fetch_fills_the_cache_for_an_offline_server() {
     )
     .await;
     assert!(detail.contains("offline"), "{detail}");
+    // Never listed while online: the list is the tags the cache holds.
+    let tags = body_of(
+        get(&format!("{base}/v2/alpine/tags/list"), "*/*").await,
+        "tags",
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&tags).unwrap(),
+        json!({"name": "alpine", "tags": ["3.20"]})
+    );
     assert_eq!(
         hub.requests(),
         Vec::new(),
