@@ -493,6 +493,13 @@ fn size_text(bytes: u64) -> String {
     }
 }
 
+fn upstream_rate_text(bytes_per_sec: u64) -> String {
+    match bytes_per_sec {
+        0 => "unthrottled".to_string(),
+        rate => format!("at {}/s per blob", size_text(rate)),
+    }
+}
+
 fn seconds_vs(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b, ratio_of(a, b)) {
         (Some(a), Some(b), Some(r)) => format!("{a:.2} s vs {b:.2} s ({r:.2}x)"),
@@ -563,7 +570,10 @@ fn mirror_target_rows(md: &mut String, reports: &[Report], roles: &Roles) {
     let direct = ours.and_then(MirrorFigures::cold_vs_direct);
     row(
         md,
-        "cold pull through the mirror vs the same pull straight from upstream",
+        &format!(
+            "cold pull through the mirror vs the same pull straight from upstream (CDN {})",
+            upstream_rate_text(either.map_or(0, |f| f.upstream_bytes_per_sec))
+        ),
         &|f| seconds_vs(f.one_s(), f.direct_s()),
         direct,
         "<= 1.1x",
@@ -661,10 +671,11 @@ fn mirror_section(md: &mut String, reports: &[Report], roles: &Roles) {
     let na = || "n/a".to_string();
     line(md, "image", &|f| {
         format!(
-            "{} blobs, {} in all; {} cold round(s)",
+            "{} blobs, {} in all; {} cold round(s); CDN {}",
             f.blobs,
             size_text(f.image_bytes),
-            f.rounds.len()
+            f.rounds.len(),
+            upstream_rate_text(f.upstream_bytes_per_sec)
         )
     });
     line(
@@ -682,6 +693,11 @@ fn mirror_section(md: &mut String, reports: &[Report], roles: &Roles) {
         f.worst_upstream(|r| r.one_upstream)
             .map_or_else(na, |u| upstream_text(&u))
     });
+    line(
+        md,
+        "cold pull, one client, CDN unthrottled: through the mirror vs straight from the hub",
+        &|f| seconds_vs(f.unthrottled_one_s(), f.unthrottled_direct_s()),
+    );
     line(
         md,
         "cold pull through the mirror, all clients at once, wall time",
@@ -969,6 +985,7 @@ mod tests {
                 clients: 8,
                 blobs: 6,
                 image_bytes: 100 << 20,
+                upstream_bytes_per_sec: 16 << 20,
                 rounds: vec![ColdRound {
                     direct_s: 1.0,
                     one_s: 1.05,
@@ -1011,7 +1028,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| 1.05 s vs 1.00 s (1.05x) | - | 1.05x | <= 1.1x | yes |"),
+            md.contains("straight from upstream (CDN at 16.0 MiB/s per blob) | 1.05 s vs 1.00 s (1.05x) | - | 1.05 s vs 1.00 s (1.05x) | - | 1.05x | <= 1.1x | yes |"),
             "{md}"
         );
         assert!(

@@ -9,11 +9,16 @@
 //! Setup writes fresh images into the hub's content directory (new seeds every run, so
 //! every first pull through the mirror is cold); run removes them at the end. Phases:
 //!
-//! 1. rounds (`--iterations`, default 3; 1 with --quick), each with two fresh images of
-//!    `--layers` layers and `--image-size` bytes: the first is pulled straight from the
-//!    hub (token dance, blob GETs through the 307 to the CDN), then cold through the
-//!    mirror by one client; the second cold through the mirror by `--connections`
-//!    clients at once (default 8);
+//! 1. rounds (`--iterations`, default 3; 1 with --quick), each with fresh images of
+//!    `--layers` layers and `--image-size` bytes: one is pulled straight from the hub
+//!    (token dance, blob GETs through the 307 to the CDN), then cold through the mirror
+//!    by one client; another cold through the mirror by `--connections` clients at once
+//!    (default 8). The hub's CDN sends these images' blobs at `--opt
+//!    mirror-upstream-rate` bytes per second each (default 16MiB; 4MiB with --quick), as
+//!    an upstream slower than the LAN is, so the rounds time the cache, not this
+//!    machine's CPU. A third image repeats the first pair with the CDN unthrottled
+//!    (skipped with `mirror-upstream-rate=0`, which leaves every image unthrottled):
+//!    what the mirror's own work costs when the upstream is as fast as loopback;
 //! 2. warm: the last round's shared image again by one client, as many times as there
 //!    are rounds; a cache should send no upstream request at all;
 //! 3. late joiner: the hub's CDN sends one blob (`--opt mirror-slow-size`) at
@@ -55,6 +60,11 @@ pub struct ColdRound {
     /// Wall time from the first client's start to the last one's end.
     pub all_s: f64,
     pub all_upstream: UpstreamCount,
+    /// The direct and the one-client pull again, of an image the CDN does not throttle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unthrottled_direct_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unthrottled_one_s: Option<f64>,
 }
 
 /// Pulls of an image the mirror already holds.
@@ -104,6 +114,9 @@ pub struct MirrorFigures {
     /// Blobs per image (config and layers) and their bytes.
     pub blobs: usize,
     pub image_bytes: u64,
+    /// The CDN's rate for each blob of the rounds' images (0: unthrottled).
+    #[serde(default)]
+    pub upstream_bytes_per_sec: u64,
     /// The rounds that completed.
     pub rounds: Vec<ColdRound>,
     pub warm: Option<WarmPull>,
@@ -137,6 +150,20 @@ impl MirrorFigures {
     /// Median seconds of the pull straight from the hub.
     pub fn direct_s(&self) -> Option<f64> {
         self.median_of(|r| r.direct_s)
+    }
+
+    fn median_of_some(&self, field: fn(&ColdRound) -> Option<f64>) -> Option<f64> {
+        median(&self.rounds.iter().filter_map(field).collect::<Vec<_>>())
+    }
+
+    /// [`MirrorFigures::one_s`] with the upstream unthrottled.
+    pub fn unthrottled_one_s(&self) -> Option<f64> {
+        self.median_of_some(|r| r.unthrottled_one_s)
+    }
+
+    /// [`MirrorFigures::direct_s`] with the upstream unthrottled.
+    pub fn unthrottled_direct_s(&self) -> Option<f64> {
+        self.median_of_some(|r| r.unthrottled_direct_s)
     }
 
     /// Every client at once against one client alone (1.0: the crowd costs nothing).
@@ -214,11 +241,28 @@ struct SlowBlob {
     join_after: u64,
 }
 
+/// The fresh images of one cold round.
+struct RoundImages {
+    /// Pulled straight from the hub, then by one client through the mirror.
+    own: Placed,
+    /// Pulled by every client at once.
+    shared: Placed,
+    /// Like `own`, with the CDN unthrottled.
+    unthrottled: Option<Placed>,
+}
+
+impl RoundImages {
+    fn all(&self) -> impl Iterator<Item = &Placed> {
+        [&self.own, &self.shared]
+            .into_iter()
+            .chain(&self.unthrottled)
+    }
+}
+
 #[derive(Default)]
 pub struct MirrorPull {
     hub: Option<Hub>,
-    /// Per round: the image pulled straight and by one client, and the shared one.
-    rounds: Vec<(Placed, Placed)>,
+    rounds: Vec<RoundImages>,
     late: Option<Placed>,
     fan_out: Option<Placed>,
     slow: SlowBlob,
@@ -287,29 +331,46 @@ async fn pull_together(ctx: &Ctx, image: &Placed) -> Result<Duration> {
     }
 }
 
-async fn cold_round(ctx: &Ctx, hub: &Hub, own: &Placed, shared: &Placed) -> Result<ColdRound> {
+/// Pulls `image` straight from the hub, then cold through the mirror by one client:
+/// both times, and what the mirror asked the hub for.
+async fn direct_then_mirror(
+    ctx: &Ctx,
+    hub: &Hub,
+    image: &Placed,
+) -> Result<(Duration, Duration, UpstreamCount)> {
     let started = Instant::now();
-    pull_direct(hub.api(), &own.repo, TAG)
+    pull_direct(hub.api(), &image.repo, TAG)
         .await
         .map_err(|e| format!("straight from the hub: {e}"))?;
     let direct = started.elapsed();
     hub.reset().await?;
     let started = Instant::now();
     ctx.api()
-        .pull_image(&own.repo, TAG, Some(&own.manifest))
+        .pull_image(&image.repo, TAG, Some(&image.manifest))
         .await?;
     let one = started.elapsed();
-    let one_upstream = own.settled_count(hub).await?;
+    Ok((direct, one, image.settled_count(hub).await?))
+}
+
+async fn cold_round(ctx: &Ctx, hub: &Hub, images: &RoundImages) -> Result<ColdRound> {
+    let (direct, one, one_upstream) = direct_then_mirror(ctx, hub, &images.own).await?;
     hub.reset().await?;
-    let all = pull_together(ctx, shared).await?;
-    let all_upstream = shared.settled_count(hub).await?;
-    Ok(ColdRound {
+    let all = pull_together(ctx, &images.shared).await?;
+    let all_upstream = images.shared.settled_count(hub).await?;
+    let mut round = ColdRound {
         direct_s: direct.as_secs_f64(),
         one_s: one.as_secs_f64(),
         one_upstream,
         all_s: all.as_secs_f64(),
         all_upstream,
-    })
+        ..ColdRound::default()
+    };
+    if let Some(image) = &images.unthrottled {
+        let (direct, one, _) = direct_then_mirror(ctx, hub, image).await?;
+        round.unthrottled_direct_s = Some(direct.as_secs_f64());
+        round.unthrottled_one_s = Some(one.as_secs_f64());
+    }
+    Ok(round)
 }
 
 async fn warm_pulls(ctx: &Ctx, hub: &Hub, image: &Placed, pulls: u64) -> Result<WarmPull> {
@@ -490,16 +551,38 @@ impl Scenario for MirrorPull {
                 self.slow.join_after
             ));
         }
+        let upstream_rate = size_opt(ctx, "mirror-upstream-rate", 16 << 20, 4 << 20)?;
         let settings = &ctx.settings;
         let shape = (settings.layers, settings.image_size);
         let rounds = settings.iterations_or(if settings.quick { 1 } else { 3 });
         for i in 0..rounds {
-            let (own, image) = place(ctx, &hub, "cold", 2 * i, shape).await?;
-            let (shared, _) = place(ctx, &hub, "shared", 2 * i + 1, shape).await?;
+            let (own, image) = place(ctx, &hub, "cold", 3 * i, shape).await?;
+            let (shared, _) = place(ctx, &hub, "shared", 3 * i + 1, shape).await?;
+            let unthrottled = match upstream_rate {
+                0 => None,
+                _ => Some(place(ctx, &hub, "fast", 3 * i + 2, shape).await?.0),
+            };
             self.figures.blobs = image.layers.len() + 1;
             self.figures.image_bytes = image.blob_bytes();
-            self.rounds.push((own, shared));
+            if upstream_rate > 0 {
+                let throttled = own.blobs.iter().chain(&shared.blobs).map(|(digest, _)| {
+                    json!({
+                        "kind": "slow_body",
+                        "bytes_per_sec": upstream_rate,
+                        "target": "cdn",
+                        "path_contains": digest.trim_start_matches("sha256:"),
+                    })
+                });
+                hub.add_faults(&json!(throttled.collect::<Vec<_>>()))
+                    .await?;
+            }
+            self.rounds.push(RoundImages {
+                own,
+                shared,
+                unthrottled,
+            });
         }
+        self.figures.upstream_bytes_per_sec = upstream_rate;
         self.late = Some(place(ctx, &hub, "late", 0, (1, slow_size)).await?.0);
         self.fan_out = Some(
             place(ctx, &hub, "fanout", 0, (1, settings.large_size))
@@ -514,10 +597,10 @@ impl Scenario for MirrorPull {
     async fn run(&mut self, ctx: &Ctx) -> Result<Measurement> {
         let hub = self.hub.as_ref().ok_or("setup did not run")?;
         let mut samples = Samples::default();
-        for (own, shared) in &self.rounds {
-            match cold_round(ctx, hub, own, shared).await {
+        for images in &self.rounds {
+            match cold_round(ctx, hub, images).await {
                 Ok(round) => {
-                    let pulled: u64 = shared.blobs.iter().map(|(_, size)| size).sum();
+                    let pulled: u64 = images.shared.blobs.iter().map(|(_, size)| size).sum();
                     let clients = self.figures.clients as u64;
                     samples.ok(Duration::from_secs_f64(round.all_s), pulled * clients);
                     self.figures.rounds.push(round);
@@ -525,12 +608,16 @@ impl Scenario for MirrorPull {
                 Err(e) => samples.error(format!("cold round: {e}")),
             }
         }
-        if let Some((_, shared)) = self.rounds.last() {
+        if let Some(images) = self.rounds.last() {
             let pulls = self.rounds.len() as u64;
-            match warm_pulls(ctx, hub, shared, pulls).await {
+            match warm_pulls(ctx, hub, &images.shared, pulls).await {
                 Ok(warm) => self.figures.warm = Some(warm),
                 Err(e) => samples.error(format!("warm pull: {e}")),
             }
+        }
+        // The rounds' throttles end here; the late joiner sets its own.
+        if let Err(e) = hub.clear_faults().await {
+            samples.error(e);
         }
         if let Some(image) = &self.late {
             match late_joiner(ctx, hub, image, &self.slow).await {
@@ -544,16 +631,20 @@ impl Scenario for MirrorPull {
                 Err(e) => samples.error(format!("fan-out: {e}")),
             }
         }
-        let placed = self.rounds.iter().flat_map(|(a, b)| [a, b]);
+        let placed = self.rounds.iter().flat_map(RoundImages::all);
         for image in placed.chain(&self.late).chain(&self.fan_out) {
             if let Err(e) = hub.remove(&image.repo).await {
                 samples.error(format!("cleanup: {e}"));
             }
         }
         let f = &self.figures;
+        let rate = match f.upstream_bytes_per_sec {
+            0 => "unthrottled".to_string(),
+            r => format!("{:.1} MiB/s per blob", r as f64 / (1 << 20) as f64),
+        };
         let notes = vec![format!(
             "{} blobs (config and {} layers), {:.1} MiB per image; {} clients at once; {} \
-             cold round(s); every blob digest-checked at every client",
+             cold round(s), upstream CDN {rate}; every blob digest-checked at every client",
             f.blobs,
             f.blobs.saturating_sub(1),
             f.image_bytes as f64 / (1 << 20) as f64,
@@ -610,6 +701,13 @@ mod tests {
         assert!((figures.all_vs_one().unwrap() - 1.2 / 1.1).abs() < 1e-12);
         assert!((figures.cold_vs_direct().unwrap() - 1.1).abs() < 1e-12);
         assert_eq!(figures.one_fetch_per_blob(), Some(true));
+        assert_eq!(figures.unthrottled_one_s(), None);
+        let mut with_unthrottled = figures.clone();
+        with_unthrottled.rounds[0].unthrottled_direct_s = Some(0.1);
+        with_unthrottled.rounds[2].unthrottled_direct_s = Some(0.3);
+        with_unthrottled.rounds[2].unthrottled_one_s = Some(0.5);
+        assert_eq!(with_unthrottled.unthrottled_direct_s(), Some(0.2));
+        assert_eq!(with_unthrottled.unthrottled_one_s(), Some(0.5));
 
         let empty = MirrorFigures::default();
         assert_eq!(empty.all_vs_one(), None);
