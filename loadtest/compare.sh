@@ -7,7 +7,7 @@
 # Usage:
 #   loadtest/compare.sh --quick   # smoke test, < 1 min: debug binaries, small sizes,
 #                                 # writes loadtest/out/RESULTS-quick.md
-#   loadtest/compare.sh           # full run, ~10 min: release build, 10 s per throughput
+#   loadtest/compare.sh           # full run, ~12 min: release build, 10 s per throughput
 #                                 # scenario, 512 MiB blob, 100 MiB and 1 GiB pushes,
 #                                 # 8 mirror clients of a 1 GiB layer; writes loadtest/RESULTS.md
 #   options: --output FILE (markdown to write), --keep (keep the temp dir)

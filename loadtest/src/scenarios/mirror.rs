@@ -133,37 +133,34 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 impl MirrorFigures {
-    fn median_of(&self, field: impl Fn(&ColdRound) -> f64) -> Option<f64> {
-        median(&self.rounds.iter().map(field).collect::<Vec<_>>())
+    /// The median of one time over the rounds that have it.
+    fn median_of(&self, field: fn(&ColdRound) -> Option<f64>) -> Option<f64> {
+        median(&self.rounds.iter().filter_map(field).collect::<Vec<_>>())
     }
 
     /// Median seconds of one client's cold pull through the mirror.
     pub fn one_s(&self) -> Option<f64> {
-        self.median_of(|r| r.one_s)
+        self.median_of(|r| Some(r.one_s))
     }
 
     /// Median wall seconds of every client's cold pull of one image at once.
     pub fn all_s(&self) -> Option<f64> {
-        self.median_of(|r| r.all_s)
+        self.median_of(|r| Some(r.all_s))
     }
 
     /// Median seconds of the pull straight from the hub.
     pub fn direct_s(&self) -> Option<f64> {
-        self.median_of(|r| r.direct_s)
-    }
-
-    fn median_of_some(&self, field: fn(&ColdRound) -> Option<f64>) -> Option<f64> {
-        median(&self.rounds.iter().filter_map(field).collect::<Vec<_>>())
+        self.median_of(|r| Some(r.direct_s))
     }
 
     /// [`MirrorFigures::one_s`] with the upstream unthrottled.
     pub fn unthrottled_one_s(&self) -> Option<f64> {
-        self.median_of_some(|r| r.unthrottled_one_s)
+        self.median_of(|r| r.unthrottled_one_s)
     }
 
     /// [`MirrorFigures::direct_s`] with the upstream unthrottled.
     pub fn unthrottled_direct_s(&self) -> Option<f64> {
-        self.median_of_some(|r| r.unthrottled_direct_s)
+        self.median_of(|r| r.unthrottled_direct_s)
     }
 
     /// Every client at once against one client alone (1.0: the crowd costs nothing).
