@@ -7,9 +7,9 @@
 # Usage:
 #   loadtest/compare.sh --quick   # smoke test, < 1 min: debug binaries, small sizes,
 #                                 # writes loadtest/out/RESULTS-quick.md
-#   loadtest/compare.sh           # full run, ~10 min: release build, 10 s per throughput
-#                                 # scenario, 512 MiB blob, 100 MiB and 1 GiB pushes;
-#                                 # writes loadtest/RESULTS.md
+#   loadtest/compare.sh           # full run, ~12 min: release build, 10 s per throughput
+#                                 # scenario, 512 MiB blob, 100 MiB and 1 GiB pushes,
+#                                 # 8 mirror clients of a 1 GiB layer; writes loadtest/RESULTS.md
 #   options: --output FILE (markdown to write), --keep (keep the temp dir)
 #
 # What it starts, all on 127.0.0.1 ports it picks, all in one temp dir, all stopped by
@@ -22,15 +22,25 @@
 #   nginx-tls       a second server block of that nginx, TLS without auth (small only);
 #   nginx-static    a third server block answering /v2/ with a small static file over
 #                   TLS: the `ceiling` scenario, what this machine can answer at all;
-#   mirror          a second docker-registry in proxy mode whose upstream is the first
-#                   one, for the `mirror` scenario to come (started, not measured yet);
+#   fake-hub        portcullis-loadtest fake-hub: a simulated Docker Hub (token realm,
+#                   blob GETs redirected to a CDN listener, request log and faults under
+#                   /_control/) serving the OCI layouts the `mirror` scenario writes into
+#                   its content directory;
+#   distribution-mirror
+#                   a second docker-registry in proxy mode whose upstream is the fake hub;
 #   portcullis      target/{release,debug}/portcullis serve --listen --data, plain HTTP;
 #   portcullis-tls-auth, portcullis-tls
 #                   portcullis with a config file: TLS with the same cert, with and
-#                   without the same htpasswd file (skipped if the binary has no TLS).
+#                   without the same htpasswd file (skipped if the binary has no TLS);
+#   portcullis-mirror
+#                   portcullis serve --mirror docker.io=<the fake hub>, plain HTTP.
 # Every scenario runs against every target, alternating targets scenario by scenario
 # (the -tls targets without auth run the small-request scenario only); skopeo and podman
 # pull and push images of several sizes from plain distribution and plain portcullis.
+# The two mirrors run the `mirror` scenario only (and nothing else runs against them):
+# cold pulls by one and by 8 clients at once vs the same pull straight from the hub,
+# upstream GETs counted in the hub's log, a warm pull, a client joining a slow download,
+# and 8 clients of one large layer while the mirror's memory is sampled.
 # The exit status is non-zero if any scenario could not run or counted an error.
 set -euo pipefail
 
@@ -209,9 +219,21 @@ free_port; REG_PORT=$PORT
 start_registry distribution "$REG_PORT" "$TMP/distribution-data"
 REG_PID=$STARTED_PID
 
+# The simulated Docker Hub, and distribution's pull-through cache of it. Its proxy does
+# the token dance against the hub's realm, as it would against Docker Hub.
+HUB_CONTENT=$TMP/hub-content
+mkdir -p "$HUB_CONTENT"
+free_port; HUB_PORT=$PORT
+free_port; HUB_CDN_PORT=$PORT
+"$LT" fake-hub --content "$HUB_CONTENT" --listen "127.0.0.1:$HUB_PORT" \
+    --cdn-listen "127.0.0.1:$HUB_CDN_PORT" > "$TMP/fake-hub.log" 2>&1 &
+HUB_PID=$!
+PIDS+=("fake-hub:$HUB_PID")
+wait_ready fake-hub "$HUB_PID" "http://127.0.0.1:$HUB_PORT/_control/health"
+HUB_URL=http://127.0.0.1:$HUB_PORT
+
 free_port; MIRROR_PORT=$PORT
-start_registry mirror "$MIRROR_PORT" "$TMP/mirror-data" "http://127.0.0.1:$REG_PORT"
-# shellcheck disable=SC2034 # for the mirror scenario to come (--server-pid of the mirror target)
+start_registry distribution-mirror "$MIRROR_PORT" "$TMP/distribution-mirror-data" "$HUB_URL"
 MIRROR_PID=$STARTED_PID
 
 free_port; NGINX_PORT=$PORT
@@ -322,6 +344,16 @@ PC_PID=$!
 PIDS+=("portcullis:$PC_PID")
 wait_ready portcullis "$PC_PID" "http://127.0.0.1:$PC_PORT/v2/"
 
+# A separate process, so its memory is the mirror's alone and the other scenarios' pushes
+# (to names it would send upstream) never meet it.
+free_port; PCM_PORT=$PORT
+mkdir -p "$TMP/portcullis-mirror-data"
+"$PORTCULLIS" serve --listen "127.0.0.1:$PCM_PORT" --data "$TMP/portcullis-mirror-data" \
+    --mirror "docker.io=$HUB_URL" > "$TMP/portcullis-mirror.log" 2>&1 &
+PCM_PID=$!
+PIDS+=("portcullis-mirror:$PCM_PID")
+wait_ready portcullis-mirror "$PCM_PID" "http://127.0.0.1:$PCM_PORT/v2/"
+
 # ---- portcullis TLS (+ basic auth): plugs in here ------------------------------------
 # The same certificate, key and bcrypt htpasswd file as the nginx stack, through the
 # config file (tls_listen, [tls], [auth]). A portcullis without the `check` subcommand
@@ -383,6 +415,8 @@ if [ -n "$PCS_PID" ]; then
     add_target portcullis-tls-auth "https://127.0.0.1:$PCS_PORT" "$PCS_PID" yes "$CREDS" yes
     add_target portcullis-tls "https://127.0.0.1:$PCT_PORT" "$PCT_PID" yes "--ca $TLS/ca.pem" no small
 fi
+add_target distribution-mirror "http://127.0.0.1:$MIRROR_PORT" "$MIRROR_PID" no "" no mirror
+add_target portcullis-mirror "http://127.0.0.1:$PCM_PORT" "$PCM_PID" yes "" no mirror
 
 # --- scenarios -------------------------------------------------------------------------
 if [ "$MODE" = quick ]; then
@@ -401,6 +435,7 @@ if [ "$MODE" = quick ]; then
     CLIENT_SIZES=(1MiB)
     CLIENT_ITERATIONS=(1)
     SOAK=(--duration 2)
+    MIRROR=(--layers 5 --image-size 5MiB --large-size 8MiB)
 else
     COMMON=()
     RUN_LIMIT=600
@@ -420,7 +455,11 @@ else
     CLIENT_SIZES=(1MiB 50MiB 500MiB)
     CLIENT_ITERATIONS=(7 3 2)
     SOAK=(--duration 20)
+    # 6 blobs (config and 5 layers) of a 100 MiB image, 3 cold rounds; the late joiner
+    # meets a 64 MiB blob arriving at 16 MiB/s; 8 clients of one 1 GiB layer.
+    MIRROR=(--layers 5 --image-size 100MiB --large-size 1GiB --iterations 3)
 fi
+MIRROR+=(--opt "mirror-hub=$HUB_URL" --opt "mirror-hub-content=$HUB_CONTENT")
 
 FAILED=0
 ROUND=0
@@ -484,6 +523,7 @@ if [ ${#PUSH_BIG[@]} -gt 0 ]; then scenario push 1GiB all "${PUSH_BIG[@]}"; fi
 scenario push chunked all "${PUSH_CHUNKED[@]}"
 scenario pull "" all "${PULL[@]}"
 scenario ceiling "" only "${CEILING[@]}"
+scenario mirror "" only "${MIRROR[@]}"
 for ((k = 0; k < ${#CLIENT_SIZES[@]}; k++)); do
     for client in skopeo-pull skopeo-push podman-pull podman-push; do
         scenario "$client" "${CLIENT_SIZES[$k]}" plain --image-size "${CLIENT_SIZES[$k]}" \
@@ -514,6 +554,7 @@ META=(
     --meta "podman=$(podman --version 2>&1 | head -1)"
     --meta "rustc=$(rustc --version 2>&1)"
     --meta "load generator=portcullis-loadtest on the same machine; nginx proxy_cache caches blob GETs; nginx has no soak run (its cache serves deleted blobs)"
+    --meta "mirror upstream=portcullis-loadtest fake-hub on loopback (token realm, 307 to a CDN listener), for distribution-mirror and portcullis-mirror alike"
 )
 QUICK_FLAG=()
 [ "$MODE" = quick ] && QUICK_FLAG=(--quick)

@@ -12,7 +12,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYP
 use reqwest::{Method, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -77,6 +77,7 @@ impl Target {
         Api {
             client: self.clients[i % self.clients.len()].clone(),
             base: self.base.clone(),
+            bearer: None,
         }
     }
 
@@ -158,6 +159,19 @@ fn build_client(
 pub struct Api {
     client: reqwest::Client,
     base: Url,
+    /// `Authorization: Bearer` for every request (a token realm's token); reqwest drops
+    /// it when a redirect leaves the host, as a blob GET redirected to a CDN needs.
+    bearer: Option<HeaderValue>,
+}
+
+/// When a blob GET's bytes arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobTiming {
+    /// From sending the request to the first body byte.
+    pub first_byte: Duration,
+    /// From sending the request to the last body byte (and the digest check).
+    pub total: Duration,
+    pub bytes: u64,
 }
 
 /// A short description of a failed response, with the start of its body.
@@ -196,7 +210,39 @@ impl Api {
     }
 
     fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
-        self.client.request(method, url)
+        let request = self.client.request(method, url);
+        match &self.bearer {
+            Some(token) => request.header(AUTHORIZATION, token.clone()),
+            None => request,
+        }
+    }
+
+    /// This API with `Authorization: Bearer <token>` on every request.
+    pub fn with_bearer(&self, token: &str) -> Result<Api> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+        value.set_sensitive(true);
+        Ok(Api {
+            bearer: Some(value),
+            ..self.clone()
+        })
+    }
+
+    /// Any request: `path` is relative to the target or an absolute (loopback) URL,
+    /// `json` the body. The response is returned whatever its status.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response> {
+        let url = self.url(path)?;
+        let what = format!("{method} {url}");
+        let mut request = self.request(method, url);
+        if let Some(json) = json {
+            request = request.json(json);
+        }
+        self.send(&what, request).await
     }
 
     /// `GET /v2/`: 200 expected.
@@ -400,15 +446,37 @@ impl Api {
 
     /// `GET` a blob, streaming it through sha256; fails on a short, long or wrong body.
     pub async fn get_blob(&self, repo: &str, digest: &str, size: u64, verify: bool) -> Result<u64> {
+        let timing = self
+            .get_blob_observed(repo, digest, size, verify, |_| {})
+            .await?;
+        Ok(timing.bytes)
+    }
+
+    /// [`Api::get_blob`] that also times the first and last byte and tells
+    /// `progress` the bytes received so far after every chunk.
+    pub async fn get_blob_observed(
+        &self,
+        repo: &str,
+        digest: &str,
+        size: u64,
+        verify: bool,
+        mut progress: impl FnMut(u64),
+    ) -> Result<BlobTiming> {
         let what = format!("GET blob {repo}@{digest}");
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"))?;
+        let started = Instant::now();
         let mut response = self.send(&what, self.request(Method::GET, url)).await?;
         if response.status() != StatusCode::OK {
             return Err(failure(&what, response).await);
         }
         let mut hasher = Sha256::new();
         let mut received = 0u64;
+        let mut first_byte = None;
         while let Some(chunk) = response.chunk().await.map_err(|e| transport(&what, e))? {
+            if chunk.is_empty() {
+                continue;
+            }
+            first_byte.get_or_insert_with(|| started.elapsed());
             received += chunk.len() as u64;
             if received > size {
                 return Err(format!("{what}: more than the expected {size} bytes"));
@@ -416,7 +484,9 @@ impl Api {
             if verify {
                 hasher.update(&chunk);
             }
+            progress(received);
         }
+        let total = started.elapsed();
         if received != size {
             return Err(format!("{what}: {received} bytes, expected {size}"));
         }
@@ -426,7 +496,11 @@ impl Api {
                 return Err(format!("{what}: content digest is {actual}"));
             }
         }
-        Ok(received)
+        Ok(BlobTiming {
+            first_byte: first_byte.unwrap_or(total),
+            total,
+            bytes: received,
+        })
     }
 
     /// `DELETE` a manifest by tag or digest; returns the status.

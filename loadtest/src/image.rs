@@ -39,7 +39,8 @@ impl Blob {
     }
 }
 
-/// A complete single-platform OCI image.
+/// A complete single-platform OCI image (cheap to clone: the bytes are shared).
+#[derive(Clone)]
 pub struct Image {
     pub config: Blob,
     pub layers: Vec<Blob>,

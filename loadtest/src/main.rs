@@ -8,11 +8,13 @@
 //! Layout: `scenario` (registry of scenarios, driver, loops with count and time limits),
 //! `scenarios/` (one file per scenario), `client` (HTTP and OCI calls), `image`
 //! (synthetic content), `stats`, `procmon` (/proc sampling), `report`, `guard`
-//! (the loopback check), `fakehub/` (`fake-hub`: a simulated Docker Hub to test against).
+//! (the loopback check), `fakehub/` (`fake-hub`: a simulated Docker Hub to test against),
+//! `hubclient` (the load generator's side of a fake hub, for the `mirror` scenario).
 
 mod client;
 mod fakehub;
 mod guard;
+mod hubclient;
 mod image;
 mod procmon;
 mod report;
@@ -102,7 +104,7 @@ struct RunArgs {
     /// Blob size for `blob` (default 1MiB).
     #[arg(long)]
     blob_size: Option<String>,
-    /// Blob size for `large` (default 512MiB; 16MiB with --quick).
+    /// Blob size for `large`, and the layer 8 clients pull at once in `mirror` (default 512MiB; 16MiB with --quick).
     #[arg(long)]
     large_size: Option<String>,
     /// Total layer bytes of push/pull/skopeo images (default 100MiB; 4MiB with --quick).
@@ -175,6 +177,12 @@ struct ReportArgs {
     /// Label of nginx serving a small static file over TLS (the `ceiling` scenario).
     #[arg(long, default_value = "nginx-static")]
     ceiling: String,
+    /// Label of Portcullis with --mirror (the `mirror` scenario).
+    #[arg(long, default_value = "portcullis-mirror")]
+    mirror: String,
+    /// Label of distribution in proxy mode (the `mirror` scenario's comparison).
+    #[arg(long, default_value = "distribution-mirror")]
+    mirror_reference: String,
     /// KEY=VALUE lines for the header (machine, versions, date), in order.
     #[arg(long = "meta", value_parser = parse_key_value)]
     meta: Vec<(String, String)>,
@@ -301,6 +309,7 @@ fn run(args: RunArgs) -> Result<usize, String> {
         let ctx = Ctx {
             target,
             settings: settings.clone(),
+            server_pids: args.server_pid.clone(),
         };
         let mut report = runtime.block_on(scenario::drive(entry, &ctx, &label, &args.server_pid));
         report.variant = args.variant.clone();
@@ -342,6 +351,8 @@ fn write_report(args: &ReportArgs) -> Result<usize, String> {
         reference_anonymous: args.reference_anonymous.clone(),
         portcullis_tls: args.portcullis_tls.clone(),
         ceiling: args.ceiling.clone(),
+        mirror: args.mirror.clone(),
+        mirror_reference: args.mirror_reference.clone(),
     };
     let md = report::markdown(&reports, &roles, &args.meta, args.quick);
     std::fs::write(&args.output, md)

@@ -70,6 +70,12 @@ pub fn own_cpu_seconds() -> f64 {
     read_stat(std::process::id()).map_or(0.0, |s| s.cpu_seconds())
 }
 
+/// The summed resident memory of the trees right now, in MiB.
+pub fn tree_rss_mib(roots: &[u32]) -> f64 {
+    let kib: u64 = tree(roots).iter().filter_map(|pid| rss_kib(*pid)).sum();
+    kib as f64 / 1024.0
+}
+
 /// Largest summed VmRSS (KiB) seen until `stop` is set.
 fn sample_until(roots: &[u32], stop: &AtomicBool) -> u64 {
     let mut peak = 0;
@@ -189,6 +195,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(120));
         let usage = monitor.finish();
         assert!(usage.peak_rss_mib > 0.0);
+        assert!(tree_rss_mib(&[me]) > 0.0);
         assert!(usage.cpu_seconds >= 0.0);
         assert!(Monitor::start(&[u32::MAX]).is_err());
     }

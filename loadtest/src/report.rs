@@ -2,8 +2,10 @@
 //! and (with `--json`) as one JSON line; `portcullis-loadtest report` turns a file of
 //! those lines into the markdown of `loadtest/RESULTS.md`.
 
+use crate::hubclient::UpstreamCount;
 use crate::procmon::Usage;
 use crate::scenario::{Ctx, Figure, Measurement};
+use crate::scenarios::mirror::{ratio as ratio_of, MirrorFigures};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
@@ -40,6 +42,9 @@ pub struct Report {
     pub client_cpu_s: f64,
     pub error_samples: Vec<String>,
     pub notes: Vec<String>,
+    /// What the `mirror` scenario measured, phase by phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorFigures>,
 }
 
 impl Report {
@@ -167,6 +172,10 @@ pub struct Roles {
     pub portcullis_tls: String,
     /// nginx serving a small static file over TLS: the `ceiling` scenario's target.
     pub ceiling: String,
+    /// Portcullis with `--mirror`, upstream a fake hub: the `mirror` scenario's target.
+    pub mirror: String,
+    /// distribution in proxy mode with the same upstream: what the mirror is compared with.
+    pub mirror_reference: String,
 }
 
 /// The best run of `scenario` (HTTP/1.1, no variant) against `target`: a scenario that
@@ -290,6 +299,7 @@ pub fn markdown(
 
     targets_table(&mut md, reports, roles);
     clients_table(&mut md, reports, roles);
+    mirror_section(&mut md, reports, roles);
     scenarios_table(&mut md, reports);
 
     let mut details = String::new();
@@ -327,7 +337,9 @@ fn targets_table(md: &mut String, reports: &[Report], roles: &Roles) {
          TLS+auth did not run, its plain-HTTP figure stands in and the verdict says `(plain)`. \
          Where a scenario ran in several rounds (full mode: small, blob, large and push, \
          twice, in opposite target order), each target's best run counts; every run is in \
-         the next table.\n"
+         the next table. The mirror rows put distribution in proxy mode in the distribution \
+         column and Portcullis `--mirror` in the portcullis column, both with the same fake \
+         Docker Hub as upstream (details in the pull-through cache section).\n"
     );
     let _ = writeln!(
         md,
@@ -433,14 +445,7 @@ fn targets_table(md: &mut String, reports: &[Report], roles: &Roles) {
         of_anonymous(ours_cost),
         verdict(ours_cost, &Goal::AtLeast(0.95), false),
     );
-    let _ = writeln!(
-        md,
-        "| cold mirror pull, 8 clients, upstream GETs | - | - | - | - | - | exactly one per blob | pending (`mirror` scenario) |"
-    );
-    let _ = writeln!(
-        md,
-        "| cold pull vs pulling straight from upstream | - | - | - | - | - | <= 1.1x direct | pending (`mirror` scenario) |"
-    );
+    mirror_target_rows(md, reports, roles);
     // Memory: the largest peak over all scenarios, per target.
     let peak = |label: &str| {
         reports
@@ -471,6 +476,321 @@ fn targets_table(md: &mut String, reports: &[Report], roles: &Roles) {
             None => "n/a".to_string(),
         },
     );
+}
+
+/// The `mirror` figures of `target`'s run (`None` if it did not run or failed outright).
+fn mirror_figures<'a>(reports: &'a [Report], target: &str) -> Option<&'a MirrorFigures> {
+    find(reports, "mirror", target).and_then(|r| r.mirror.as_ref())
+}
+
+/// Sizes as the report shows them: `64.0 MiB`, `1.0 GiB`.
+fn size_text(bytes: u64) -> String {
+    let mib = bytes as f64 / MIB;
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}
+
+fn upstream_rate_text(bytes_per_sec: u64) -> String {
+    match bytes_per_sec {
+        0 => "unthrottled".to_string(),
+        rate => format!("at {}/s per blob", size_text(rate)),
+    }
+}
+
+fn seconds_vs(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b, ratio_of(a, b)) {
+        (Some(a), Some(b), Some(r)) => format!("{a:.2} s vs {b:.2} s ({r:.2}x)"),
+        _ => "n/a".to_string(),
+    }
+}
+
+fn upstream_text(u: &UpstreamCount) -> String {
+    format!(
+        "blob GET {} (max {} per blob), CDN GET {}, blob HEAD {}, manifest {}, token {}; all {}",
+        u.blob_gets,
+        u.most_gets_of_one_blob,
+        u.cdn_gets,
+        u.blob_heads,
+        u.manifest_requests,
+        u.token_requests,
+        u.all
+    )
+}
+
+/// The DESIGN.md §7 rows of the pull-through cache: distribution's proxy in the
+/// distribution column, Portcullis `--mirror` in the portcullis column.
+fn mirror_target_rows(md: &mut String, reports: &[Report], roles: &Roles) {
+    let theirs = mirror_figures(reports, &roles.mirror_reference);
+    let ours = mirror_figures(reports, &roles.mirror);
+    let either = ours.or(theirs);
+    let clients = either.map_or(8, |f| f.clients);
+    let blobs = either.map_or(6, |f| f.blobs);
+    let row = |md: &mut String,
+               figure: &str,
+               cell: &dyn Fn(&MirrorFigures) -> String,
+               ratio: Option<f64>,
+               target: &str,
+               met: String| {
+        let cell = |f: Option<&MirrorFigures>| f.map_or("not run".to_string(), cell);
+        let _ = writeln!(
+            md,
+            "| {figure} | {} | - | {} | - | {} | {target} | {met} |",
+            cell(theirs),
+            cell(ours),
+            ratio.map_or("-".to_string(), |r| format!("{r:.2}x")),
+        );
+    };
+    let yes_no = |met: Option<bool>| match met {
+        Some(true) => "yes".to_string(),
+        Some(false) => "**no**".to_string(),
+        None => "n/a".to_string(),
+    };
+    row(
+        md,
+        &format!("cold mirror pull, {clients} clients at once, same image: upstream blob GETs for {blobs} blobs (registry / CDN, worst round)"),
+        &|f| f.worst_all_upstream().map_or("n/a".to_string(), |u| format!("{} / {}", u.blob_gets, u.cdn_gets)),
+        None,
+        &format!("exactly {blobs}"),
+        yes_no(ours.and_then(MirrorFigures::one_fetch_per_blob)),
+    );
+    let crowd = ours.and_then(MirrorFigures::all_vs_one);
+    row(
+        md,
+        &format!(
+            "cold mirror pull, {clients} clients at once: wall time vs one client's cold pull"
+        ),
+        &|f| seconds_vs(f.all_s(), f.one_s()),
+        crowd,
+        "<= 1.2x",
+        verdict(crowd, &Goal::AtMost(1.2), false),
+    );
+    let direct = ours.and_then(MirrorFigures::cold_vs_direct);
+    row(
+        md,
+        &format!(
+            "cold pull through the mirror vs the same pull straight from upstream (CDN {})",
+            upstream_rate_text(either.map_or(0, |f| f.upstream_bytes_per_sec))
+        ),
+        &|f| seconds_vs(f.one_s(), f.direct_s()),
+        direct,
+        "<= 1.1x",
+        verdict(direct, &Goal::AtMost(1.1), false),
+    );
+    let late = either.and_then(|f| f.late_joiner.as_ref());
+    row(
+        md,
+        &format!(
+            "a client joining while a large blob is still arriving{}: its time to first byte",
+            late.map_or(String::new(), |l| format!(
+                " ({} at {}/s)",
+                size_text(l.blob_bytes),
+                size_text(l.bytes_per_sec)
+            ))
+        ),
+        &|f| {
+            f.late_joiner.as_ref().map_or("n/a".to_string(), |l| {
+                format!(
+                    "{:.1} ms (upstream blob GETs: {})",
+                    l.joiner_first_byte_ms, l.upstream.blob_gets
+                )
+            })
+        },
+        None,
+        "<= 100 ms",
+        yes_no(
+            ours.and_then(|f| f.late_joiner.as_ref())
+                .map(|l| l.joiner_first_byte_ms <= 100.0),
+        ),
+    );
+    let fan = either.and_then(|f| f.fan_out.as_ref());
+    let peak = |f: &MirrorFigures| f.fan_out.as_ref().and_then(|o| o.peak_rss_mib);
+    row(
+        md,
+        &format!(
+            "resident memory, {} mirror clients of a {} layer at once (cold), peak",
+            fan.map_or(clients, |o| o.clients),
+            fan.map_or("large".to_string(), |o| size_text(o.layer_bytes))
+        ),
+        &|f| peak(f).map_or("n/a".to_string(), |v| format!("{v:.1} MiB")),
+        None,
+        "< 64 MiB",
+        yes_no(ours.and_then(peak).map(|v| v < 64.0)),
+    );
+}
+
+/// Every figure of the `mirror` scenario, one column per target that ran it.
+fn mirror_section(md: &mut String, reports: &[Report], roles: &Roles) {
+    let mut labels: Vec<&str> = Vec::new();
+    for label in [roles.mirror_reference.as_str(), roles.mirror.as_str()]
+        .into_iter()
+        .chain(
+            reports
+                .iter()
+                .filter(|r| r.scenario == "mirror")
+                .map(|r| r.target.as_str()),
+        )
+    {
+        if !labels.contains(&label) && find(reports, "mirror", label).is_some() {
+            labels.push(label);
+        }
+    }
+    if labels.is_empty() {
+        return;
+    }
+    let columns: Vec<(&str, Option<&MirrorFigures>)> = labels
+        .iter()
+        .map(|label| (*label, mirror_figures(reports, label)))
+        .collect();
+    let _ = writeln!(md, "## Pull-through cache (`mirror`)\n");
+    let _ = writeln!(
+        md,
+        "Each target mirrors the same fake Docker Hub (`portcullis-loadtest fake-hub`: token \
+         realm, blobs by 307 to a CDN listener), started on loopback by compare.sh; upstream \
+         requests are read from the hub's own request log, reset before each phase. Every \
+         pull is of fresh images (cold) unless it says warm; every blob is digest-checked at \
+         every client. Times are medians over the cold rounds. `{}` = Portcullis \
+         `--mirror docker.io=<hub>`, `{}` = distribution with `proxy: remoteurl: <hub>`.\n",
+        roles.mirror, roles.mirror_reference
+    );
+    let _ = writeln!(
+        md,
+        "| figure | {} |\n|---|{}",
+        labels.join(" | "),
+        "---|".repeat(labels.len())
+    );
+    let line = |md: &mut String, figure: &str, cell: &dyn Fn(&MirrorFigures) -> String| {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, f)| f.map_or("failed".to_string(), cell))
+            .collect();
+        let _ = writeln!(md, "| {figure} | {} |", cells.join(" | "));
+    };
+    let na = || "n/a".to_string();
+    line(md, "image", &|f| {
+        format!(
+            "{} blobs, {} in all; {} cold round(s); CDN {}",
+            f.blobs,
+            size_text(f.image_bytes),
+            f.rounds.len(),
+            upstream_rate_text(f.upstream_bytes_per_sec)
+        )
+    });
+    line(
+        md,
+        "cold pull straight from the hub (token dance, 307 to the CDN), one client",
+        &|f| f.direct_s().map_or_else(na, |s| format!("{s:.3} s")),
+    );
+    line(md, "cold pull through the mirror, one client", &|f| {
+        f.one_s().map_or_else(na, |s| format!("{s:.3} s"))
+    });
+    line(md, "  vs straight from the hub", &|f| {
+        f.cold_vs_direct().map_or_else(na, |r| format!("{r:.2}x"))
+    });
+    line(md, "  upstream requests (worst round)", &|f| {
+        f.worst_upstream(|r| r.one_upstream)
+            .map_or_else(na, |u| upstream_text(&u))
+    });
+    line(
+        md,
+        "cold pull, one client, CDN unthrottled: through the mirror vs straight from the hub",
+        &|f| seconds_vs(f.unthrottled_one_s(), f.unthrottled_direct_s()),
+    );
+    line(
+        md,
+        "cold pull through the mirror, all clients at once, wall time",
+        &|f| {
+            f.all_s()
+                .map_or_else(na, |s| format!("{s:.3} s ({} clients)", f.clients))
+        },
+    );
+    line(md, "  vs one client", &|f| {
+        f.all_vs_one().map_or_else(na, |r| format!("{r:.2}x"))
+    });
+    line(md, "  upstream requests (worst round)", &|f| {
+        f.worst_all_upstream()
+            .map_or_else(na, |u| upstream_text(&u))
+    });
+    line(md, "warm pull (all cached), one client", &|f| {
+        f.warm.as_ref().map_or_else(na, |w| {
+            format!(
+                "{:.3} s, {} upstream requests ({} pulls)",
+                w.seconds, w.upstream_requests, w.pulls
+            )
+        })
+    });
+    line(md, "late joiner: blob, CDN rate", &|f| {
+        f.late_joiner.as_ref().map_or_else(na, |l| {
+            format!(
+                "{} at {}/s",
+                size_text(l.blob_bytes),
+                size_text(l.bytes_per_sec)
+            )
+        })
+    });
+    line(md, "  A: first byte, done", &|f| {
+        f.late_joiner.as_ref().map_or_else(na, |l| {
+            format!("{:.1} ms, {:.2} s", l.first_byte_ms, l.first_total_s)
+        })
+    });
+    line(md, "  B joined (after A's start), with A holding", &|f| {
+        f.late_joiner.as_ref().map_or_else(na, |l| {
+            format!(
+                "{:.0} ms, {}",
+                l.joined_at_ms,
+                size_text(l.joined_after_bytes)
+            )
+        })
+    });
+    line(md, "  B: first byte, done (after its own start)", &|f| {
+        f.late_joiner.as_ref().map_or_else(na, |l| {
+            format!(
+                "{:.1} ms, {:.2} s",
+                l.joiner_first_byte_ms, l.joiner_total_s
+            )
+        })
+    });
+    line(md, "  upstream requests", &|f| {
+        f.late_joiner
+            .as_ref()
+            .map_or_else(na, |l| upstream_text(&l.upstream))
+    });
+    line(
+        md,
+        "fan-out: clients of one large layer at once (cold), wall time",
+        &|f| {
+            f.fan_out.as_ref().map_or_else(na, |o| {
+                format!(
+                    "{} x {}: {:.2} s",
+                    o.clients,
+                    size_text(o.layer_bytes),
+                    o.seconds
+                )
+            })
+        },
+    );
+    line(md, "  server resident memory: before, peak", &|f| {
+        f.fan_out
+            .as_ref()
+            .map_or_else(na, |o| match (o.rss_before_mib, o.peak_rss_mib) {
+                (Some(before), Some(peak)) => format!("{before:.1} MiB, {peak:.1} MiB"),
+                _ => "not measured (no --server-pid)".to_string(),
+            })
+    });
+    line(md, "  server CPU", &|f| {
+        f.fan_out
+            .as_ref()
+            .and_then(|o| o.server_cpu_s)
+            .map_or_else(na, |c| format!("{c:.2} s"))
+    });
+    line(md, "  upstream requests", &|f| {
+        f.fan_out
+            .as_ref()
+            .map_or_else(na, |o| upstream_text(&o.upstream))
+    });
+    let _ = writeln!(md);
 }
 
 /// The real-client scenarios, by image size (their variants), against plain
@@ -599,6 +919,8 @@ mod tests {
             reference_anonymous: "nginx-tls".into(),
             portcullis_tls: "portcullis-tls".into(),
             ceiling: "nginx-static".into(),
+            mirror: "portcullis-mirror".into(),
+            mirror_reference: "distribution-mirror".into(),
         }
     }
 
@@ -648,6 +970,102 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 0.75x | >= 0.5x | yes |"), "{md}");
+    }
+
+    fn mirror_report(target: &str, all_gets: u64, all_s: f64, joiner_ms: f64, peak: f64) -> Report {
+        use crate::scenarios::mirror::{ColdRound, FanOut, LateJoiner};
+        let upstream = UpstreamCount {
+            blob_gets: all_gets,
+            cdn_gets: all_gets,
+            most_gets_of_one_blob: all_gets.div_ceil(6),
+            ..UpstreamCount::default()
+        };
+        Report {
+            mirror: Some(MirrorFigures {
+                clients: 8,
+                blobs: 6,
+                image_bytes: 100 << 20,
+                upstream_bytes_per_sec: 16 << 20,
+                rounds: vec![ColdRound {
+                    direct_s: 1.0,
+                    one_s: 1.05,
+                    all_s,
+                    all_upstream: upstream,
+                    ..ColdRound::default()
+                }],
+                late_joiner: Some(LateJoiner {
+                    blob_bytes: 64 << 20,
+                    bytes_per_sec: 16 << 20,
+                    joiner_first_byte_ms: joiner_ms,
+                    ..LateJoiner::default()
+                }),
+                fan_out: Some(FanOut {
+                    clients: 8,
+                    layer_bytes: 1 << 30,
+                    peak_rss_mib: Some(peak),
+                    rss_before_mib: Some(20.0),
+                    ..FanOut::default()
+                }),
+                ..MirrorFigures::default()
+            }),
+            ..report("mirror", target, all_s, "s")
+        }
+    }
+
+    #[test]
+    fn mirror_rows_and_section() {
+        let reports = vec![
+            mirror_report("distribution-mirror", 50, 3.0, 30.0, 90.0),
+            mirror_report("portcullis-mirror", 6, 1.155, 4.0, 40.0),
+        ];
+        let md = markdown(&reports, &roles(), &[], false);
+        assert!(
+            md.contains("upstream blob GETs for 6 blobs (registry / CDN, worst round) | 50 / 50 | - | 6 / 6 | - | - | exactly 6 | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 3.00 s vs 1.05 s (2.86x) | - | 1.16 s vs 1.05 s (1.10x) | - | 1.10x | <= 1.2x | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("straight from upstream (CDN at 16.0 MiB/s per blob) | 1.05 s vs 1.00 s (1.05x) | - | 1.05 s vs 1.00 s (1.05x) | - | 1.05x | <= 1.1x | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("(64.0 MiB at 16.0 MiB/s): its time to first byte | 30.0 ms"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 4.0 ms (upstream blob GETs: 0) | - | - | <= 100 ms | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("8 mirror clients of a 1.0 GiB layer at once (cold), peak | 90.0 MiB | - | 40.0 MiB | - | - | < 64 MiB | yes |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| figure | distribution-mirror | portcullis-mirror |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 20.0 MiB, 90.0 MiB | 20.0 MiB, 40.0 MiB |"),
+            "{md}"
+        );
+
+        // Only the reference ran: its figures show, the verdicts are not Portcullis's.
+        let md = markdown(&reports[..1], &roles(), &[], false);
+        assert!(
+            md.contains("| 50 / 50 | - | not run | - | - | exactly 6 | n/a |"),
+            "{md}"
+        );
+        assert!(!md.contains("| portcullis-mirror |"), "{md}");
+        // No mirror run at all: the rows say so and there is no section.
+        let md = markdown(&[], &roles(), &[], false);
+        assert!(
+            md.contains("| not run | - | not run | - | - | exactly 6 | n/a |"),
+            "{md}"
+        );
+        assert!(!md.contains("## Pull-through cache"), "{md}");
     }
 
     #[test]

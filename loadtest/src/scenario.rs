@@ -2,8 +2,7 @@
 //!
 //! A scenario is a [`Scenario`]: `setup` seeds what it needs (not measured), `run`
 //! measures and returns a [`Measurement`], `report` may add notes. [`SCENARIOS`] lists
-//! them by name. A new scenario (the pull-through `mirror` one, say) is one file under
-//! `scenarios/` and one [`Entry`] here; scenario-specific parameters arrive through
+//! them by name. A new scenario is one file under `scenarios/` and one [`Entry`] here; scenario-specific parameters arrive through
 //! `--opt key=value` ([`Settings::opt`]) so the CLI need not change.
 //!
 //! Limits: every loop stops at the earlier of `--duration` and `--max-ops`; setup and
@@ -71,6 +70,8 @@ impl Settings {
 pub struct Ctx {
     pub target: Target,
     pub settings: Settings,
+    /// The server processes `--server-pid` names, for scenarios that measure one phase.
+    pub server_pids: Vec<u32>,
 }
 
 impl Ctx {
@@ -194,6 +195,12 @@ pub const SCENARIOS: &[Entry] = &[
         connections: 1,
         about: "podman push of a fresh local image (podman gzips layers on the way)",
         make: || Box::new(ClientCopy::new(Tool::Podman, Direction::Push)),
+    },
+    Entry {
+        name: "mirror",
+        connections: 8,
+        about: "pull-through cache whose upstream is a fake hub (--opt mirror-hub=URL, mirror-hub-content=DIR): cold pulls by one and by 8 clients vs straight from the hub, upstream GETs, warm pull, a late joiner's first byte, 8 clients of one --large-size layer",
+        make: || Box::new(crate::scenarios::mirror::MirrorPull::default()),
     },
     Entry {
         name: "soak",

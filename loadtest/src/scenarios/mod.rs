@@ -4,6 +4,7 @@ pub mod blob;
 pub mod clients;
 pub mod image;
 pub mod large;
+pub mod mirror;
 pub mod small;
 pub mod soak;
 
@@ -12,6 +13,7 @@ pub const SEED_SMALL: u64 = 0x5111;
 pub const SEED_BLOB: u64 = 0xb10b;
 pub const SEED_LARGE: u64 = 0x1a29e;
 pub const SEED_PULL: u64 = 0x9011;
+pub const SEED_MIRROR: u64 = 0x3177;
 
 /// A seed no earlier run used: pushes must never find their blobs already there.
 pub fn fresh_seed(base: u64, i: u64) -> u64 {
