@@ -36,7 +36,7 @@ const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Blob downloads running at once, over all upstreams; more wait for a slot.
 const MAX_CONCURRENT_FETCHES: usize = 64;
 /// Upstream bytes gathered into one write while more are already waiting.
-const WRITE_BATCH: usize = 4 << 20;
+const WRITE_BATCH: usize = 1 << 20;
 /// Pages of an upstream tag list followed (of up to 1000 tags each).
 const MAX_TAG_PAGES: usize = 100;
 const TAG_PAGE_SIZE: usize = 1000;
@@ -962,59 +962,19 @@ impl Mirror {
             }
             _ => {}
         }
-        // The body is read on a task of its own, so bytes keep arriving while the
-        // previous ones are hashed and written; the writer takes whatever has queued
-        // up meanwhile, so its writes grow when the network is faster than the disk.
-        let (chunks, mut arriving) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
-        let _reader = AbortOnDrop(tokio::spawn(forward_body(response, skip, chunks)));
+        // The body is read on a task of its own, so the next batch arrives from the
+        // network while the previous one is hashed and written.
+        let (batches, mut arriving) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
+        let _reader = AbortOnDrop(tokio::spawn(forward_body(response, skip, batches)));
         loop {
-            let mut batch = VecDeque::new();
-            let mut batched = 0usize;
-            let mut last = None;
-            let mut next = arriving.recv().await;
-            loop {
-                match next {
-                    Some(BodyEvent::Chunk(chunk)) => {
-                        batched += chunk.len();
-                        batch.push_back(chunk);
-                    }
-                    Some(other) => {
-                        last = Some(other);
-                        break;
-                    }
-                    None => {
-                        last = Some(BodyEvent::Broken("the body reader stopped".into()));
-                        break;
-                    }
-                }
-                if batched >= WRITE_BATCH {
-                    break;
-                }
-                match arriving.try_recv() {
-                    Ok(event) => next = Some(event),
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => next = None,
-                }
-            }
-            if batched > 0 {
-                let appended = self
-                    .registry
-                    .append_upload(cached_as, id, Some(*received), &mut Chunks(batch))
-                    .await
-                    .map_err(|e| Attempt::Fatal(e.into()))?;
-                *received = appended;
-                fetch.landed(appended);
-            }
-            if size.is_some_and(|s| *received > s) {
-                return Err(fatal(format!(
-                    "blob {digest} is longer than the {} bytes announced",
-                    size.unwrap_or(0)
-                )));
-            }
-            match last {
-                None | Some(BodyEvent::Chunk(_)) => {}
-                Some(BodyEvent::Broken(reason)) => return Err(Attempt::Broken(reason)),
-                Some(BodyEvent::End) => {
+            let event = arriving
+                .recv()
+                .await
+                .unwrap_or_else(|| BodyEvent::Broken("the body reader stopped".into()));
+            let batch = match event {
+                BodyEvent::Batch(batch) => batch,
+                BodyEvent::Broken(reason) => return Err(Attempt::Broken(reason)),
+                BodyEvent::End => {
                     return match *size {
                         Some(s) if *received < s => Err(Attempt::Broken(format!(
                             "body ended after {} of {s} bytes",
@@ -1023,6 +983,19 @@ impl Mirror {
                         _ => Ok(()),
                     };
                 }
+            };
+            let appended = self
+                .registry
+                .append_upload(cached_as, id, Some(*received), &mut Chunks(batch))
+                .await
+                .map_err(|e| Attempt::Fatal(e.into()))?;
+            *received = appended;
+            fetch.landed(appended);
+            if size.is_some_and(|s| *received > s) {
+                return Err(fatal(format!(
+                    "blob {digest} is longer than the {} bytes announced",
+                    size.unwrap_or(0)
+                )));
             }
         }
     }
@@ -1030,40 +1003,62 @@ impl Mirror {
 
 /// What the body reader hands the writer.
 enum BodyEvent {
-    Chunk(Bytes),
+    Batch(VecDeque<Bytes>),
     End,
     Broken(String),
 }
 
-/// Chunks read ahead of the writer (each as the HTTP client delivers them, tens of
-/// KiB): bounds a fetch's memory while the disk is slower than the network.
-const CHUNKS_AHEAD: usize = 64;
+/// Batches read ahead of the writer (each up to [`WRITE_BATCH`] bytes).
+const BATCHES_AHEAD: usize = 2;
 
-/// Forwards a blob body chunk by chunk; the first `skip` bytes are dropped (already
+/// Reads a blob body into batches: one chunk awaited, then whatever else is already
+/// there, up to [`WRITE_BATCH`] bytes; the first `skip` bytes are dropped (already
 /// stored, when an upstream answered a Range request with the whole blob).
 async fn forward_body(
     mut response: reqwest::Response,
     mut skip: u64,
-    chunks: tokio::sync::mpsc::Sender<BodyEvent>,
+    batches: tokio::sync::mpsc::Sender<BodyEvent>,
 ) {
     loop {
-        let event = match response.chunk().await {
-            Ok(Some(mut chunk)) => {
-                if skip > 0 {
-                    let n = skip.min(chunk.len() as u64);
-                    skip -= n;
-                    chunk = chunk.slice(n as usize..);
+        let mut batch = VecDeque::new();
+        let mut batched = 0usize;
+        let mut last = None;
+        let mut first = true;
+        while batched < WRITE_BATCH {
+            let next = if first {
+                first = false;
+                Ok(response.chunk().await)
+            } else {
+                tokio::time::timeout(std::time::Duration::ZERO, response.chunk()).await
+            };
+            match next {
+                Ok(Ok(Some(mut chunk))) => {
+                    if skip > 0 {
+                        let n = skip.min(chunk.len() as u64);
+                        skip -= n;
+                        chunk = chunk.slice(n as usize..);
+                    }
+                    batched += chunk.len();
+                    if !chunk.is_empty() {
+                        batch.push_back(chunk);
+                    }
                 }
-                if chunk.is_empty() {
-                    continue;
+                Ok(Ok(None)) => {
+                    last = Some(BodyEvent::End);
+                    break;
                 }
-                BodyEvent::Chunk(chunk)
+                Ok(Err(e)) => {
+                    last = Some(BodyEvent::Broken(upstream::describe(e)));
+                    break;
+                }
+                Err(_nothing_ready) => break,
             }
-            Ok(None) => BodyEvent::End,
-            Err(e) => BodyEvent::Broken(upstream::describe(e)),
-        };
-        let last = !matches!(event, BodyEvent::Chunk(_));
-        if chunks.send(event).await.is_err() || last {
+        }
+        if batched > 0 && batches.send(BodyEvent::Batch(batch)).await.is_err() {
+            return;
+        }
+        if let Some(last) = last {
+            let _ = batches.send(last).await;
             return;
         }
     }
