@@ -907,7 +907,7 @@ impl Mirror {
         };
         let digest = fetch.digest.clone();
         let resuming = request.from_byte.is_some();
-        let response = match upstream.send(request).await {
+        let mut response = match upstream.send(request).await {
             Ok(r) => r,
             // A first attempt that fails is the answer; a resume may try again when
             // the trouble was the connection, not a verdict (down, rate-limited).
@@ -962,114 +962,71 @@ impl Mirror {
             }
             _ => {}
         }
-        // The body is read on a task of its own, so the next batch arrives from the
-        // network while the previous one is hashed and written.
-        let (batches, mut arriving) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
-        let _reader = AbortOnDrop(tokio::spawn(forward_body(response, skip, batches)));
         loop {
-            let event = arriving
-                .recv()
-                .await
-                .unwrap_or_else(|| BodyEvent::Broken("the body reader stopped".into()));
-            let batch = match event {
-                BodyEvent::Batch(batch) => batch,
-                BodyEvent::Broken(reason) => return Err(Attempt::Broken(reason)),
-                BodyEvent::End => {
-                    return match *size {
-                        Some(s) if *received < s => Err(Attempt::Broken(format!(
-                            "body ended after {} of {s} bytes",
-                            *received
-                        ))),
-                        _ => Ok(()),
-                    };
+            let mut batch = VecDeque::new();
+            let mut batched = 0usize;
+            let mut ended = false;
+            let mut broken = None;
+            // Wait for one chunk, then take whatever else is already there.
+            let mut first = true;
+            while batched < WRITE_BATCH {
+                let next = if first {
+                    first = false;
+                    Ok(response.chunk().await)
+                } else {
+                    tokio::time::timeout(std::time::Duration::ZERO, response.chunk()).await
+                };
+                match next {
+                    Ok(Ok(Some(mut chunk))) => {
+                        if skip > 0 {
+                            let n = skip.min(chunk.len() as u64);
+                            skip -= n;
+                            chunk = chunk.slice(n as usize..);
+                        }
+                        batched += chunk.len();
+                        if !chunk.is_empty() {
+                            batch.push_back(chunk);
+                        }
+                    }
+                    Ok(Ok(None)) => {
+                        ended = true;
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        broken = Some(upstream::describe(e));
+                        break;
+                    }
+                    Err(_nothing_ready) => break,
                 }
-            };
-            let appended = self
-                .registry
-                .append_upload(cached_as, id, Some(*received), &mut Chunks(batch))
-                .await
-                .map_err(|e| Attempt::Fatal(e.into()))?;
-            *received = appended;
-            fetch.landed(appended);
+            }
+            if batched > 0 {
+                let appended = self
+                    .registry
+                    .append_upload(cached_as, id, Some(*received), &mut Chunks(batch))
+                    .await
+                    .map_err(|e| Attempt::Fatal(e.into()))?;
+                *received = appended;
+                fetch.landed(appended);
+            }
             if size.is_some_and(|s| *received > s) {
                 return Err(fatal(format!(
                     "blob {digest} is longer than the {} bytes announced",
                     size.unwrap_or(0)
                 )));
             }
-        }
-    }
-}
-
-/// What the body reader hands the writer.
-enum BodyEvent {
-    Batch(VecDeque<Bytes>),
-    End,
-    Broken(String),
-}
-
-/// Batches read ahead of the writer (each up to [`WRITE_BATCH`] bytes).
-const BATCHES_AHEAD: usize = 2;
-
-/// Reads a blob body into batches: one chunk awaited, then whatever else is already
-/// there, up to [`WRITE_BATCH`] bytes; the first `skip` bytes are dropped (already
-/// stored, when an upstream answered a Range request with the whole blob).
-async fn forward_body(
-    mut response: reqwest::Response,
-    mut skip: u64,
-    batches: tokio::sync::mpsc::Sender<BodyEvent>,
-) {
-    loop {
-        let mut batch = VecDeque::new();
-        let mut batched = 0usize;
-        let mut last = None;
-        let mut first = true;
-        while batched < WRITE_BATCH {
-            let next = if first {
-                first = false;
-                Ok(response.chunk().await)
-            } else {
-                tokio::time::timeout(std::time::Duration::ZERO, response.chunk()).await
-            };
-            match next {
-                Ok(Ok(Some(mut chunk))) => {
-                    if skip > 0 {
-                        let n = skip.min(chunk.len() as u64);
-                        skip -= n;
-                        chunk = chunk.slice(n as usize..);
-                    }
-                    batched += chunk.len();
-                    if !chunk.is_empty() {
-                        batch.push_back(chunk);
-                    }
-                }
-                Ok(Ok(None)) => {
-                    last = Some(BodyEvent::End);
-                    break;
-                }
-                Ok(Err(e)) => {
-                    last = Some(BodyEvent::Broken(upstream::describe(e)));
-                    break;
-                }
-                Err(_nothing_ready) => break,
+            if let Some(reason) = broken {
+                return Err(Attempt::Broken(reason));
+            }
+            if ended {
+                return match *size {
+                    Some(s) if *received < s => Err(Attempt::Broken(format!(
+                        "body ended after {} of {s} bytes",
+                        *received
+                    ))),
+                    _ => Ok(()),
+                };
             }
         }
-        if batched > 0 && batches.send(BodyEvent::Batch(batch)).await.is_err() {
-            return;
-        }
-        if let Some(last) = last {
-            let _ = batches.send(last).await;
-            return;
-        }
-    }
-}
-
-/// Stops a helper task when its owner is done with it (on every path, errors too).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
