@@ -258,10 +258,7 @@ impl Mirror {
                     m.upstream.name, m.remote
                 ),
             },
-            other => MirrorError::Upstream(UpstreamError::Invalid {
-                upstream: m.upstream.name.clone(),
-                reason: format!("{other} for {what}"),
-            }),
+            other => m.upstream.invalid(format!("{other} for {what}")).into(),
         }
     }
 
@@ -353,12 +350,7 @@ impl Mirror {
             Missing::Manifest,
             &format!("manifest {reference}"),
         )?;
-        let invalid = |reason: String| {
-            MirrorError::Upstream(UpstreamError::Invalid {
-                upstream: m.upstream.name.clone(),
-                reason,
-            })
-        };
+        let invalid = |reason: String| MirrorError::from(m.upstream.invalid(reason));
         let content_type = header(&response, "content-type").map(str::to_string);
         let announced = header(&response, "docker-content-digest")
             .map(|d| d.parse::<Digest>())
@@ -588,12 +580,7 @@ impl Mirror {
     }
 
     async fn fetch_tag_list(&self, m: &Mirrored) -> Result<Vec<String>, MirrorError> {
-        let invalid = |reason: String| {
-            MirrorError::Upstream(UpstreamError::Invalid {
-                upstream: m.upstream.name.clone(),
-                reason,
-            })
-        };
+        let invalid = |reason: String| MirrorError::from(m.upstream.invalid(reason));
         let mut tags = Vec::new();
         let mut path = format!("/v2/{}/tags/list?n={TAG_PAGE_SIZE}", m.remote);
         for _ in 0..MAX_TAG_PAGES {
@@ -712,13 +699,6 @@ impl Mirror {
         Ok(Blob::Arriving { fetch, size })
     }
 
-    fn fetch_error(&self, m: &Mirrored, reason: String) -> MirrorError {
-        MirrorError::Upstream(UpstreamError::Invalid {
-            upstream: m.upstream.name.clone(),
-            reason,
-        })
-    }
-
     async fn head_blob(&self, m: &Mirrored, digest: &Digest) -> Result<u64, MirrorError> {
         let request = UpstreamRequest::new(Method::HEAD, &m.remote, &format!("blobs/{digest}"));
         let response = Self::successful(
@@ -731,7 +711,10 @@ impl Mirror {
         header(&response, "content-length")
             .and_then(|l| l.parse().ok())
             .ok_or_else(|| {
-                self.fetch_error(m, format!("HEAD of blob {digest} without Content-Length"))
+                MirrorError::from(
+                    m.upstream
+                        .invalid(format!("HEAD of blob {digest} without Content-Length")),
+                )
             })
     }
 
@@ -825,12 +808,7 @@ impl Mirror {
         fetch: &Fetch,
         id: &UploadId,
     ) -> Result<(), MirrorError> {
-        let invalid = |reason: String| {
-            MirrorError::Upstream(UpstreamError::Invalid {
-                upstream: upstream.name.clone(),
-                reason,
-            })
-        };
+        let invalid = |reason: String| MirrorError::from(upstream.invalid(reason));
         let digest = &fetch.digest;
         fetch.set_reader(self.registry.upload_reader(cached_as, id).await?);
         let mut received = 0u64;
@@ -899,12 +877,7 @@ impl Mirror {
         cached_as: &RepoName,
         id: &UploadId,
     ) -> Result<(), Attempt> {
-        let fatal = |reason: String| {
-            Attempt::Fatal(MirrorError::Upstream(UpstreamError::Invalid {
-                upstream: upstream.name.clone(),
-                reason,
-            }))
-        };
+        let fatal = |reason: String| Attempt::Fatal(upstream.invalid(reason).into());
         let digest = fetch.digest.clone();
         let resuming = request.from_byte.is_some();
         let mut response = match upstream.send(request).await {

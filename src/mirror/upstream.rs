@@ -432,7 +432,8 @@ impl Upstream {
         Ok(Some(value))
     }
 
-    fn invalid(&self, reason: impl Into<String>) -> UpstreamError {
+    /// The upstream answered something that cannot be right (502 for clients).
+    pub fn invalid(&self, reason: impl Into<String>) -> UpstreamError {
         UpstreamError::Invalid {
             upstream: self.name.clone(),
             reason: reason.into(),
