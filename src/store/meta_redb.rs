@@ -107,6 +107,24 @@ impl RedbMetaStore {
     }
 }
 
+/// The (media type, record JSON) entries of one mirrored tag.
+fn cached_tag_entries(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    repo: &str,
+    tag: &str,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let mut entries = Vec::new();
+    for entry in table.range((repo, tag, "")..).map_err(meta_err)? {
+        let (key, value) = entry.map_err(meta_err)?;
+        let (r, t, media_type) = key.value();
+        if r != repo || t != tag {
+            break;
+        }
+        entries.push((media_type.to_string(), value.value().to_vec()));
+    }
+    Ok(entries)
+}
+
 /// Takes one page from sorted `names`, skipping `last` itself.
 fn paginate(
     names: impl Iterator<Item = Result<String, StoreError>>,
@@ -406,19 +424,10 @@ impl MetaStore for RedbMetaStore {
         let (repo, tag) = (repo.to_string(), tag.to_string());
         self.read(move |txn| {
             let table = txn.open_table(CACHED_TAGS).map_err(meta_err)?;
-            let mut found = Vec::new();
-            for entry in table
-                .range((repo.as_str(), tag.as_str(), "")..)
-                .map_err(meta_err)?
-            {
-                let (key, value) = entry.map_err(meta_err)?;
-                let (r, t, _) = key.value();
-                if r != repo || t != tag {
-                    break;
-                }
-                found.push(serde_json::from_slice(value.value()).map_err(json_err)?);
-            }
-            Ok(found)
+            cached_tag_entries(&table, &repo, &tag)?
+                .into_iter()
+                .map(|(_, json)| serde_json::from_slice(&json).map_err(json_err))
+                .collect()
         })
         .await
     }
@@ -453,19 +462,7 @@ impl MetaStore for RedbMetaStore {
         let (repo, tag) = (repo.to_string(), tag.to_string());
         self.write(move |txn| {
             let mut table = txn.open_table(CACHED_TAGS).map_err(meta_err)?;
-            let mut media_types = Vec::new();
-            for entry in table
-                .range((repo.as_str(), tag.as_str(), "")..)
-                .map_err(meta_err)?
-            {
-                let (key, _) = entry.map_err(meta_err)?;
-                let (r, t, media_type) = key.value();
-                if r != repo || t != tag {
-                    break;
-                }
-                media_types.push(media_type.to_string());
-            }
-            for media_type in media_types {
+            for (media_type, _) in cached_tag_entries(&table, &repo, &tag)? {
                 table
                     .remove((repo.as_str(), tag.as_str(), media_type.as_str()))
                     .map_err(meta_err)?;
