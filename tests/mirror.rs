@@ -939,3 +939,24 @@ async fn a_token_revoked_before_it_expires_is_fetched_again() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_removed_upstream_is_forgotten_not_served_stale() {
+    let content = content_dir();
+    let image = ImageFixture::build("1", &[16 << 10]);
+    place_image(content.path(), "library/app", &image, "gone");
+    let mut m = Mirror::start(content.path(), "tag_ttl_secs = 0");
+    pull(&m.server.base_url(), "library/app", "gone").await;
+    common::fakehub::remove_tag(content.path(), "library/app", "gone");
+    let url = m.url("library/app/manifests/gone");
+    oci_error(get(&url, ACCEPT_ALL).await, 404, "MANIFEST_UNKNOWN").await;
+    // Forgotten: with the upstream gone there is no stale copy to fall back on.
+    m.hub.stop();
+    oci_error(get(&url, ACCEPT_ALL).await, 503, "UNAVAILABLE").await;
+    // The manifest itself stays cached by digest.
+    let by_digest = m.url(&format!("library/app/manifests/{}", image.manifest_digest));
+    assert_eq!(
+        body_of(get(&by_digest, ACCEPT_ALL).await, "by digest").await,
+        image.manifest
+    );
+}
