@@ -15,4 +15,5 @@ pub mod edge;
 pub mod logging;
 pub mod mirror;
 pub mod oci;
+pub mod progress;
 pub mod store;

@@ -15,8 +15,8 @@ pub mod upstream;
 use crate::config::MirrorConfig;
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::store::{
-    ByteSource, CachedTag, CachedTagList, LinkedBlob, ManifestContent, Origin, Page, Registry,
-    StoreError, UploadId,
+    unix_now, ByteSource, CachedTag, CachedTagList, LinkedBlob, ManifestContent, Origin, Page,
+    Registry, StoreError, UploadId,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -151,12 +151,6 @@ pub struct Mirror {
     fetch_slots: tokio::sync::Semaphore,
     locks: KeyLocks,
     max_manifest_bytes: usize,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `application/x; charset=utf-8` -> `application/x`.
@@ -397,7 +391,7 @@ impl Mirror {
         accept: &Accept,
     ) -> Result<ManifestContent, MirrorError> {
         let meta = self.registry.meta();
-        let now = now_secs();
+        let now = unix_now();
         let records = meta.cached_tags(&m.cached_as, tag).await?;
         if let Some(record) = policy::pick(&records, accept) {
             if self.config.offline || policy::is_fresh(record.checked_at, now, m.upstream.tag_ttl) {
@@ -412,7 +406,7 @@ impl Mirror {
         let records = meta.cached_tags(&m.cached_as, tag).await?;
         let record = policy::pick(&records, accept).cloned();
         if let Some(record) = &record {
-            if policy::is_fresh(record.checked_at, now_secs(), m.upstream.tag_ttl) {
+            if policy::is_fresh(record.checked_at, unix_now(), m.upstream.tag_ttl) {
                 if let Some(content) = self.cached_manifest(m, &record.digest).await? {
                     return Ok(content);
                 }
@@ -462,7 +456,7 @@ impl Mirror {
             // The key for `Accept` matching: the bare type, without parameters.
             media_type: bare_media_type(&content.media_type).to_string(),
             digest: content.digest.clone(),
-            checked_at: now_secs(),
+            checked_at: unix_now(),
         };
         self.registry
             .meta()
@@ -545,7 +539,7 @@ impl Mirror {
         let meta = self.registry.meta();
         let cached = meta.cached_tag_list(&m.cached_as).await?;
         let fresh = |list: &CachedTagList| {
-            policy::is_fresh(list.fetched_at, now_secs(), m.upstream.tag_ttl)
+            policy::is_fresh(list.fetched_at, unix_now(), m.upstream.tag_ttl)
         };
         if let Some(list) = cached.as_ref().filter(|l| fresh(l) || self.config.offline) {
             return Ok(list.tags.clone());
@@ -618,7 +612,7 @@ impl Mirror {
         tags.dedup();
         let list = CachedTagList {
             tags,
-            fetched_at: now_secs(),
+            fetched_at: unix_now(),
         };
         self.registry
             .meta()

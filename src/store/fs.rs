@@ -4,7 +4,7 @@
 //! verify its digest, rename it into place, fsync the directory. A crash at any step
 //! leaves either no blob or a complete, verified one.
 
-use super::{BlobStore, ByteSource, SessionReader, StoreError, UploadId};
+use super::{BlobStore, ByteSource, SessionReader, StoreError, StoredBlob, UploadId, UploadInfo};
 use crate::oci::digest::{Algorithm, Hasher};
 use crate::oci::{Digest, RepoName};
 use async_trait::async_trait;
@@ -257,6 +257,69 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::io(context, e))
 }
 
+/// Unix seconds of a file's last modification.
+fn modified_secs(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Entries of a directory that may not exist (yet).
+fn entries(dir: &Path) -> std::io::Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(list) => list.collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Walks `blobs/<alg>/<2 hex>/<hex>`; files whose path is not a digest are not blobs
+/// (fsck reports them) and are skipped.
+fn walk_blobs(root: &Path) -> std::io::Result<Vec<StoredBlob>> {
+    let mut found = Vec::new();
+    for algorithm in entries(&root.join("blobs"))? {
+        let algorithm_name = algorithm.file_name().to_string_lossy().into_owned();
+        for prefix in entries(&algorithm.path())? {
+            for file in entries(&prefix.path())? {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let Ok(digest) = format!("{algorithm_name}:{name}").parse::<Digest>() else {
+                    continue;
+                };
+                // Removed since the directory was read: not a blob any more.
+                let Some(meta) = not_found_is_none(file.metadata())? else {
+                    continue;
+                };
+                found.push(StoredBlob {
+                    digest,
+                    size: meta.len(),
+                    modified: modified_secs(&meta),
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn read_upload(dir: &Path, name: &str) -> std::io::Result<Option<UploadInfo>> {
+    let Some(id) = UploadId::parse(name) else {
+        return Ok(None);
+    };
+    let repo = std::fs::read_to_string(dir.join("repo"))
+        .ok()
+        .and_then(|r| RepoName::parse(&r).ok());
+    let (size, modified) = match not_found_is_none(std::fs::metadata(dir.join("data")))? {
+        Some(meta) => (meta.len(), modified_secs(&meta)),
+        None => (0, modified_secs(&std::fs::metadata(dir)?)),
+    };
+    Ok(Some(UploadInfo {
+        id,
+        repo,
+        size,
+        modified,
+    }))
+}
+
 fn not_found_is_none<T>(r: std::io::Result<T>) -> std::io::Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
@@ -505,5 +568,35 @@ impl BlobStore for FsBlobStore {
         })
         .await?;
         Ok(file.map(|f| Arc::new(SessionFile(Arc::new(f))) as Arc<dyn SessionReader>))
+    }
+
+    async fn list_blobs(&self) -> Result<Vec<StoredBlob>, StoreError> {
+        let root = self.root.clone();
+        blocking("listing blobs".into(), move || walk_blobs(&root)).await
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let path = self.blob_path(digest);
+        let removed = not_found_is_none(tokio::fs::remove_file(&path).await)
+            .map_err(|e| StoreError::io(format!("deleting blob {digest}"), e))?;
+        Ok(removed.is_some())
+    }
+
+    async fn list_uploads(&self) -> Result<Vec<UploadInfo>, StoreError> {
+        let uploads = self.root.join("uploads");
+        blocking("listing uploads".into(), move || {
+            let mut found = Vec::new();
+            for entry in entries(&uploads)? {
+                if !entry.file_type()?.is_dir() {
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(info) = not_found_is_none(read_upload(&entry.path(), &name))? {
+                    found.extend(info);
+                }
+            }
+            Ok(found)
+        })
+        .await
     }
 }

@@ -4,7 +4,10 @@
 //! listing tags or referrers is a range scan, never a directory walk. Every method is
 //! one transaction, committed durably before it returns.
 
-use super::{CachedTag, CachedTagList, ManifestRecord, MetaStore, Origin, Page, StoreError};
+use super::{
+    unix_now, CachedTag, CachedTagEntry, CachedTagList, LinkEntry, ManifestEntry, ManifestRecord,
+    MetaSnapshot, MetaStore, Origin, Page, ReferrerEntry, StoreError, TagEntry,
+};
 use crate::oci::manifest::Descriptor;
 use crate::oci::{Digest, RepoName, Tag};
 use async_trait::async_trait;
@@ -28,6 +31,11 @@ const CACHED_LINKS: TableDefinition<(&str, &str), ()> = TableDefinition::new("ca
 const CACHED_TAGS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("cached_tags");
 /// repository -> CachedTagList as JSON: mirrored tag lists.
 const CACHED_TAG_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("cached_tag_lists");
+/// (repository, blob digest) -> unix seconds the link was made (garbage collection's
+/// grace period). Beside BLOB_LINKS rather than in it, so stores written before it open.
+const LINK_TIMES: TableDefinition<(&str, &str), u64> = TableDefinition::new("blob_link_times");
+/// (repository, tag) -> unix seconds the tag was last set (retention rules).
+const TAG_TIMES: TableDefinition<(&str, &str), u64> = TableDefinition::new("tag_times");
 
 pub struct RedbMetaStore {
     db: Arc<Database>,
@@ -65,6 +73,8 @@ impl RedbMetaStore {
             txn.open_table(CACHED_LINKS).map_err(meta_err)?;
             txn.open_table(CACHED_TAGS).map_err(meta_err)?;
             txn.open_table(CACHED_TAG_LISTS).map_err(meta_err)?;
+            txn.open_table(LINK_TIMES).map_err(meta_err)?;
+            txn.open_table(TAG_TIMES).map_err(meta_err)?;
         }
         txn.commit().map_err(meta_err)?;
         Ok(RedbMetaStore { db: Arc::new(db) })
@@ -166,6 +176,12 @@ impl MetaStore for RedbMetaStore {
             let key = (repo.as_str(), digest.as_str());
             let mut links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
             let existed = links.insert(key, size).map_err(meta_err)?.is_some();
+            if !existed {
+                txn.open_table(LINK_TIMES)
+                    .map_err(meta_err)?
+                    .insert(key, unix_now())
+                    .map_err(meta_err)?;
+            }
             let mut cached = txn.open_table(CACHED_LINKS).map_err(meta_err)?;
             match origin {
                 // A blob pushed (or mounted) earlier stays pushed.
@@ -208,6 +224,10 @@ impl MetaStore for RedbMetaStore {
                 .map_err(meta_err)?
                 .remove(key)
                 .map_err(meta_err)?;
+            txn.open_table(LINK_TIMES)
+                .map_err(meta_err)?
+                .remove(key)
+                .map_err(meta_err)?;
             Ok(removed.is_some())
         })
         .await
@@ -241,6 +261,10 @@ impl MetaStore for RedbMetaStore {
             if let Some(tag) = &tag {
                 let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
                 tags.insert((repo.as_str(), tag.as_str()), digest.as_str())
+                    .map_err(meta_err)?;
+                txn.open_table(TAG_TIMES)
+                    .map_err(meta_err)?
+                    .insert((repo.as_str(), tag.as_str()), unix_now())
                     .map_err(meta_err)?;
             }
             if let (Some(subject), Some(json)) = (&subject, &referrer_json) {
@@ -306,8 +330,12 @@ impl MetaStore for RedbMetaStore {
                     pointing.push(tag.to_string());
                 }
             }
+            let mut tag_times = txn.open_table(TAG_TIMES).map_err(meta_err)?;
             for tag in pointing {
                 tags.remove((repo.as_str(), tag.as_str()))
+                    .map_err(meta_err)?;
+                tag_times
+                    .remove((repo.as_str(), tag.as_str()))
                     .map_err(meta_err)?;
             }
             Ok(true)
@@ -336,6 +364,10 @@ impl MetaStore for RedbMetaStore {
         self.write(move |txn| {
             let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
             let removed = tags
+                .remove((repo.as_str(), tag.as_str()))
+                .map_err(meta_err)?;
+            txn.open_table(TAG_TIMES)
+                .map_err(meta_err)?
                 .remove((repo.as_str(), tag.as_str()))
                 .map_err(meta_err)?;
             Ok(removed.is_some())
@@ -519,5 +551,211 @@ impl MetaStore for RedbMetaStore {
             Ok(())
         })
         .await
+    }
+
+    async fn snapshot(&self) -> Result<MetaSnapshot, StoreError> {
+        self.run(|db| snapshot(&db.begin_read().map_err(meta_err)?))
+            .await
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Meta(format!("corrupt {what} {value:?} in the metadata store"))
+}
+
+fn repo_of(s: &str) -> Result<RepoName, StoreError> {
+    RepoName::parse(s).map_err(|_| corrupt("repository name", s))
+}
+
+fn digest_of(s: &str) -> Result<Digest, StoreError> {
+    s.parse().map_err(|_| corrupt("digest", s))
+}
+
+fn tag_of(s: &str) -> Result<Tag, StoreError> {
+    Tag::parse(s).map_err(|_| corrupt("tag", s))
+}
+
+/// Reads every table into memory (see [`MetaSnapshot`]).
+fn snapshot(txn: &redb::ReadTransaction) -> Result<MetaSnapshot, StoreError> {
+    let mut snap = MetaSnapshot::default();
+    for entry in txn
+        .open_table(REPOS)
+        .map_err(meta_err)?
+        .iter()
+        .map_err(meta_err)?
+    {
+        snap.repos
+            .push(repo_of(entry.map_err(meta_err)?.0.value())?);
+    }
+    let cached = txn.open_table(CACHED_LINKS).map_err(meta_err)?;
+    let times = txn.open_table(LINK_TIMES).map_err(meta_err)?;
+    for entry in txn
+        .open_table(BLOB_LINKS)
+        .map_err(meta_err)?
+        .iter()
+        .map_err(meta_err)?
+    {
+        let (key, size) = entry.map_err(meta_err)?;
+        let (repo, digest) = key.value();
+        let origin = match cached.get((repo, digest)).map_err(meta_err)? {
+            Some(_) => Origin::Cached,
+            None => Origin::Pushed,
+        };
+        let linked_at = times.get((repo, digest)).map_err(meta_err)?;
+        snap.links.push(LinkEntry {
+            repo: repo_of(repo)?,
+            digest: digest_of(digest)?,
+            size: size.value(),
+            origin,
+            linked_at: linked_at.map_or(0, |t| t.value()),
+        });
+    }
+    for entry in txn
+        .open_table(MANIFESTS)
+        .map_err(meta_err)?
+        .iter()
+        .map_err(meta_err)?
+    {
+        let (key, value) = entry.map_err(meta_err)?;
+        let (repo, digest) = key.value();
+        snap.manifests.push(ManifestEntry {
+            repo: repo_of(repo)?,
+            digest: digest_of(digest)?,
+            record: serde_json::from_slice(value.value()).map_err(json_err)?,
+        });
+    }
+    let tag_times = txn.open_table(TAG_TIMES).map_err(meta_err)?;
+    for entry in txn
+        .open_table(TAGS)
+        .map_err(meta_err)?
+        .iter()
+        .map_err(meta_err)?
+    {
+        let (key, value) = entry.map_err(meta_err)?;
+        let (repo, tag) = key.value();
+        let tagged_at = tag_times.get((repo, tag)).map_err(meta_err)?;
+        snap.tags.push(TagEntry {
+            repo: repo_of(repo)?,
+            tag: tag_of(tag)?,
+            digest: digest_of(value.value())?,
+            tagged_at: tagged_at.map_or(0, |t| t.value()),
+        });
+    }
+    for entry in txn
+        .open_table(REFERRERS)
+        .map_err(meta_err)?
+        .iter()
+        .map_err(meta_err)?
+    {
+        let (key, _) = entry.map_err(meta_err)?;
+        let (repo, subject, referrer) = key.value();
+        snap.referrers.push(ReferrerEntry {
+            repo: repo_of(repo)?,
+            subject: digest_of(subject)?,
+            referrer: digest_of(referrer)?,
+        });
+    }
+    for entry in txn
+        .open_table(CACHED_TAGS)
+        .map_err(meta_err)?
+        .iter()
+        .map_err(meta_err)?
+    {
+        let (key, value) = entry.map_err(meta_err)?;
+        let (repo, tag, _) = key.value();
+        snap.cached_tags.push(CachedTagEntry {
+            repo: repo_of(repo)?,
+            tag: tag_of(tag)?,
+            record: serde_json::from_slice(value.value()).map_err(json_err)?,
+        });
+    }
+    Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata;
+
+    fn name(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn snapshot_holds_every_record_with_its_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+        let (app, cache) = (name("team/app"), name("docker.io/library/nginx"));
+        let (layer, manifest, sig) = (
+            Digest::sha256_of(b"layer"),
+            Digest::sha256_of(b"manifest"),
+            Digest::sha256_of(b"sig"),
+        );
+        meta.link_blob(&app, &layer, 5, Origin::Pushed)
+            .await
+            .unwrap();
+        meta.link_blob(&cache, &layer, 5, Origin::Cached)
+            .await
+            .unwrap();
+        let record = |subject| ManifestRecord {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 8,
+            subject,
+            origin: Origin::Pushed,
+            created_at: 7,
+        };
+        let tag = Tag::parse("1.0").unwrap();
+        meta.put_manifest(&app, &manifest, &record(None), Some(&tag), None)
+            .await
+            .unwrap();
+        let referrer = Descriptor {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: sig.clone(),
+            size: 3,
+            artifact_type: None,
+            urls: Vec::new(),
+            annotations: None,
+            platform: None,
+        };
+        meta.put_manifest(
+            &app,
+            &sig,
+            &record(Some(manifest.clone())),
+            None,
+            Some(&referrer),
+        )
+        .await
+        .unwrap();
+
+        let snap = meta.snapshot().await.unwrap();
+        assert_eq!(snap.repos, vec![cache.clone(), app.clone()]);
+        let origins: Vec<_> = snap.links.iter().map(|l| (&l.repo, l.origin)).collect();
+        assert_eq!(
+            origins,
+            vec![(&cache, Origin::Cached), (&app, Origin::Pushed)]
+        );
+        assert!(snap.links.iter().all(|l| l.linked_at > 0 && l.size == 5));
+        assert_eq!(snap.manifests.len(), 2);
+        assert_eq!(snap.tags.len(), 1);
+        assert_eq!((&snap.tags[0].tag, &snap.tags[0].digest), (&tag, &manifest));
+        assert!(snap.tags[0].tagged_at > 0);
+        assert_eq!(
+            snap.referrers,
+            vec![ReferrerEntry {
+                repo: app.clone(),
+                subject: manifest.clone(),
+                referrer: sig.clone()
+            }]
+        );
+
+        // Deleting forgets the times with the records.
+        meta.delete_manifest(&app, &manifest).await.unwrap();
+        meta.unlink_blob(&app, &layer).await.unwrap();
+        let snap = meta.snapshot().await.unwrap();
+        assert!(snap.tags.is_empty());
+        assert_eq!(snap.links.len(), 1);
+        let txn = meta.db.begin_read().unwrap();
+        assert!(txn.open_table(TAG_TIMES).unwrap().is_empty().unwrap());
+        assert_eq!(txn.open_table(LINK_TIMES).unwrap().len().unwrap(), 1);
     }
 }

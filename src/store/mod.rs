@@ -14,6 +14,13 @@ pub use fs::FsBlobStore;
 pub use meta_redb::RedbMetaStore;
 pub use registry::{LinkedBlob, ManifestContent, Registry};
 
+/// Unix seconds now: the clock of every timestamp the store keeps.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 use crate::oci::manifest::{Descriptor, ManifestError};
 use crate::oci::{Digest, RepoName, Tag};
 use async_trait::async_trait;
@@ -132,6 +139,10 @@ pub struct ManifestRecord {
     /// Records written before origins were kept are pushed ones.
     #[serde(default)]
     pub origin: Origin,
+    /// Unix seconds of the push or fetch; 0 for records older than this field, which
+    /// then count as old enough for garbage collection's grace period.
+    #[serde(default)]
+    pub created_at: u64,
 }
 
 /// What a tag of a mirrored repository resolved to upstream for one media type, and
@@ -152,6 +163,81 @@ pub struct CachedTagList {
     pub tags: Vec<String>,
     /// Unix seconds of the fetch.
     pub fetched_at: u64,
+}
+
+/// Everything the metadata store holds, read in one transaction: the consistent view
+/// that garbage collection marks from and that fsck and export walk. Sorted by key.
+#[derive(Debug, Default)]
+pub struct MetaSnapshot {
+    pub repos: Vec<RepoName>,
+    pub links: Vec<LinkEntry>,
+    pub manifests: Vec<ManifestEntry>,
+    pub tags: Vec<TagEntry>,
+    pub referrers: Vec<ReferrerEntry>,
+    pub cached_tags: Vec<CachedTagEntry>,
+}
+
+/// A blob a repository holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkEntry {
+    pub repo: RepoName,
+    pub digest: Digest,
+    pub size: u64,
+    pub origin: Origin,
+    /// Unix seconds the link was made; 0 for links older than the record of it.
+    pub linked_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestEntry {
+    pub repo: RepoName,
+    pub digest: Digest,
+    pub record: ManifestRecord,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagEntry {
+    pub repo: RepoName,
+    pub tag: Tag,
+    pub digest: Digest,
+    /// Unix seconds the tag was last pointed at its manifest; 0 if unknown (older store).
+    pub tagged_at: u64,
+}
+
+/// `referrer` has `subject` as its subject, in `repo`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferrerEntry {
+    pub repo: RepoName,
+    pub subject: Digest,
+    pub referrer: Digest,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedTagEntry {
+    pub repo: RepoName,
+    pub tag: Tag,
+    pub record: CachedTag,
+}
+
+/// A stored blob as the blob store lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBlob {
+    pub digest: Digest,
+    pub size: u64,
+    /// Unix seconds of the file's last change: when it was stored.
+    pub modified: u64,
+}
+
+/// An upload session as the blob store lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadInfo {
+    pub id: UploadId,
+    /// `None` when the session's record is missing or unreadable (a crash while it
+    /// was being created).
+    pub repo: Option<RepoName>,
+    pub size: u64,
+    /// Unix seconds of the last write.
+    pub modified: u64,
 }
 
 /// One page of a sorted listing (tags, repositories).
@@ -227,6 +313,16 @@ pub trait BlobStore: Send + Sync {
         &self,
         id: &UploadId,
     ) -> Result<Option<Arc<dyn SessionReader>>, StoreError>;
+
+    /// Every stored blob, in no particular order.
+    async fn list_blobs(&self) -> Result<Vec<StoredBlob>, StoreError>;
+
+    /// Removes a stored blob; readers that opened it keep reading what they opened.
+    /// `false` if it was not there.
+    async fn delete_blob(&self, digest: &Digest) -> Result<bool, StoreError>;
+
+    /// Every upload session, finished or not.
+    async fn list_uploads(&self) -> Result<Vec<UploadInfo>, StoreError>;
 }
 
 /// Registry metadata. Every method is one transaction.
@@ -306,4 +402,7 @@ pub trait MetaStore: Send + Sync {
         repo: &RepoName,
         list: &CachedTagList,
     ) -> Result<(), StoreError>;
+
+    /// Everything, in one read transaction (see [`MetaSnapshot`]).
+    async fn snapshot(&self) -> Result<MetaSnapshot, StoreError>;
 }

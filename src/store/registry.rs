@@ -9,8 +9,8 @@
 //!   store never meets a full disk in the middle of a transaction.
 
 use super::{
-    BlobStore, ByteSource, ManifestRecord, MetaStore, Origin, Page, SessionReader, StoreError,
-    UploadId,
+    unix_now, BlobStore, ByteSource, ManifestRecord, MetaStore, Origin, Page, SessionReader,
+    StoreError, UploadId,
 };
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Reference, RepoName};
@@ -259,6 +259,7 @@ impl Registry {
             size,
             subject,
             origin: Origin::Cached,
+            created_at: unix_now(),
         };
         self.meta
             .put_manifest(repo, digest, &record, None, referrer.as_ref())
@@ -327,6 +328,7 @@ impl Registry {
             size,
             subject: subject.clone(),
             origin: Origin::Pushed,
+            created_at: unix_now(),
         };
         let tag = match reference {
             Reference::Tag(tag) => Some(tag),
