@@ -52,6 +52,44 @@ pub struct RawConfig {
     mirror: RawMirror,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    gc: RawGc,
+    #[serde(default)]
+    retention: Vec<RawRetention>,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    users: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGc {
+    interval_secs: Option<u64>,
+    delete_untagged: Option<bool>,
+    grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    repositories: OneOrMany,
+    keep_last: Option<usize>,
+    keep_days: Option<u64>,
+    #[serde(default)]
+    protect: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +132,7 @@ struct RawServer {
 struct RawStorage {
     data_dir: Option<PathBuf>,
     min_free_bytes: Option<u64>,
+    upload_expiry_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,7 +209,40 @@ pub struct Config {
     pub access: AccessRules,
     pub limits: Limits,
     pub mirror: MirrorConfig,
+    /// Upload sessions idle this long are removed with their bytes.
+    pub upload_expiry: Duration,
+    pub gc: GcConfig,
+    /// Byte cap on content the pull-through cache stored; `None`: no cap.
+    pub cache_max_bytes: Option<u64>,
 }
+
+/// Garbage collection and the rules it applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcConfig {
+    /// Time between scheduled collections; `None`: only on demand.
+    pub interval: Option<Duration>,
+    pub delete_untagged: bool,
+    /// Content made or read more recently than this is kept.
+    pub grace: Duration,
+    pub retention: Vec<RetentionRule>,
+}
+
+/// Which tags of matching repositories to keep (the first matching rule applies).
+/// A tag is kept if any condition holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionRule {
+    pub repositories: Vec<String>,
+    /// The N most recently pushed tags.
+    pub keep_last: Option<usize>,
+    /// Tags pushed within D days.
+    pub keep_days: Option<u64>,
+    /// Tag patterns never taken away (`v*`).
+    pub protect: Vec<String>,
+}
+
+pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
 
 /// The pull-through cache: which repositories come from which upstream registry.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -496,7 +568,33 @@ impl RawConfig {
             ));
         }
         let auth = resolve_auth(self.auth, origin)?;
-        let access = resolve_access(self.access, self.groups, auth.htpasswd.is_some(), origin)?;
+        let access = resolve_access(
+            self.access,
+            self.groups,
+            self.admin,
+            auth.htpasswd.is_some(),
+            origin,
+        )?;
+        let gc = resolve_gc(self.gc, self.retention, origin)?;
+        let cache_max_bytes = match self.cache.max_bytes {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    at("cache.max_bytes"),
+                    "0 would evict everything the cache fetches; leave it out for no cap",
+                ))
+            }
+            other => other,
+        };
+        let upload_expiry = match self.storage.upload_expiry_secs {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    at("storage.upload_expiry_secs"),
+                    "0 would remove uploads while they run; give seconds, e.g. 86400",
+                ))
+            }
+            Some(secs) => Duration::from_secs(secs),
+            None => DEFAULT_UPLOAD_EXPIRY,
+        };
         let limits = resolve_limits(self.limits, origin)?;
         let mirror = resolve_mirror(self.mirror, self.upstream, &overrides, env, origin)?;
         let threads = match self.server.threads {
@@ -523,8 +621,39 @@ impl RawConfig {
             access,
             limits,
             mirror,
+            upload_expiry,
+            gc,
+            cache_max_bytes,
         })
     }
+}
+
+fn resolve_gc(raw: RawGc, rules: Vec<RawRetention>, origin: &str) -> Result<GcConfig, ConfigError> {
+    let mut retention = Vec::new();
+    for (i, rule) in rules.into_iter().enumerate() {
+        if rule.keep_last.is_none() && rule.keep_days.is_none() {
+            return Err(ConfigError::new(
+                format!("{origin}: retention[{i}]"),
+                "a retention rule needs keep_last, keep_days or both (a tag is kept if either holds)",
+            ));
+        }
+        retention.push(RetentionRule {
+            repositories: rule.repositories.into_vec(),
+            keep_last: rule.keep_last,
+            keep_days: rule.keep_days,
+            protect: rule.protect,
+        });
+    }
+    Ok(GcConfig {
+        interval: match raw.interval_secs {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => Some(DEFAULT_GC_INTERVAL),
+        },
+        delete_untagged: raw.delete_untagged.unwrap_or(false),
+        grace: raw.grace_secs.map_or(DEFAULT_GC_GRACE, Duration::from_secs),
+        retention,
+    })
 }
 
 /// Checks that a configured file can be read, naming the key on failure.
@@ -627,37 +756,48 @@ fn resolve_auth(raw: RawAuth, origin: &str) -> Result<AuthConfig, ConfigError> {
 fn resolve_access(
     raw: Vec<RawAccess>,
     groups: BTreeMap<String, Vec<String>>,
+    admin: RawAdmin,
     auth_enabled: bool,
     origin: &str,
 ) -> Result<AccessRules, ConfigError> {
+    let subjects = |names: Vec<String>, key: &str| -> Result<Vec<Subject>, ConfigError> {
+        names
+            .iter()
+            .map(|name| {
+                let subject = Subject::parse(name);
+                match &subject {
+                    Subject::Group(g) if !groups.contains_key(g) => Err(ConfigError::new(
+                        format!("{origin}: {key}"),
+                        format!("group {g:?} is not defined; add it under [groups]"),
+                    )),
+                    _ => Ok(subject),
+                }
+            })
+            .collect()
+    };
+    let admins = admin
+        .users
+        .map(|users| subjects(users, "admin.users"))
+        .transpose()?;
     if raw.is_empty() {
-        return Ok(AccessRules::default_for(auth_enabled, groups));
+        let rules = AccessRules::default_for(auth_enabled, groups.clone());
+        return Ok(match admins {
+            Some(admins) => rules.with_admins(admins),
+            None => rules,
+        });
     }
     let mut rules = Vec::new();
     for (i, rule) in raw.into_iter().enumerate() {
-        let subjects = |names: Vec<String>, action: &str| -> Result<Vec<Subject>, ConfigError> {
-            names
-                .iter()
-                .map(|name| {
-                    let subject = Subject::parse(name);
-                    match &subject {
-                        Subject::Group(g) if !groups.contains_key(g) => Err(ConfigError::new(
-                            format!("{origin}: access[{i}].{action}"),
-                            format!("group {g:?} is not defined; add it under [groups]"),
-                        )),
-                        _ => Ok(subject),
-                    }
-                })
-                .collect()
-        };
+        let key = |action: &str| format!("access[{i}].{action}");
         rules.push(AccessRule {
             repositories: rule.repositories.into_vec(),
-            pull: subjects(rule.pull, "pull")?,
-            push: subjects(rule.push, "push")?,
-            delete: subjects(rule.delete, "delete")?,
+            pull: subjects(rule.pull, &key("pull"))?,
+            push: subjects(rule.push, &key("push"))?,
+            delete: subjects(rule.delete, &key("delete"))?,
         });
     }
-    Ok(AccessRules::new(rules, groups))
+    // With rules of their own, operators name the admins; nobody is one by default.
+    Ok(AccessRules::new(rules, groups.clone()).with_admins(admins.unwrap_or_default()))
 }
 
 fn resolve_limits(raw: RawLimits, origin: &str) -> Result<Limits, ConfigError> {

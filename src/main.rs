@@ -13,6 +13,7 @@ use portcullis::certs;
 use portcullis::config::{self, Config, Overrides};
 use portcullis::edge::tls::CertStore;
 use portcullis::edge::{self, ConnectionLimiter, HttpApp, Listener, Protocol, Reloader};
+use portcullis::gc::{Collector, Maintenance, Report, RunOptions};
 use portcullis::mirror::Mirror;
 use portcullis::store::{FsBlobStore, RedbMetaStore, Registry};
 use std::net::IpAddr;
@@ -81,6 +82,31 @@ enum Command {
         data: Option<PathBuf>,
         #[command(flatten)]
         mirror: MirrorArgs,
+    },
+    /// Collect garbage: delete what no tag (or, by default, manifest) needs, apply
+    /// retention rules and the cache's byte cap, expire abandoned uploads.
+    /// Against a stopped store (--data), or a running server (--server).
+    Gc {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory of a stopped server; overrides storage.data_dir.
+        #[arg(long, conflicts_with = "server")]
+        data: Option<PathBuf>,
+        /// Ask a running server to collect instead, e.g. https://registry.lan (an
+        /// admin.users login: --user, and the password in PORTCULLIS_PASSWORD).
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, requires = "server")]
+        user: Option<String>,
+        /// List what would go and the bytes it frees, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete manifests no tag names (and what only they reference); gc.delete_untagged.
+        #[arg(long)]
+        delete_untagged: bool,
+        /// Keep content made or read more recently than this (e.g. 30m, 2h); gc.grace_secs.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
     },
     /// Manage an htpasswd file (bcrypt).
     Htpasswd {
@@ -166,6 +192,33 @@ fn main() {
         })
         .map(|text| print!("{text}")),
         Command::Htpasswd { action } => htpasswd(action),
+        Command::Gc {
+            config,
+            data,
+            server,
+            user,
+            dry_run,
+            delete_untagged,
+            grace,
+        } => {
+            let options = RunOptions {
+                dry_run,
+                delete_untagged: delete_untagged.then_some(true),
+                grace,
+                show_progress: true,
+            };
+            match server {
+                Some(url) => gc_remote(&url, user.as_deref(), &options),
+                None => load_config(
+                    config.as_deref(),
+                    Overrides {
+                        data_dir: data,
+                        ..Overrides::default()
+                    },
+                )
+                .and_then(|config| gc_local(&config, &options)),
+            }
+        }
         Command::Fetch {
             images,
             platforms,
@@ -368,6 +421,83 @@ fn fetch(
     })
 }
 
+/// Prints a report: every item on a dry run, then the summary.
+fn print_report(report: &Report) {
+    if report.dry_run {
+        for tag in &report.untagged {
+            println!("would untag {tag}");
+        }
+        for manifest in &report.manifests {
+            println!("would delete manifest {manifest}");
+        }
+        for blob in &report.blobs {
+            println!("would delete blob {blob}");
+        }
+    }
+    println!("{}", report.summary());
+}
+
+fn gc_local(config: &Config, options: &RunOptions) -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let registry = open_registry(config)?;
+        let report = Collector::new(registry, config)
+            .run(options)
+            .await
+            .map_err(|e| format!("garbage collection failed: {e}"))?;
+        print_report(&report);
+        Ok(())
+    })
+}
+
+fn gc_remote(server: &str, user: Option<&str>, options: &RunOptions) -> Result<(), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut url = reqwest::Url::parse(server)
+        .and_then(|base| base.join("/admin/gc"))
+        .map_err(|e| {
+            format!("--server {server:?}: {e}; give a URL such as https://registry.lan")
+        })?;
+    url.query_pairs_mut()
+        .append_pair("dry_run", &options.dry_run.to_string());
+    if options.delete_untagged == Some(true) {
+        url.query_pairs_mut().append_pair("delete_untagged", "true");
+    }
+    if let Some(grace) = options.grace {
+        url.query_pairs_mut()
+            .append_pair("grace", &format!("{}s", grace.as_secs()));
+    }
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut request = client.post(url.clone());
+        if let Some(user) = user {
+            let password = std::env::var("PORTCULLIS_PASSWORD").map_err(|_| {
+                "--user needs the password in the PORTCULLIS_PASSWORD environment variable"
+                    .to_string()
+            })?;
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("{server}: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| format!("{server}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "{server} refused the collection ({status}): {text}; an admin.users login is needed (--user)"
+            ));
+        }
+        let report: Report = serde_json::from_str(&text)
+            .map_err(|e| format!("{server} answered something that is not a gc report ({e})"))?;
+        print_report(&report);
+        Ok(())
+    })
+}
+
 /// Opens the store and runs the pingora server until a signal stops it.
 fn serve(config: Config) -> Result<(), String> {
     let Loaded { auth, certs, tls } = load_files(&config)?;
@@ -378,7 +508,9 @@ fn serve(config: Config) -> Result<(), String> {
         &config.mirror,
         config.limits.max_manifest_bytes,
     )?;
+    let collector = Collector::new(registry.clone(), &config);
     let api = Arc::new(Api {
+        collector: collector.clone(),
         registry,
         mirror,
         auth: auth.clone(),
@@ -438,6 +570,10 @@ fn serve(config: Config) -> Result<(), String> {
     server.add_service(background_service(
         "reload on SIGHUP",
         Reloader { certs, auth },
+    ));
+    server.add_service(background_service(
+        "garbage collection, cache cap, access times",
+        Maintenance(collector),
     ));
     tracing::info!(
         listen = ?config.listen,

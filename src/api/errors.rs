@@ -32,6 +32,9 @@ pub enum ErrorCode {
     RangeInvalid,
     TagInvalid,
     PaginationNumberInvalid,
+    /// A query parameter outside the distribution API (the admin endpoint's) is
+    /// malformed: UNSUPPORTED with 400.
+    ParameterInvalid,
     Unauthorized,
     Denied,
     TooManyRequests,
@@ -102,6 +105,7 @@ impl ErrorCode {
                 400,
                 "invalid number of results requested",
             ),
+            ParameterInvalid => ("UNSUPPORTED", 400, "invalid query parameter"),
             Unauthorized => ("UNAUTHORIZED", 401, "authentication required"),
             Denied => ("DENIED", 403, "requested access to the resource is denied"),
             TooManyRequests => ("TOOMANYREQUESTS", 429, "too many requests"),

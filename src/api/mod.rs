@@ -6,6 +6,7 @@
 //! Handlers return `Result<Response, ApiError>` and never log or touch files: storage
 //! rules live in [`crate::store::Registry`].
 
+mod admin;
 mod blobs;
 mod catalog;
 pub mod errors;
@@ -44,6 +45,8 @@ pub struct Api {
     pub max_manifest_bytes: usize,
     /// One permit per request that writes blob data.
     pub upload_slots: Arc<Semaphore>,
+    /// Garbage collection, for the admin endpoint.
+    pub collector: Arc<crate::gc::Collector>,
 }
 
 /// The authenticated caller, as handlers see it.
@@ -55,6 +58,11 @@ pub struct Caller<'a> {
 impl Caller<'_> {
     pub fn may(&self, repo: &RepoName, action: Action) -> bool {
         self.rules.allows(&self.principal, repo.as_str(), action)
+    }
+
+    /// The maintenance endpoints (`admin.users`).
+    pub fn may_administer(&self) -> bool {
+        self.rules.allows_admin(&self.principal)
     }
 
     /// Automatic mounts take a blob from any repository, so they need pull rights on all.
@@ -75,7 +83,7 @@ pub fn required_action<'r>(
         _ => Action::Push,
     };
     match route {
-        Route::Base | Route::Catalog => None,
+        Route::Base | Route::Catalog | Route::AdminGc => None,
         Route::Tags(name) | Route::Referrers(name, _) => Some((name, Action::Pull)),
         Route::Manifest(name, _) | Route::Blob(name, _) => Some((name, action(true))),
         // Status checks and cancels are part of pushing.
@@ -288,6 +296,19 @@ impl Api {
             (Route::Referrers(_, digest), "GET") => {
                 let target = read_from()?;
                 referrers::list(r, req, target.stored_as(), digest).await
+            }
+            (Route::AdminGc, "GET" | "POST") => {
+                if !caller.may_administer() {
+                    return Err(if caller.principal == Principal::Anonymous {
+                        self.challenge("authentication required")
+                    } else {
+                        ApiError::new(
+                            ErrorCode::Denied,
+                            "maintenance needs an admin; list the user in admin.users",
+                        )
+                    });
+                }
+                admin::gc(&self.collector, req).await
             }
             (_, method) => Err(ApiError::new(
                 ErrorCode::Unsupported,

@@ -26,10 +26,15 @@ pub enum Route {
     Upload(RepoName, UploadId),
     /// `/v2/<name>/referrers/<digest>`
     Referrers(RepoName, Digest),
+    /// `/admin/gc`: run garbage collection now (POST) or see the last run (GET).
+    AdminGc,
 }
 
 /// Parses the path part of a request URI (no query).
 pub fn parse(path: &str) -> Result<Route, ApiError> {
+    if path == "/admin/gc" {
+        return Ok(Route::AdminGc);
+    }
     let rest = match path.strip_prefix("/v2") {
         Some("" | "/") => return Ok(Route::Base),
         Some(rest) => rest.strip_prefix('/').ok_or_else(no_such_endpoint)?,
@@ -128,6 +133,13 @@ pub fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_endpoint_is_outside_the_api() {
+        assert_eq!(parse("/admin/gc").unwrap(), Route::AdminGc);
+        assert!(parse("/admin/gc/").is_err());
+        assert!(parse("/admin").is_err());
+    }
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     const U: &str = "8c0b6b5e-8f5f-4d5a-9a3f-0b7a1e2c3d4e";

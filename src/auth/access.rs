@@ -53,11 +53,27 @@ pub struct AccessRule {
 pub struct AccessRules {
     rules: Vec<AccessRule>,
     groups: BTreeMap<String, Vec<String>>,
+    /// Who may call the maintenance endpoints (`/admin/...`).
+    admins: Vec<Subject>,
 }
 
 impl AccessRules {
     pub fn new(rules: Vec<AccessRule>, groups: BTreeMap<String, Vec<String>>) -> AccessRules {
-        AccessRules { rules, groups }
+        AccessRules {
+            rules,
+            groups,
+            admins: Vec::new(),
+        }
+    }
+
+    /// Names who may call the maintenance endpoints.
+    pub fn with_admins(mut self, admins: Vec<Subject>) -> AccessRules {
+        self.admins = admins;
+        self
+    }
+
+    pub fn allows_admin(&self, principal: &Principal) -> bool {
+        self.admins.iter().any(|s| self.names(s, principal))
     }
 
     /// Without rules: an open registry when there is no authentication (like `registry:2`),
@@ -72,9 +88,10 @@ impl AccessRules {
             repositories: vec!["*".to_string()],
             pull: vec![who.clone()],
             push: vec![who.clone()],
-            delete: vec![who],
+            delete: vec![who.clone()],
         };
-        AccessRules::new(vec![rule], groups)
+        // Whoever may delete everything may also collect garbage.
+        AccessRules::new(vec![rule], groups).with_admins(vec![who])
     }
 
     pub fn allows(&self, principal: &Principal, repo: &str, action: Action) -> bool {

@@ -96,6 +96,10 @@ impl Tag {
             Err(NameError::BadTag(s.to_string()))
         }
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for RepoName {

@@ -6,7 +6,7 @@
 
 use super::{
     unix_now, CachedTag, CachedTagEntry, CachedTagList, LinkEntry, ManifestEntry, ManifestRecord,
-    MetaSnapshot, MetaStore, Origin, Page, ReferrerEntry, StoreError, TagEntry,
+    MetaSnapshot, MetaStore, Origin, Page, ReferrerEntry, Removal, StoreError, TagEntry,
 };
 use crate::oci::manifest::Descriptor;
 use crate::oci::{Digest, RepoName, Tag};
@@ -36,6 +36,8 @@ const CACHED_TAG_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("cac
 const LINK_TIMES: TableDefinition<(&str, &str), u64> = TableDefinition::new("blob_link_times");
 /// (repository, tag) -> unix seconds the tag was last set (retention rules).
 const TAG_TIMES: TableDefinition<(&str, &str), u64> = TableDefinition::new("tag_times");
+/// blob or manifest digest -> unix seconds of its last read, flushed in batches.
+const ACCESS_TIMES: TableDefinition<&str, u64> = TableDefinition::new("access_times");
 
 pub struct RedbMetaStore {
     db: Arc<Database>,
@@ -75,6 +77,7 @@ impl RedbMetaStore {
             txn.open_table(CACHED_TAG_LISTS).map_err(meta_err)?;
             txn.open_table(LINK_TIMES).map_err(meta_err)?;
             txn.open_table(TAG_TIMES).map_err(meta_err)?;
+            txn.open_table(ACCESS_TIMES).map_err(meta_err)?;
         }
         txn.commit().map_err(meta_err)?;
         Ok(RedbMetaStore { db: Arc::new(db) })
@@ -216,21 +219,8 @@ impl MetaStore for RedbMetaStore {
 
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |txn| {
-            let key = (repo.as_str(), digest.as_str());
-            let mut links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
-            let removed = links.remove(key).map_err(meta_err)?;
-            txn.open_table(CACHED_LINKS)
-                .map_err(meta_err)?
-                .remove(key)
-                .map_err(meta_err)?;
-            txn.open_table(LINK_TIMES)
-                .map_err(meta_err)?
-                .remove(key)
-                .map_err(meta_err)?;
-            Ok(removed.is_some())
-        })
-        .await
+        self.write(move |txn| remove_link(txn, &repo, &digest))
+            .await
     }
 
     async fn put_manifest(
@@ -301,46 +291,8 @@ impl MetaStore for RedbMetaStore {
 
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |txn| {
-            let mut manifests = txn.open_table(MANIFESTS).map_err(meta_err)?;
-            let Some(removed) = manifests
-                .remove((repo.as_str(), digest.as_str()))
-                .map_err(meta_err)?
-            else {
-                return Ok(false);
-            };
-            let record: ManifestRecord =
-                serde_json::from_slice(removed.value()).map_err(json_err)?;
-            if let Some(subject) = record.subject {
-                let subject = subject.to_string();
-                let mut referrers = txn.open_table(REFERRERS).map_err(meta_err)?;
-                referrers
-                    .remove((repo.as_str(), subject.as_str(), digest.as_str()))
-                    .map_err(meta_err)?;
-            }
-            let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
-            let mut pointing = Vec::new();
-            for entry in tags.range((repo.as_str(), "")..).map_err(meta_err)? {
-                let (key, value) = entry.map_err(meta_err)?;
-                let (r, tag) = key.value();
-                if r != repo {
-                    break;
-                }
-                if value.value() == digest {
-                    pointing.push(tag.to_string());
-                }
-            }
-            let mut tag_times = txn.open_table(TAG_TIMES).map_err(meta_err)?;
-            for tag in pointing {
-                tags.remove((repo.as_str(), tag.as_str()))
-                    .map_err(meta_err)?;
-                tag_times
-                    .remove((repo.as_str(), tag.as_str()))
-                    .map_err(meta_err)?;
-            }
-            Ok(true)
-        })
-        .await
+        self.write(move |txn| remove_manifest(txn, &repo, &digest))
+            .await
     }
 
     async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, StoreError> {
@@ -361,18 +313,7 @@ impl MetaStore for RedbMetaStore {
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StoreError> {
         let (repo, tag) = (repo.to_string(), tag.to_string());
-        self.write(move |txn| {
-            let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
-            let removed = tags
-                .remove((repo.as_str(), tag.as_str()))
-                .map_err(meta_err)?;
-            txn.open_table(TAG_TIMES)
-                .map_err(meta_err)?
-                .remove((repo.as_str(), tag.as_str()))
-                .map_err(meta_err)?;
-            Ok(removed.is_some())
-        })
-        .await
+        self.write(move |txn| remove_tag(txn, &repo, &tag)).await
     }
 
     async fn list_tags(
@@ -557,6 +498,149 @@ impl MetaStore for RedbMetaStore {
         self.run(|db| snapshot(&db.begin_read().map_err(meta_err)?))
             .await
     }
+
+    async fn remove_records(&self, removals: Vec<Removal>) -> Result<(), StoreError> {
+        if removals.is_empty() {
+            return Ok(());
+        }
+        self.write(move |txn| removals.iter().try_for_each(|r| apply_removal(txn, r)))
+            .await
+    }
+
+    async fn record_access(&self, accessed: Vec<(Digest, u64)>) -> Result<(), StoreError> {
+        if accessed.is_empty() {
+            return Ok(());
+        }
+        self.write(move |txn| {
+            let mut table = txn.open_table(ACCESS_TIMES).map_err(meta_err)?;
+            for (digest, at) in &accessed {
+                table
+                    .insert(digest.to_string().as_str(), at)
+                    .map_err(meta_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Removes a manifest record, its referrers entry, the tags that name it and the
+/// mirrored tag records that name it; `false` if there was no record.
+fn remove_manifest(
+    txn: &redb::WriteTransaction,
+    repo: &str,
+    digest: &str,
+) -> Result<bool, StoreError> {
+    let mut manifests = txn.open_table(MANIFESTS).map_err(meta_err)?;
+    let Some(removed) = manifests.remove((repo, digest)).map_err(meta_err)? else {
+        return Ok(false);
+    };
+    let record: ManifestRecord = serde_json::from_slice(removed.value()).map_err(json_err)?;
+    if let Some(subject) = record.subject {
+        let subject = subject.to_string();
+        let mut referrers = txn.open_table(REFERRERS).map_err(meta_err)?;
+        referrers
+            .remove((repo, subject.as_str(), digest))
+            .map_err(meta_err)?;
+    }
+    let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
+    let mut pointing = Vec::new();
+    for entry in tags.range((repo, "")..).map_err(meta_err)? {
+        let (key, value) = entry.map_err(meta_err)?;
+        let (r, tag) = key.value();
+        if r != repo {
+            break;
+        }
+        if value.value() == digest {
+            pointing.push(tag.to_string());
+        }
+    }
+    let mut tag_times = txn.open_table(TAG_TIMES).map_err(meta_err)?;
+    for tag in pointing {
+        tags.remove((repo, tag.as_str())).map_err(meta_err)?;
+        tag_times.remove((repo, tag.as_str())).map_err(meta_err)?;
+    }
+    let mut cached = txn.open_table(CACHED_TAGS).map_err(meta_err)?;
+    let mut naming = Vec::new();
+    for entry in cached.range((repo, "", "")..).map_err(meta_err)? {
+        let (key, value) = entry.map_err(meta_err)?;
+        let (r, tag, media_type) = key.value();
+        if r != repo {
+            break;
+        }
+        let record: CachedTag = serde_json::from_slice(value.value()).map_err(json_err)?;
+        if record.digest.to_string() == digest {
+            naming.push((tag.to_string(), media_type.to_string()));
+        }
+    }
+    for (tag, media_type) in naming {
+        cached
+            .remove((repo, tag.as_str(), media_type.as_str()))
+            .map_err(meta_err)?;
+    }
+    Ok(true)
+}
+
+fn remove_link(txn: &redb::WriteTransaction, repo: &str, digest: &str) -> Result<bool, StoreError> {
+    let key = (repo, digest);
+    let removed = txn
+        .open_table(BLOB_LINKS)
+        .map_err(meta_err)?
+        .remove(key)
+        .map_err(meta_err)?
+        .is_some();
+    txn.open_table(CACHED_LINKS)
+        .map_err(meta_err)?
+        .remove(key)
+        .map_err(meta_err)?;
+    txn.open_table(LINK_TIMES)
+        .map_err(meta_err)?
+        .remove(key)
+        .map_err(meta_err)?;
+    Ok(removed)
+}
+
+fn remove_tag(txn: &redb::WriteTransaction, repo: &str, tag: &str) -> Result<bool, StoreError> {
+    let removed = txn
+        .open_table(TAGS)
+        .map_err(meta_err)?
+        .remove((repo, tag))
+        .map_err(meta_err)?
+        .is_some();
+    txn.open_table(TAG_TIMES)
+        .map_err(meta_err)?
+        .remove((repo, tag))
+        .map_err(meta_err)?;
+    Ok(removed)
+}
+
+fn apply_removal(txn: &redb::WriteTransaction, removal: &Removal) -> Result<(), StoreError> {
+    match removal {
+        Removal::Link { repo, digest } => {
+            remove_link(txn, repo.as_str(), &digest.to_string())?;
+        }
+        Removal::Tag { repo, tag, digest } => {
+            let current = txn
+                .open_table(TAGS)
+                .map_err(meta_err)?
+                .get((repo.as_str(), tag.as_str()))
+                .map_err(meta_err)?
+                .map(|v| v.value().to_string());
+            if current.as_deref() == Some(digest.to_string().as_str()) {
+                remove_tag(txn, repo.as_str(), tag.as_str())?;
+            }
+        }
+        Removal::Manifest { repo, digest } => {
+            remove_manifest(txn, repo.as_str(), &digest.to_string())?;
+        }
+        Removal::Access { digest } => {
+            txn.open_table(ACCESS_TIMES)
+                .map_err(meta_err)?
+                .remove(digest.to_string().as_str())
+                .map_err(meta_err)?;
+        }
+    }
+    Ok(())
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -668,6 +752,15 @@ fn snapshot(txn: &redb::ReadTransaction) -> Result<MetaSnapshot, StoreError> {
             tag: tag_of(tag)?,
             record: serde_json::from_slice(value.value()).map_err(json_err)?,
         });
+    }
+    for entry in txn
+        .open_table(ACCESS_TIMES)
+        .map_err(meta_err)?
+        .iter()
+        .map_err(meta_err)?
+    {
+        let (key, value) = entry.map_err(meta_err)?;
+        snap.accessed.push((digest_of(key.value())?, value.value()));
     }
     Ok(snap)
 }

@@ -175,6 +175,28 @@ pub struct MetaSnapshot {
     pub tags: Vec<TagEntry>,
     pub referrers: Vec<ReferrerEntry>,
     pub cached_tags: Vec<CachedTagEntry>,
+    /// Unix seconds each blob or manifest was last read, as last flushed (see
+    /// [`MetaStore::record_access`]).
+    pub accessed: Vec<(Digest, u64)>,
+}
+
+/// One record to drop, for [`MetaStore::remove_records`]: what garbage collection,
+/// cache eviction and repairs take away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// A blob link, with its origin and time.
+    Link { repo: RepoName, digest: Digest },
+    /// A tag, only while it still names `digest` (a push may have moved it since).
+    Tag {
+        repo: RepoName,
+        tag: Tag,
+        digest: Digest,
+    },
+    /// A manifest record with its referrers entry, the tags that name it and the
+    /// mirrored tag records that name it, as a delete through the API does.
+    Manifest { repo: RepoName, digest: Digest },
+    /// The last-access time of a blob or manifest that is gone.
+    Access { digest: Digest },
 }
 
 /// A blob a repository holds.
@@ -405,4 +427,11 @@ pub trait MetaStore: Send + Sync {
 
     /// Everything, in one read transaction (see [`MetaSnapshot`]).
     async fn snapshot(&self) -> Result<MetaSnapshot, StoreError>;
+
+    /// Applies every removal in one transaction; records already gone are skipped.
+    async fn remove_records(&self, removals: Vec<Removal>) -> Result<(), StoreError>;
+
+    /// Stores last-access times (unix seconds) of blobs and manifests, a batch at a
+    /// time: the cache's LRU order, kept without a write per request.
+    async fn record_access(&self, accessed: Vec<(Digest, u64)>) -> Result<(), StoreError>;
 }

@@ -7,6 +7,10 @@
 //!   so a tag never names a missing manifest.
 //! - New content is refused while free space is below the reserve, so the metadata
 //!   store never meets a full disk in the middle of a transaction.
+//! - Garbage collection runs while the registry serves (see [`crate::gc`]). Every
+//!   step that relies on a stored blob and then records a reference to it holds
+//!   [`Registry::gc_guard`] shared; the collector deletes only while holding it
+//!   exclusively, a batch at a time, and never what was touched since its mark began.
 
 use super::{
     unix_now, BlobStore, ByteSource, ManifestRecord, MetaStore, Origin, Page, SessionReader,
@@ -15,7 +19,9 @@ use super::{
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Reference, RepoName};
 use bytes::Bytes;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Bytes of recently served manifests kept in memory. Content addressing makes them
 /// immutable, and access is checked in the metadata before the cache is consulted.
@@ -27,6 +33,40 @@ pub struct Registry {
     manifest_cache: moka::sync::Cache<Digest, Bytes>,
     /// Free bytes to keep (storage.min_free_bytes).
     min_free_bytes: u64,
+    gc: GcCoordination,
+    access: AccessLog,
+    /// Bytes of cached content stored since the cache's size was last measured:
+    /// tells the collector when the cache may have outgrown its cap.
+    cached_bytes_added: AtomicU64,
+}
+
+/// What lets garbage collection run beside pushes (see the module comment).
+#[derive(Default)]
+struct GcCoordination {
+    /// Shared by every check-then-reference step; exclusive for a sweep batch.
+    guard: tokio::sync::RwLock<()>,
+    /// While a collection runs: every digest referenced, stored or read since its
+    /// mark began. `None` when no collection runs.
+    touched: Mutex<Option<HashSet<Digest>>>,
+}
+
+/// Last reads of blobs and manifests, kept in memory and flushed in batches, so the
+/// request path never writes metadata for a read.
+#[derive(Default)]
+struct AccessLog(Mutex<HashMap<Digest, u64>>);
+
+impl AccessLog {
+    fn record(&self, digest: &Digest) {
+        let now = unix_now();
+        let mut pending = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Most reads are of digests read a moment ago: no allocation then.
+        match pending.get_mut(digest) {
+            Some(at) => *at = now,
+            None => {
+                pending.insert(digest.clone(), now);
+            }
+        }
+    }
 }
 
 /// A manifest as served: its digest, media type and exact bytes (or just its size for HEAD).
@@ -71,6 +111,9 @@ impl Registry {
             blobs,
             meta,
             min_free_bytes,
+            gc: GcCoordination::default(),
+            access: AccessLog::default(),
+            cached_bytes_added: AtomicU64::new(0),
             manifest_cache: moka::sync::Cache::builder()
                 .max_capacity(MANIFEST_CACHE_BYTES)
                 .weigher(|_, bytes: &Bytes| u32::try_from(bytes.len()).unwrap_or(u32::MAX))
@@ -85,12 +128,95 @@ impl Registry {
         digest: &Digest,
     ) -> Result<LinkedBlob, StoreError> {
         match self.meta.linked_blob(repo, digest).await? {
-            Some(size) => Ok(LinkedBlob {
-                digest: digest.clone(),
-                size,
-            }),
+            Some(size) => {
+                self.accessed(digest);
+                Ok(LinkedBlob {
+                    digest: digest.clone(),
+                    size,
+                })
+            }
             None => Err(StoreError::BlobUnknown(digest.clone())),
         }
+    }
+
+    /// A read of `digest`: its last-access time, and it survives a collection under way.
+    fn accessed(&self, digest: &Digest) {
+        self.access.record(digest);
+        self.touch([digest]);
+    }
+
+    /// Keeps `digests` through a collection under way.
+    fn touch<'d>(&self, digests: impl IntoIterator<Item = &'d Digest>) {
+        let mut touched = self.gc.touched.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = touched.as_mut() {
+            set.extend(digests.into_iter().cloned());
+        }
+    }
+
+    /// Held shared while a step relies on stored content and records a reference to
+    /// it; the collector holds it exclusively while it deletes.
+    pub async fn gc_guard_shared(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gc.guard.read().await
+    }
+
+    /// For the collector: no step that references content runs while this is held.
+    pub async fn gc_guard_exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.gc.guard.write().await
+    }
+
+    /// Starts recording touched digests and takes the snapshot a collection marks
+    /// from: with the guard held, no step straddles the two.
+    pub async fn begin_collection(&self) -> Result<super::MetaSnapshot, StoreError> {
+        let _exclusive = self.gc_guard_exclusive().await;
+        *self.gc.touched.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
+        let snapshot = self.meta.snapshot().await;
+        if snapshot.is_err() {
+            self.end_collection();
+        }
+        snapshot
+    }
+
+    /// Whether `digest` was touched since [`Registry::begin_collection`]; call with
+    /// the exclusive guard held.
+    pub fn touched(&self, digest: &Digest) -> bool {
+        let touched = self.gc.touched.lock().unwrap_or_else(|e| e.into_inner());
+        touched.as_ref().is_some_and(|set| set.contains(digest))
+    }
+
+    pub fn end_collection(&self) {
+        *self.gc.touched.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Last reads not yet flushed, without taking them.
+    pub fn pending_access(&self) -> HashMap<Digest, u64> {
+        self.access
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Writes the last reads recorded since the previous flush.
+    pub async fn flush_access(&self) -> Result<(), StoreError> {
+        let batch: Vec<(Digest, u64)> = {
+            let mut pending = self.access.0.lock().unwrap_or_else(|e| e.into_inner());
+            pending.drain().collect()
+        };
+        self.meta.record_access(batch).await
+    }
+
+    /// Bytes of cached content stored since the last call (see `cached_bytes_added`).
+    pub fn take_cached_bytes_added(&self) -> u64 {
+        self.cached_bytes_added.swap(0, Ordering::Relaxed)
+    }
+
+    pub fn peek_cached_bytes_added(&self) -> u64 {
+        self.cached_bytes_added.load(Ordering::Relaxed)
+    }
+
+    /// The blob store, for the collector's listing and deletes.
+    pub fn blob_store(&self) -> &dyn BlobStore {
+        &*self.blobs
     }
 
     /// Opens `len` bytes from `offset` of a blob found with [`Registry::linked_blob`].
@@ -124,6 +250,8 @@ impl Registry {
         digest: &Digest,
         from: Option<&RepoName>,
     ) -> Result<Option<u64>, StoreError> {
+        let _gc = self.gc_guard_shared().await;
+        self.touch([digest]);
         let size = match from {
             Some(from) => self.meta.linked_blob(from, digest).await?,
             None => self.blobs.stat(digest).await?,
@@ -189,8 +317,13 @@ impl Registry {
         origin: Origin,
     ) -> Result<u64, StoreError> {
         self.upload_size(repo, id).await?;
+        let _gc = self.gc_guard_shared().await;
+        self.touch([digest]);
         let size = self.blobs.upload_finish(id, digest).await?;
         self.meta.link_blob(repo, digest, size, origin).await?;
+        if origin == Origin::Cached {
+            self.cached_bytes_added.fetch_add(size, Ordering::Relaxed);
+        }
         Ok(size)
     }
 
@@ -214,6 +347,8 @@ impl Registry {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<LinkedBlob>, StoreError> {
+        let _gc = self.gc_guard_shared().await;
+        self.touch([digest]);
         let Some(size) = self.blobs.stat(digest).await? else {
             return Ok(None);
         };
@@ -245,8 +380,11 @@ impl Registry {
         // served byte for byte.
         let parsed = manifest::parse(Some(media_type), &bytes).ok();
         let size = bytes.len() as u64;
+        let _gc = self.gc_guard_shared().await;
+        self.touch([digest]);
         // Verifies the bytes against `digest` before anything is stored.
         self.blobs.put_bytes(digest, bytes).await?;
+        self.cached_bytes_added.fetch_add(size, Ordering::Relaxed);
         let subject = parsed
             .as_ref()
             .and_then(|p| p.subject.as_ref().map(|s| s.digest.clone()));
@@ -305,6 +443,12 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
+        let _gc = self.gc_guard_shared().await;
+        self.touch(
+            std::iter::once(&digest)
+                .chain(parsed.blobs.iter().map(|b| &b.digest))
+                .chain(parsed.children.iter().map(|c| &c.digest)),
+        );
         for blob in &parsed.blobs {
             // Foreign layers (with `urls`) live elsewhere by design.
             let local = blob.urls.is_empty();
@@ -361,11 +505,14 @@ impl Registry {
             },
         };
         match self.meta.manifest(repo, &digest).await? {
-            Some(record) => Ok(ManifestContent {
-                digest,
-                media_type: record.media_type,
-                size: record.size,
-            }),
+            Some(record) => {
+                self.accessed(&digest);
+                Ok(ManifestContent {
+                    digest,
+                    media_type: record.media_type,
+                    size: record.size,
+                })
+            }
             None => unknown().await,
         }
     }
