@@ -6,7 +6,7 @@
 
 use super::{
     unix_now, CachedTag, CachedTagEntry, CachedTagList, LinkEntry, ManifestEntry, ManifestRecord,
-    MetaSnapshot, MetaStore, Origin, Page, ReferrerEntry, StoreError, TagEntry,
+    MetaSnapshot, MetaStore, Origin, Page, ReferrerEntry, Removal, StoreError, TagEntry,
 };
 use crate::oci::manifest::Descriptor;
 use crate::oci::{Digest, RepoName, Tag};
@@ -557,6 +557,86 @@ impl MetaStore for RedbMetaStore {
         self.run(|db| snapshot(&db.begin_read().map_err(meta_err)?))
             .await
     }
+
+    async fn remove_records(&self, removals: Vec<Removal>) -> Result<usize, StoreError> {
+        self.write(move |txn| {
+            let mut removed = 0;
+            for removal in &removals {
+                if remove_record(txn, removal)? {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+/// Removes one record (see [`MetaStore::remove_records`]); `false` if it was not there.
+fn remove_record(txn: &redb::WriteTransaction, removal: &Removal) -> Result<bool, StoreError> {
+    let removed = match removal {
+        Removal::Link { repo, digest } => {
+            let digest = digest.to_string();
+            let key = (repo.as_str(), digest.as_str());
+            txn.open_table(CACHED_LINKS)
+                .map_err(meta_err)?
+                .remove(key)
+                .map_err(meta_err)?;
+            txn.open_table(LINK_TIMES)
+                .map_err(meta_err)?
+                .remove(key)
+                .map_err(meta_err)?;
+            txn.open_table(BLOB_LINKS)
+                .map_err(meta_err)?
+                .remove(key)
+                .map_err(meta_err)?
+                .is_some()
+        }
+        Removal::Tag { repo, tag } => {
+            let tag = tag.to_string();
+            let key = (repo.as_str(), tag.as_str());
+            txn.open_table(TAG_TIMES)
+                .map_err(meta_err)?
+                .remove(key)
+                .map_err(meta_err)?;
+            txn.open_table(TAGS)
+                .map_err(meta_err)?
+                .remove(key)
+                .map_err(meta_err)?
+                .is_some()
+        }
+        Removal::Manifest { repo, digest } => txn
+            .open_table(MANIFESTS)
+            .map_err(meta_err)?
+            .remove((repo.as_str(), digest.to_string().as_str()))
+            .map_err(meta_err)?
+            .is_some(),
+        Removal::Referrer {
+            repo,
+            subject,
+            referrer,
+        } => {
+            let (subject, referrer) = (subject.to_string(), referrer.to_string());
+            txn.open_table(REFERRERS)
+                .map_err(meta_err)?
+                .remove((repo.as_str(), subject.as_str(), referrer.as_str()))
+                .map_err(meta_err)?
+                .is_some()
+        }
+        Removal::CachedTag {
+            repo,
+            tag,
+            media_type,
+        } => {
+            let tag = tag.to_string();
+            txn.open_table(CACHED_TAGS)
+                .map_err(meta_err)?
+                .remove((repo.as_str(), tag.as_str(), media_type.as_str()))
+                .map_err(meta_err)?
+                .is_some()
+        }
+    };
+    Ok(removed)
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -757,5 +837,85 @@ mod tests {
         let txn = meta.db.begin_read().unwrap();
         assert!(txn.open_table(TAG_TIMES).unwrap().is_empty().unwrap());
         assert_eq!(txn.open_table(LINK_TIMES).unwrap().len().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn remove_records_takes_exactly_what_is_named_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+        let repo = name("team/app");
+        let (layer, manifest, sig) = (
+            Digest::sha256_of(b"layer"),
+            Digest::sha256_of(b"manifest"),
+            Digest::sha256_of(b"sig"),
+        );
+        meta.link_blob(&repo, &layer, 5, Origin::Cached)
+            .await
+            .unwrap();
+        let record = ManifestRecord {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 8,
+            subject: Some(manifest.clone()),
+            origin: Origin::Pushed,
+            created_at: 7,
+        };
+        let tag = Tag::parse("1.0").unwrap();
+        let referrer = Descriptor {
+            media_type: record.media_type.clone(),
+            digest: sig.clone(),
+            size: 3,
+            artifact_type: None,
+            urls: Vec::new(),
+            annotations: None,
+            platform: None,
+        };
+        meta.put_manifest(&repo, &sig, &record, Some(&tag), Some(&referrer))
+            .await
+            .unwrap();
+        let cached = CachedTag {
+            media_type: record.media_type.clone(),
+            digest: sig.clone(),
+            checked_at: 1,
+        };
+        meta.put_cached_tag(&repo, &tag, &cached).await.unwrap();
+
+        let removed = meta
+            .remove_records(vec![
+                Removal::Link {
+                    repo: repo.clone(),
+                    digest: layer.clone(),
+                },
+                Removal::Tag {
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                },
+                Removal::Referrer {
+                    repo: repo.clone(),
+                    subject: manifest.clone(),
+                    referrer: sig.clone(),
+                },
+                Removal::CachedTag {
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                    media_type: cached.media_type.clone(),
+                },
+                // Not there: counted out, not an error.
+                Removal::Manifest {
+                    repo: repo.clone(),
+                    digest: manifest.clone(),
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(removed, 4);
+        let snap = meta.snapshot().await.unwrap();
+        assert!(snap.links.is_empty() && snap.tags.is_empty());
+        assert!(snap.referrers.is_empty() && snap.cached_tags.is_empty());
+        // The manifest record was not named, so it stays.
+        assert_eq!(snap.manifests.len(), 1);
+        let txn = meta.db.begin_read().unwrap();
+        assert!(txn.open_table(TAG_TIMES).unwrap().is_empty().unwrap());
+        assert!(txn.open_table(LINK_TIMES).unwrap().is_empty().unwrap());
+        assert!(txn.open_table(CACHED_LINKS).unwrap().is_empty().unwrap());
     }
 }

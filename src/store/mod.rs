@@ -405,4 +405,42 @@ pub trait MetaStore: Send + Sync {
 
     /// Everything, in one read transaction (see [`MetaSnapshot`]).
     async fn snapshot(&self) -> Result<MetaSnapshot, StoreError>;
+
+    /// Removes each record named, in one write transaction (all or none); returns how
+    /// many were there. Each removal takes exactly its own record (and the times kept
+    /// beside it), nothing that points at it: the caller names those too.
+    async fn remove_records(&self, removals: Vec<Removal>) -> Result<usize, StoreError>;
+}
+
+pub use fs::{blob_relative_path, Stray, StrayKind, LOST_FOUND};
+
+/// One record for [`MetaStore::remove_records`] to remove: for repairs (fsck) and
+/// garbage collection.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Removal {
+    /// `repo`'s link to a blob (the bytes stay).
+    Link {
+        repo: RepoName,
+        digest: Digest,
+    },
+    Tag {
+        repo: RepoName,
+        tag: Tag,
+    },
+    /// The manifest record only; its tags and referrers entry are removals of their own.
+    Manifest {
+        repo: RepoName,
+        digest: Digest,
+    },
+    Referrer {
+        repo: RepoName,
+        subject: Digest,
+        referrer: Digest,
+    },
+    /// A mirrored tag's record for one media type.
+    CachedTag {
+        repo: RepoName,
+        tag: Tag,
+        media_type: String,
+    },
 }
