@@ -431,7 +431,7 @@ fn walk_uploads(root: &Path) -> std::io::Result<(Vec<UploadInfo>, Vec<Stray>)> {
         }
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(id) = UploadId::parse(&name).filter(|id| id.as_str() == name) else {
-            strays.push(malformed("not named by a session id (a UUID)"));
+            strays.push(malformed("not named by a session id, a UUID"));
             continue;
         };
         let Some(info) = not_found_is_none(read_upload(&path, id))? else {
@@ -790,7 +790,7 @@ mod tests {
                 ),
                 (
                     "uploads/not-a-uuid".into(),
-                    StrayKind::MalformedUpload("not named by a session id (a UUID)")
+                    StrayKind::MalformedUpload("not named by a session id, a UUID")
                 ),
             ]
         );
