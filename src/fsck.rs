@@ -986,3 +986,539 @@ async fn apply_files(
     }
     Ok(notes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::manifest::{OCI_INDEX, OCI_MANIFEST};
+    use crate::store::{
+        CachedTag, CachedTagEntry, LinkEntry, ManifestEntry, ReferrerEntry, TagEntry,
+    };
+    use serde_json::json;
+
+    fn repo() -> RepoName {
+        RepoName::parse("team/app").unwrap()
+    }
+
+    fn tag() -> Tag {
+        Tag::parse("1.0").unwrap()
+    }
+
+    /// A store in memory: what the facts are made of.
+    #[derive(Default)]
+    struct Store {
+        snap: MetaSnapshot,
+        blobs: Vec<BlobCheck>,
+        manifests: Vec<ManifestCheck>,
+        strays: Vec<Stray>,
+    }
+
+    impl Store {
+        fn blob(&mut self, bytes: &[u8]) -> Digest {
+            let digest = Digest::sha256_of(bytes);
+            self.blobs.push(BlobCheck {
+                digest: digest.clone(),
+                size: bytes.len() as u64,
+                content: Ok(digest.clone()),
+            });
+            digest
+        }
+
+        fn link(&mut self, digest: &Digest, origin: Origin) {
+            let size = self
+                .blobs
+                .iter()
+                .find(|b| &b.digest == digest)
+                .unwrap()
+                .size;
+            self.snap.links.push(LinkEntry {
+                repo: repo(),
+                digest: digest.clone(),
+                size,
+                origin,
+                linked_at: 1,
+            });
+        }
+
+        /// An image manifest over `blobs` (stored and linked by the caller), recorded and
+        /// tagged `1.0`.
+        fn manifest(&mut self, blobs: &[Digest], origin: Origin) -> Digest {
+            let layers: Vec<_> = blobs[1..]
+                .iter()
+                .map(|d| json!({"mediaType": "l", "digest": d.to_string(), "size": 1}))
+                .collect();
+            let body = json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "c", "digest": blobs[0].to_string(), "size": 1},
+                "layers": layers,
+            });
+            self.record(body, OCI_MANIFEST, origin, None)
+        }
+
+        fn record(
+            &mut self,
+            body: serde_json::Value,
+            media_type: &str,
+            origin: Origin,
+            subject: Option<Digest>,
+        ) -> Digest {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let digest = self.blob(&bytes);
+            self.snap.manifests.push(ManifestEntry {
+                repo: repo(),
+                digest: digest.clone(),
+                record: ManifestRecord {
+                    media_type: media_type.into(),
+                    size: bytes.len() as u64,
+                    subject,
+                    origin,
+                    created_at: 1,
+                },
+            });
+            self.manifests.push(ManifestCheck {
+                digest: digest.clone(),
+                media_type: media_type.into(),
+                parsed: manifest::parse(Some(media_type), &bytes),
+            });
+            digest
+        }
+
+        fn tag(&mut self, digest: &Digest) {
+            self.snap.tags.push(TagEntry {
+                repo: repo(),
+                tag: tag(),
+                digest: digest.clone(),
+                tagged_at: 1,
+            });
+        }
+
+        fn cached_tag(&mut self, digest: &Digest) {
+            self.snap.cached_tags.push(CachedTagEntry {
+                repo: repo(),
+                tag: tag(),
+                record: CachedTag {
+                    media_type: OCI_MANIFEST.into(),
+                    digest: digest.clone(),
+                    checked_at: 1,
+                },
+            });
+        }
+
+        /// A pushed image: config and one layer, linked, manifest tagged.
+        fn image(&mut self, seed: &str, origin: Origin) -> (Digest, Digest, Digest) {
+            let config = self.blob(format!("config {seed}").as_bytes());
+            let layer = self.blob(format!("layer {seed}").as_bytes());
+            self.link(&config, origin);
+            self.link(&layer, origin);
+            let manifest = self.manifest(&[config.clone(), layer.clone()], origin);
+            match origin {
+                Origin::Pushed => self.tag(&manifest),
+                Origin::Cached => self.cached_tag(&manifest),
+            }
+            (config, layer, manifest)
+        }
+
+        fn corrupt(&mut self, digest: &Digest) {
+            let blob = self.blobs.iter_mut().find(|b| &b.digest == digest).unwrap();
+            blob.content = Ok(Digest::sha256_of(b"something else"));
+        }
+
+        fn delete(&mut self, digest: &Digest) {
+            self.blobs.retain(|b| &b.digest != digest);
+        }
+
+        fn check(&self) -> Vec<Finding> {
+            check(&Facts {
+                snapshot: &self.snap,
+                blobs: &self.blobs,
+                manifests: &self.manifests,
+                strays: &self.strays,
+            })
+        }
+
+        fn problems(&self) -> Vec<Problem> {
+            self.check().into_iter().map(|f| f.problem).collect()
+        }
+    }
+
+    fn remove(removal: Removal) -> Action {
+        Action::Remove(removal)
+    }
+
+    #[test]
+    fn a_consistent_store_has_no_findings() {
+        let mut store = Store::default();
+        let (_, _, manifest) = store.image("a", Origin::Pushed);
+        store.image("b", Origin::Cached);
+        let body = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": manifest.to_string(), "size": 1}],
+        });
+        store.record(body, OCI_INDEX, Origin::Pushed, None);
+        // A referrer: an artifact whose subject is the image.
+        let config = store.blob(b"{}");
+        store.link(&config, Origin::Pushed);
+        let body = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "c", "digest": config.to_string(), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": manifest.to_string(), "size": 1},
+        });
+        let sig = store.record(body, OCI_MANIFEST, Origin::Pushed, Some(manifest.clone()));
+        store.snap.referrers.push(ReferrerEntry {
+            repo: repo(),
+            subject: manifest,
+            referrer: sig,
+        });
+        assert_eq!(store.check(), Vec::new());
+        assert_eq!(manifests_to_parse(&store.snap, &store.blobs).len(), 4);
+    }
+
+    #[test]
+    fn a_corrupt_layer_goes_to_lost_and_found_its_links_go_and_the_manifest_is_reported() {
+        let mut store = Store::default();
+        let (_, layer, manifest) = store.image("a", Origin::Pushed);
+        store.corrupt(&layer);
+        let findings = store.check();
+        assert_eq!(findings.len(), 3, "{findings:#?}");
+        assert!(
+            matches!(&findings[0].problem, Problem::CorruptBlob { digest, .. } if *digest == layer)
+        );
+        assert_eq!(
+            findings[0].repair,
+            vec![Action::MoveToLostFound(blob_relative_path(&layer))]
+        );
+        assert_eq!(
+            findings[1].repair,
+            vec![remove(Removal::Link {
+                repo: repo(),
+                digest: layer.clone()
+            })]
+        );
+        assert_eq!(
+            findings[2],
+            finding(
+                Problem::ManifestMissingBlob {
+                    repo: repo(),
+                    manifest: manifest.clone(),
+                    blob: layer,
+                    linked: true
+                },
+                Vec::new()
+            )
+        );
+        assert!(findings[2].problem.to_string().contains("not repaired"));
+    }
+
+    #[test]
+    fn an_empty_file_and_an_unreadable_one_are_told_apart() {
+        let mut store = Store::default();
+        let (config, layer, _) = store.image("a", Origin::Pushed);
+        store.blobs[0].size = 0;
+        store.corrupt(&config);
+        let blob = store.blobs.iter_mut().find(|b| b.digest == layer).unwrap();
+        blob.content = Err("permission denied".into());
+        let findings = store.check();
+        assert_eq!(findings.len(), 4, "{findings:#?}");
+        assert_eq!(
+            findings[0].problem,
+            Problem::EmptyBlob {
+                digest: config.clone()
+            }
+        );
+        assert_eq!(
+            findings[1],
+            finding(
+                Problem::UnreadableBlob {
+                    digest: layer,
+                    error: "permission denied".into()
+                },
+                Vec::new()
+            )
+        );
+        // The link to the unreadable blob stays: it may be fine once readable.
+        assert!(
+            matches!(&findings[2].problem, Problem::DanglingLink { digest, .. } if *digest == config)
+        );
+        assert!(
+            matches!(&findings[3].problem, Problem::ManifestMissingBlob { blob, .. } if *blob == config)
+        );
+    }
+
+    #[test]
+    fn a_cached_manifest_with_bad_bytes_goes_with_everything_naming_it() {
+        let mut store = Store::default();
+        let (_, _, manifest) = store.image("a", Origin::Cached);
+        let subject = Digest::sha256_of(b"subject");
+        store.snap.manifests[0].record.subject = Some(subject.clone());
+        store.snap.referrers.push(ReferrerEntry {
+            repo: repo(),
+            subject: subject.clone(),
+            referrer: manifest.clone(),
+        });
+        store.tag(&manifest);
+        store.delete(&manifest);
+        let findings = store.check();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(
+            findings[0].repair,
+            vec![
+                remove(Removal::Manifest {
+                    repo: repo(),
+                    digest: manifest.clone()
+                }),
+                remove(Removal::Tag {
+                    repo: repo(),
+                    tag: tag()
+                }),
+                remove(Removal::Referrer {
+                    repo: repo(),
+                    subject,
+                    referrer: manifest.clone()
+                }),
+                remove(Removal::CachedTag {
+                    repo: repo(),
+                    tag: tag(),
+                    media_type: OCI_MANIFEST.into()
+                }),
+            ]
+        );
+        assert!(findings[0].problem.to_string().contains("(cached)"));
+    }
+
+    #[test]
+    fn a_cached_manifest_may_lack_its_layers() {
+        let mut store = Store::default();
+        let (config, layer, _) = store.image("a", Origin::Cached);
+        store.snap.links.clear();
+        store.delete(&config);
+        store.delete(&layer);
+        assert_eq!(store.check(), Vec::new());
+    }
+
+    #[test]
+    fn a_pushed_manifest_with_missing_bytes_a_size_or_a_parse_error_is_reported_not_repaired() {
+        let mut store = Store::default();
+        let (_, _, missing) = store.image("a", Origin::Pushed);
+        let (_, _, resized) = store.image("b", Origin::Pushed);
+        let (_, _, garbled) = store.image("c", Origin::Pushed);
+        store.delete(&missing);
+        store.snap.manifests[1].record.size += 1;
+        store.manifests[2].parsed = Err(ManifestError::MissingConfig);
+        let problems = store.problems();
+        assert_eq!(
+            problems,
+            vec![
+                Problem::ManifestBytes {
+                    repo: repo(),
+                    digest: missing,
+                    origin: Origin::Pushed,
+                    fault: BytesFault::Missing
+                },
+                Problem::ManifestBytes {
+                    repo: repo(),
+                    digest: resized,
+                    origin: Origin::Pushed,
+                    fault: BytesFault::Size {
+                        recorded: store.snap.manifests[1].record.size,
+                        stored: store.snap.manifests[1].record.size - 1
+                    }
+                },
+                Problem::ManifestUnparsable {
+                    repo: repo(),
+                    digest: garbled,
+                    error: ManifestError::MissingConfig
+                },
+            ]
+        );
+        assert!(store.check().iter().all(|f| f.repair.is_empty()));
+        // Only intact bytes of the recorded size are read.
+        assert_eq!(manifests_to_parse(&store.snap, &store.blobs).len(), 1);
+    }
+
+    #[test]
+    fn a_manifest_must_find_its_blobs_linked_and_its_children_recorded() {
+        let mut store = Store::default();
+        let (_, layer, manifest) = store.image("a", Origin::Pushed);
+        store.snap.links.retain(|l| l.digest != layer);
+        let child = Digest::sha256_of(b"child");
+        let foreign = Digest::sha256_of(b"foreign");
+        let body = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": manifest.to_string(), "size": 1},
+                {"mediaType": OCI_MANIFEST, "digest": child.to_string(), "size": 1},
+            ],
+        });
+        let index = store.record(body, OCI_INDEX, Origin::Pushed, None);
+        let config = store.blob(b"cfg");
+        store.link(&config, Origin::Pushed);
+        let body = json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "c", "digest": config.to_string(), "size": 3},
+            "layers": [{"mediaType": "l", "digest": foreign.to_string(), "size": 1,
+                        "urls": ["https://example.com/layer"]}],
+        });
+        store.record(body, OCI_MANIFEST, Origin::Pushed, None);
+        assert_eq!(
+            store.problems(),
+            vec![
+                Problem::ManifestMissingBlob {
+                    repo: repo(),
+                    manifest,
+                    blob: layer,
+                    linked: false
+                },
+                Problem::ManifestMissingChild {
+                    repo: repo(),
+                    manifest: index,
+                    child
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn records_naming_missing_manifests_are_dropped() {
+        let mut store = Store::default();
+        let gone = Digest::sha256_of(b"gone");
+        let (_, _, manifest) = store.image("a", Origin::Pushed);
+        store.tag(&gone);
+        store.cached_tag(&gone);
+        store.snap.referrers.push(ReferrerEntry {
+            repo: repo(),
+            subject: manifest.clone(),
+            referrer: gone.clone(),
+        });
+        // An entry whose referrer exists but has another subject.
+        store.snap.referrers.push(ReferrerEntry {
+            repo: repo(),
+            subject: gone.clone(),
+            referrer: manifest.clone(),
+        });
+        let findings = store.check();
+        let repairs: Vec<_> = findings.iter().flat_map(|f| f.repair.clone()).collect();
+        assert_eq!(
+            repairs,
+            vec![
+                remove(Removal::Tag {
+                    repo: repo(),
+                    tag: tag()
+                }),
+                remove(Removal::Referrer {
+                    repo: repo(),
+                    subject: manifest.clone(),
+                    referrer: gone.clone()
+                }),
+                remove(Removal::Referrer {
+                    repo: repo(),
+                    subject: gone.clone(),
+                    referrer: manifest.clone()
+                }),
+                remove(Removal::CachedTag {
+                    repo: repo(),
+                    tag: tag(),
+                    media_type: OCI_MANIFEST.into()
+                }),
+            ]
+        );
+        assert!(matches!(
+            findings[2].problem,
+            Problem::ReferrerSubject { actual: None, .. }
+        ));
+    }
+
+    #[test]
+    fn links_name_their_blob_and_its_size() {
+        let mut store = Store::default();
+        let blob = store.blob(b"blob");
+        store.link(&blob, Origin::Pushed);
+        store.snap.links[0].size = 99;
+        let missing = Digest::sha256_of(b"missing");
+        store.snap.links.push(LinkEntry {
+            repo: repo(),
+            digest: missing.clone(),
+            size: 1,
+            origin: Origin::Cached,
+            linked_at: 1,
+        });
+        let findings = store.check();
+        assert_eq!(
+            findings,
+            vec![
+                finding(
+                    Problem::LinkSize {
+                        repo: repo(),
+                        digest: blob,
+                        recorded: 99,
+                        stored: 4
+                    },
+                    Vec::new()
+                ),
+                finding(
+                    Problem::DanglingLink {
+                        repo: repo(),
+                        digest: missing.clone(),
+                        bytes: BlobState::Missing
+                    },
+                    vec![remove(Removal::Link {
+                        repo: repo(),
+                        digest: missing
+                    })]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn strays_are_moved_or_deleted() {
+        let mut store = Store::default();
+        let stray = |path: &str, kind| Stray {
+            path: path.into(),
+            kind,
+        };
+        store.strays = vec![
+            stray("blobs/sha256/x", StrayKind::NotABlob),
+            stray("tmp/abc", StrayKind::TempFile),
+            stray("uploads/zzz", StrayKind::MalformedUpload("why")),
+        ];
+        let repairs: Vec<_> = store.check().into_iter().flat_map(|f| f.repair).collect();
+        assert_eq!(
+            repairs,
+            vec![
+                Action::MoveToLostFound("blobs/sha256/x".into()),
+                Action::Delete("tmp/abc".into()),
+                Action::Delete("uploads/zzz".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_summary_says_what_remains() {
+        let mut summary = Summary {
+            blobs: 3,
+            bytes: 2048,
+            manifests: 1,
+            tags: 1,
+            found: 2,
+            seconds: 0.25,
+            ..Summary::default()
+        };
+        assert!(!summary.consistent());
+        assert!(summary
+            .to_string()
+            .ends_with("2 problems (run with --repair to fix what can be)"));
+        summary.repaired = 1;
+        assert_eq!(
+            summary.to_string(),
+            "fsck: 3 blobs (2.0 KiB), 1 manifests, 1 tags checked in 0.2 s: \
+             2 problems, 1 repaired, 1 remain"
+        );
+        summary.repaired = 2;
+        assert!(summary.consistent());
+    }
+}
