@@ -215,22 +215,11 @@ impl MetaStore for RedbMetaStore {
     }
 
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StoreError> {
-        let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |txn| {
-            let key = (repo.as_str(), digest.as_str());
-            let mut links = txn.open_table(BLOB_LINKS).map_err(meta_err)?;
-            let removed = links.remove(key).map_err(meta_err)?;
-            txn.open_table(CACHED_LINKS)
-                .map_err(meta_err)?
-                .remove(key)
-                .map_err(meta_err)?;
-            txn.open_table(LINK_TIMES)
-                .map_err(meta_err)?
-                .remove(key)
-                .map_err(meta_err)?;
-            Ok(removed.is_some())
-        })
-        .await
+        let link = Removal::Link {
+            repo: repo.clone(),
+            digest: digest.clone(),
+        };
+        self.write(move |txn| remove_record(txn, &link)).await
     }
 
     async fn put_manifest(
@@ -360,19 +349,11 @@ impl MetaStore for RedbMetaStore {
     }
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StoreError> {
-        let (repo, tag) = (repo.to_string(), tag.to_string());
-        self.write(move |txn| {
-            let mut tags = txn.open_table(TAGS).map_err(meta_err)?;
-            let removed = tags
-                .remove((repo.as_str(), tag.as_str()))
-                .map_err(meta_err)?;
-            txn.open_table(TAG_TIMES)
-                .map_err(meta_err)?
-                .remove((repo.as_str(), tag.as_str()))
-                .map_err(meta_err)?;
-            Ok(removed.is_some())
-        })
-        .await
+        let tag = Removal::Tag {
+            repo: repo.clone(),
+            tag: tag.clone(),
+        };
+        self.write(move |txn| remove_record(txn, &tag)).await
     }
 
     async fn list_tags(
@@ -761,48 +742,60 @@ mod tests {
         RepoName::parse(s).unwrap()
     }
 
+    /// A layer, an image manifest and a signature of it.
+    fn digests() -> (Digest, Digest, Digest) {
+        (
+            Digest::sha256_of(b"layer"),
+            Digest::sha256_of(b"manifest"),
+            Digest::sha256_of(b"sig"),
+        )
+    }
+
+    fn record(subject: Option<Digest>) -> ManifestRecord {
+        ManifestRecord {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 8,
+            subject,
+            origin: Origin::Pushed,
+            created_at: 7,
+        }
+    }
+
+    /// The referrers entry of manifest `digest`.
+    fn referrer(digest: &Digest) -> Descriptor {
+        Descriptor {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: digest.clone(),
+            size: 3,
+            artifact_type: None,
+            urls: Vec::new(),
+            annotations: None,
+            platform: None,
+        }
+    }
+
     #[tokio::test]
     async fn snapshot_holds_every_record_with_its_times() {
         let dir = tempfile::tempdir().unwrap();
         let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
         let (app, cache) = (name("team/app"), name("docker.io/library/nginx"));
-        let (layer, manifest, sig) = (
-            Digest::sha256_of(b"layer"),
-            Digest::sha256_of(b"manifest"),
-            Digest::sha256_of(b"sig"),
-        );
+        let (layer, manifest, sig) = digests();
         meta.link_blob(&app, &layer, 5, Origin::Pushed)
             .await
             .unwrap();
         meta.link_blob(&cache, &layer, 5, Origin::Cached)
             .await
             .unwrap();
-        let record = |subject| ManifestRecord {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            size: 8,
-            subject,
-            origin: Origin::Pushed,
-            created_at: 7,
-        };
         let tag = Tag::parse("1.0").unwrap();
         meta.put_manifest(&app, &manifest, &record(None), Some(&tag), None)
             .await
             .unwrap();
-        let referrer = Descriptor {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            digest: sig.clone(),
-            size: 3,
-            artifact_type: None,
-            urls: Vec::new(),
-            annotations: None,
-            platform: None,
-        };
         meta.put_manifest(
             &app,
             &sig,
             &record(Some(manifest.clone())),
             None,
-            Some(&referrer),
+            Some(&referrer(&sig)),
         )
         .await
         .unwrap();
@@ -844,32 +837,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
         let repo = name("team/app");
-        let (layer, manifest, sig) = (
-            Digest::sha256_of(b"layer"),
-            Digest::sha256_of(b"manifest"),
-            Digest::sha256_of(b"sig"),
-        );
+        let (layer, manifest, sig) = digests();
         meta.link_blob(&repo, &layer, 5, Origin::Cached)
             .await
             .unwrap();
-        let record = ManifestRecord {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            size: 8,
-            subject: Some(manifest.clone()),
-            origin: Origin::Pushed,
-            created_at: 7,
-        };
+        let record = record(Some(manifest.clone()));
         let tag = Tag::parse("1.0").unwrap();
-        let referrer = Descriptor {
-            media_type: record.media_type.clone(),
-            digest: sig.clone(),
-            size: 3,
-            artifact_type: None,
-            urls: Vec::new(),
-            annotations: None,
-            platform: None,
-        };
-        meta.put_manifest(&repo, &sig, &record, Some(&tag), Some(&referrer))
+        meta.put_manifest(&repo, &sig, &record, Some(&tag), Some(&referrer(&sig)))
             .await
             .unwrap();
         let cached = CachedTag {
