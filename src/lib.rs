@@ -12,6 +12,7 @@ pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod edge;
+pub mod fsck;
 pub mod gc;
 pub mod logging;
 pub mod mirror;

@@ -108,6 +108,17 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         grace: Option<std::time::Duration>,
     },
+    /// Check a stopped store: blob contents, links, tags, manifests and what they
+    /// reference, referrers, cached tags, leftovers. Exits 0 when it is consistent, 1 when
+    /// problems remain.
+    Fsck {
+        /// The data directory of the store (stop the server on it first).
+        #[arg(long)]
+        data: PathBuf,
+        /// Fix what can be fixed without guessing (corrupt blobs go to DATA/lost+found/).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Manage an htpasswd file (bcrypt).
     Htpasswd {
         #[command(subcommand)]
@@ -219,6 +230,11 @@ fn main() {
                 .and_then(|config| gc_local(&config, &options)),
             }
         }
+        Command::Fsck { data, repair } => match fsck(&data, repair) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
         Command::Fetch {
             images,
             platforms,
@@ -496,6 +512,36 @@ fn gc_remote(server: &str, user: Option<&str>, options: &RunOptions) -> Result<(
         print_report(&report);
         Ok(())
     })
+}
+
+/// Checks (and with `repair` repairs) the store in `data`; `true` if it is consistent.
+fn fsck(data: &Path, repair: bool) -> Result<bool, String> {
+    let meta_path = data.join("meta.redb");
+    if !meta_path.is_file() {
+        return Err(format!(
+            "{} holds no store (no meta.redb); give the --data directory of a portcullis",
+            data.display()
+        ));
+    }
+    // Opened first: redb refuses a second opener, so a running server stops us here
+    // before anything is read.
+    let meta = RedbMetaStore::open(&meta_path).map_err(|e| {
+        format!(
+            "{e}; is portcullis serving from {}? stop the server first",
+            data.display()
+        )
+    })?;
+    let blobs = FsBlobStore::open_as_is(data);
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let summary = runtime
+        .block_on(portcullis::fsck::run(
+            &blobs,
+            &meta,
+            repair,
+            &mut std::io::stdout(),
+        ))
+        .map_err(|e| e.to_string())?;
+    Ok(summary.consistent())
 }
 
 /// Opens the store and runs the pingora server until a signal stops it.

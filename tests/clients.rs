@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{
     assert_podman_usable, hex_part, podman_inspect, podman_pull_checked, run_ok, sha256_digest,
-    ContainersEnv, ImageFixture, Server, OCI_INDEX_TYPE, OCI_MANIFEST_TYPE,
+    skopeo_push, ContainersEnv, ImageFixture, Server, OCI_INDEX_TYPE, OCI_MANIFEST_TYPE,
 };
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -33,22 +33,6 @@ const SIGNATURE_LAYER_TYPE: &str = "application/vnd.example.signature.payload.v1
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Pushes the fixture image to `docker://HOST/<repo_tag>` with skopeo.
-fn skopeo_push(env: &ContainersEnv, img: &ImageFixture, server: &Server, repo_tag: &str) {
-    let src = format!("oci:{}:{}", img.layout.display(), img.tag);
-    let dest = format!("docker://{}/{repo_tag}", server.host_port());
-    run_ok(
-        &mut env.skopeo(&[
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &src,
-            &dest,
-        ]),
-        SKOPEO_TIMEOUT,
-    );
-}
 
 /// Copies `docker://HOST/<repo_tag>` into a new OCI layout at `out` (tag `tag`).
 fn skopeo_pull_to_layout(

@@ -194,7 +194,7 @@ impl Collector {
             ..Report::default()
         };
         if !options.dry_run {
-            self.sweep(&plan, &graph, &mut report, options.show_progress)
+            self.sweep(snapshot, &plan, &graph, &mut report, options.show_progress)
                 .await?;
         }
         self.cached_bytes
@@ -249,6 +249,7 @@ impl Collector {
     /// order: tags, manifests (parents first), links, then files.
     async fn sweep(
         &self,
+        snapshot: &crate::store::MetaSnapshot,
         plan: &Plan,
         graph: &HashMap<Digest, References>,
         report: &mut Report,
@@ -256,31 +257,25 @@ impl Collector {
     ) -> Result<(), StoreError> {
         let mut steps: Vec<Step> = Vec::new();
         steps.extend(plan.untag.iter().map(|t| {
-            Step::Record(
+            Step::Records(
                 t.digest.clone(),
-                Removal::Tag {
+                vec![Removal::Tag {
                     repo: t.repo.clone(),
                     tag: t.tag.clone(),
                     digest: t.digest.clone(),
-                },
+                }],
             )
         }));
         steps.extend(plan.manifests.iter().map(|(repo, digest)| {
-            Step::Record(
-                digest.clone(),
-                Removal::Manifest {
-                    repo: repo.clone(),
-                    digest: digest.clone(),
-                },
-            )
+            Step::Records(digest.clone(), snapshot.manifest_removals(repo, digest))
         }));
         steps.extend(plan.links.iter().map(|(repo, digest)| {
-            Step::Record(
+            Step::Records(
                 digest.clone(),
-                Removal::Link {
+                vec![Removal::Link {
                     repo: repo.clone(),
                     digest: digest.clone(),
-                },
+                }],
             )
         }));
         steps.extend(
@@ -308,7 +303,7 @@ impl Collector {
                     continue;
                 }
                 match step {
-                    Step::Record(_, removal) => removals.push(removal.clone()),
+                    Step::Records(_, records) => removals.extend(records.iter().cloned()),
                     Step::File(digest, size) => {
                         removals.push(Removal::Access {
                             digest: digest.clone(),
@@ -370,14 +365,14 @@ impl Collector {
 
 /// One removal of a sweep, with the digest that keeps it when touched.
 enum Step {
-    Record(Digest, Removal),
+    Records(Digest, Vec<Removal>),
     File(Digest, u64),
 }
 
 impl Step {
     fn digest(&self) -> &Digest {
         match self {
-            Step::Record(digest, _) | Step::File(digest, _) => digest,
+            Step::Records(digest, _) | Step::File(digest, _) => digest,
         }
     }
 }

@@ -74,6 +74,9 @@ impl PipelinedWriter {
     }
 }
 
+/// Where fsck --repair puts what it takes out of the store, relative to the root.
+pub const LOST_FOUND: &str = "lost+found";
+
 /// Bytes read from disk per chunk of a blob being served: bounds memory per download.
 const READ_CHUNK: u64 = 256 * 1024;
 
@@ -175,22 +178,88 @@ impl FsBlobStore {
         for entry in leftovers.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
-        Ok(FsBlobStore {
+        Ok(FsBlobStore::open_as_is(root))
+    }
+
+    /// Opens a store without creating or tidying anything, so that fsck sees (and
+    /// reports) what [`FsBlobStore::open`] would have removed.
+    pub fn open_as_is(root: &Path) -> FsBlobStore {
+        FsBlobStore {
             root: root.to_path_buf(),
             sessions: moka::sync::Cache::builder()
                 .max_capacity(MAX_TRACKED_SESSIONS)
                 .time_to_idle(SESSION_IDLE)
                 .build(),
-        })
+        }
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.root
-            .join("blobs")
-            .join(digest.algorithm().name())
-            .join(&hex[..2])
-            .join(hex)
+        self.root.join(blob_relative_path(digest))
+    }
+
+    /// What lies under `blobs/`, `uploads/` and `tmp/` that is neither a blob nor a
+    /// resumable session: what fsck reports.
+    pub async fn strays(&self) -> Result<Vec<Stray>, StoreError> {
+        let root = self.root.clone();
+        blocking("surveying the store".into(), move || {
+            let mut strays = walk_blobs(&root)?.1;
+            strays.extend(walk_uploads(&root)?.1);
+            strays.extend(walk_tmp(&root)?);
+            Ok(strays)
+        })
+        .await
+    }
+
+    /// Moves a file or directory (`path`, relative to the root) to the same path under
+    /// `lost+found/`, for an operator to look at, never over an earlier one; returns
+    /// where it went, relative to the root.
+    pub async fn move_to_lost_found(&self, path: &Path) -> Result<PathBuf, StoreError> {
+        let (root, path) = (self.root.clone(), self.inside(path)?);
+        let context = format!("moving {} to lost+found", path.display());
+        blocking(context, move || {
+            let base = Path::new(LOST_FOUND).join(&path);
+            let mut dest = base.clone();
+            for n in 1.. {
+                if !root.join(&dest).exists() {
+                    break;
+                }
+                dest = PathBuf::from(format!("{}.{n}", base.display()));
+            }
+            let parent = dest.parent().unwrap_or(Path::new(LOST_FOUND));
+            std::fs::create_dir_all(root.join(parent))?;
+            std::fs::rename(root.join(&path), root.join(&dest))?;
+            Ok(dest)
+        })
+        .await
+    }
+
+    /// Deletes a file or directory (`path`, relative to the root).
+    pub async fn remove_path(&self, path: &Path) -> Result<(), StoreError> {
+        let full = self.root.join(self.inside(path)?);
+        blocking(format!("removing {}", path.display()), move || {
+            if full.is_dir() {
+                std::fs::remove_dir_all(&full)
+            } else {
+                std::fs::remove_file(&full)
+            }
+        })
+        .await
+    }
+
+    /// `path` if it names something inside the root (no `..`, not absolute).
+    fn inside(&self, path: &Path) -> Result<PathBuf, StoreError> {
+        use std::path::Component;
+        if path.components().all(|c| matches!(c, Component::Normal(_))) {
+            Ok(path.to_path_buf())
+        } else {
+            Err(StoreError::io(
+                format!("{}", path.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a path inside the data directory",
+                ),
+            ))
+        }
     }
 
     fn upload_dir(&self, id: &UploadId) -> PathBuf {
@@ -274,37 +343,119 @@ fn entries(dir: &Path) -> std::io::Result<Vec<std::fs::DirEntry>> {
     }
 }
 
-/// Walks `blobs/<alg>/<2 hex>/<hex>`; files whose path is not a digest are not blobs
-/// (fsck reports them) and are skipped.
-fn walk_blobs(root: &Path) -> std::io::Result<Vec<StoredBlob>> {
+/// Where a blob lives, relative to the store's root: `blobs/<alg>/<2 hex>/<hex>`.
+pub fn blob_relative_path(digest: &Digest) -> PathBuf {
+    let hex = digest.hex();
+    Path::new("blobs")
+        .join(digest.algorithm().name())
+        .join(&hex[..2])
+        .join(hex)
+}
+
+/// Something in the store's directories that is neither a blob nor an upload session:
+/// nothing reads it. `path` is relative to the store's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stray {
+    pub path: PathBuf,
+    pub kind: StrayKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrayKind {
+    /// Under `blobs/` but not at the path of a digest: never served.
+    NotABlob,
+    /// Left in `tmp/` by a write that never finished.
+    TempFile,
+    /// Under `uploads/` but not a session the store can resume; says what is wrong.
+    MalformedUpload(&'static str),
+}
+
+fn stray(root: &Path, path: &Path, kind: StrayKind) -> Stray {
+    Stray {
+        path: path.strip_prefix(root).unwrap_or(path).to_path_buf(),
+        kind,
+    }
+}
+
+/// Walks `blobs/<alg>/<2 hex>/<hex>`: the blobs, and anything else found there.
+fn walk_blobs(root: &Path) -> std::io::Result<(Vec<StoredBlob>, Vec<Stray>)> {
     let mut found = Vec::new();
+    let mut strays = Vec::new();
+    let mut not_a_blob = |path: &Path| strays.push(stray(root, path, StrayKind::NotABlob));
     for algorithm in entries(&root.join("blobs"))? {
+        if !algorithm.file_type()?.is_dir() {
+            not_a_blob(&algorithm.path());
+            continue;
+        }
         let algorithm_name = algorithm.file_name().to_string_lossy().into_owned();
         for prefix in entries(&algorithm.path())? {
+            if !prefix.file_type()?.is_dir() {
+                not_a_blob(&prefix.path());
+                continue;
+            }
+            let prefix_name = prefix.file_name().to_string_lossy().into_owned();
             for file in entries(&prefix.path())? {
                 let name = file.file_name().to_string_lossy().into_owned();
-                let Ok(digest) = format!("{algorithm_name}:{name}").parse::<Digest>() else {
-                    continue;
-                };
+                let digest = format!("{algorithm_name}:{name}")
+                    .parse::<Digest>()
+                    .ok()
+                    .filter(|d| d.hex()[..2] == prefix_name);
                 // Removed since the directory was read: not a blob any more.
                 let Some(meta) = not_found_is_none(file.metadata())? else {
                     continue;
                 };
-                found.push(StoredBlob {
-                    digest,
-                    size: meta.len(),
-                    modified: modified_secs(&meta),
-                });
+                match digest {
+                    Some(digest) if meta.is_file() => found.push(StoredBlob {
+                        digest,
+                        size: meta.len(),
+                        modified: modified_secs(&meta),
+                    }),
+                    _ => not_a_blob(&file.path()),
+                }
             }
         }
     }
-    Ok(found)
+    Ok((found, strays))
 }
 
-fn read_upload(dir: &Path, name: &str) -> std::io::Result<Option<UploadInfo>> {
-    let Some(id) = UploadId::parse(name) else {
-        return Ok(None);
-    };
+/// The upload sessions, and what under `uploads/` cannot be one.
+fn walk_uploads(root: &Path) -> std::io::Result<(Vec<UploadInfo>, Vec<Stray>)> {
+    let mut found = Vec::new();
+    let mut strays = Vec::new();
+    for entry in entries(&root.join("uploads"))? {
+        let path = entry.path();
+        let malformed = |why| stray(root, &path, StrayKind::MalformedUpload(why));
+        if !entry.file_type()?.is_dir() {
+            strays.push(malformed("not a directory"));
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = UploadId::parse(&name).filter(|id| id.as_str() == name) else {
+            strays.push(malformed("not named by a session id, a UUID"));
+            continue;
+        };
+        let Some(info) = not_found_is_none(read_upload(&path, id))? else {
+            continue;
+        };
+        if info.repo.is_none() {
+            strays.push(malformed("no readable repo file"));
+        } else if !path.join("data").is_file() {
+            strays.push(malformed("no data file"));
+        }
+        found.push(info);
+    }
+    Ok((found, strays))
+}
+
+/// Everything in `tmp/`: nothing refers to it.
+fn walk_tmp(root: &Path) -> std::io::Result<Vec<Stray>> {
+    Ok(entries(&root.join("tmp"))?
+        .iter()
+        .map(|entry| stray(root, &entry.path(), StrayKind::TempFile))
+        .collect())
+}
+
+fn read_upload(dir: &Path, id: UploadId) -> std::io::Result<UploadInfo> {
     let repo = std::fs::read_to_string(dir.join("repo"))
         .ok()
         .and_then(|r| RepoName::parse(&r).ok());
@@ -312,12 +463,12 @@ fn read_upload(dir: &Path, name: &str) -> std::io::Result<Option<UploadInfo>> {
         Some(meta) => (meta.len(), modified_secs(&meta)),
         None => (0, modified_secs(&std::fs::metadata(dir)?)),
     };
-    Ok(Some(UploadInfo {
+    Ok(UploadInfo {
         id,
         repo,
         size,
         modified,
-    }))
+    })
 }
 
 fn not_found_is_none<T>(r: std::io::Result<T>) -> std::io::Result<Option<T>> {
@@ -572,7 +723,10 @@ impl BlobStore for FsBlobStore {
 
     async fn list_blobs(&self) -> Result<Vec<StoredBlob>, StoreError> {
         let root = self.root.clone();
-        blocking("listing blobs".into(), move || walk_blobs(&root)).await
+        blocking("listing blobs".into(), move || {
+            walk_blobs(&root).map(|(blobs, _)| blobs)
+        })
+        .await
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
@@ -583,20 +737,82 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn list_uploads(&self) -> Result<Vec<UploadInfo>, StoreError> {
-        let uploads = self.root.join("uploads");
+        let root = self.root.clone();
         blocking("listing uploads".into(), move || {
-            let mut found = Vec::new();
-            for entry in entries(&uploads)? {
-                if !entry.file_type()?.is_dir() {
-                    continue;
-                }
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(info) = not_found_is_none(read_upload(&entry.path(), &name))? {
-                    found.extend(info);
-                }
-            }
-            Ok(found)
+            walk_uploads(&root).map(|(uploads, _)| uploads)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn strays_are_everything_that_is_neither_a_blob_nor_a_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = FsBlobStore::open(root).unwrap();
+        let digest = Digest::sha256_of(b"blob");
+        store
+            .put_bytes(&digest, Bytes::from_static(b"blob"))
+            .await
+            .unwrap();
+        let session = UploadId::random();
+        store
+            .upload_start(&session, &RepoName::parse("team/app").unwrap())
+            .await
+            .unwrap();
+        // A blob at the path of another prefix is never found by its digest.
+        let misplaced = Path::new("blobs/sha256/00").join(digest.hex());
+        std::fs::create_dir_all(root.join("blobs/sha256/00")).unwrap();
+        std::fs::write(root.join(&misplaced), b"blob").unwrap();
+        std::fs::write(root.join("blobs/sha256/notes.txt"), b"x").unwrap();
+        std::fs::write(root.join("tmp/partial"), b"x").unwrap();
+        std::fs::create_dir_all(root.join("uploads/not-a-uuid")).unwrap();
+        let half = UploadId::random();
+        std::fs::create_dir_all(root.join("uploads").join(half.as_str())).unwrap();
+
+        let store = FsBlobStore::open_as_is(root);
+        let mut strays = store.strays().await.unwrap();
+        strays.sort_by(|a, b| a.path.cmp(&b.path));
+        let kinds: Vec<_> = strays.iter().map(|s| (s.path.clone(), s.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (misplaced, StrayKind::NotABlob),
+                ("blobs/sha256/notes.txt".into(), StrayKind::NotABlob),
+                ("tmp/partial".into(), StrayKind::TempFile),
+                (
+                    Path::new("uploads").join(half.as_str()),
+                    StrayKind::MalformedUpload("no readable repo file")
+                ),
+                (
+                    "uploads/not-a-uuid".into(),
+                    StrayKind::MalformedUpload("not named by a session id, a UUID")
+                ),
+            ]
+        );
+        let blobs = store.list_blobs().await.unwrap();
+        assert_eq!(blobs.len(), 1);
+        assert_eq!(blobs[0].digest, digest);
+        assert_eq!(store.list_uploads().await.unwrap().len(), 2);
+
+        let moved = store
+            .move_to_lost_found(&blob_relative_path(&digest))
+            .await
+            .unwrap();
+        assert_eq!(
+            moved,
+            Path::new(LOST_FOUND).join(blob_relative_path(&digest))
+        );
+        assert_eq!(std::fs::read(root.join(&moved)).unwrap(), b"blob");
+        assert!(store.stat(&digest).await.unwrap().is_none());
+        store
+            .remove_path(Path::new("uploads/not-a-uuid"))
+            .await
+            .unwrap();
+        assert!(store.remove_path(Path::new("../outside")).await.is_err());
     }
 }

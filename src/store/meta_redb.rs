@@ -499,12 +499,20 @@ impl MetaStore for RedbMetaStore {
             .await
     }
 
-    async fn remove_records(&self, removals: Vec<Removal>) -> Result<(), StoreError> {
+    async fn remove_records(&self, removals: Vec<Removal>) -> Result<usize, StoreError> {
         if removals.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        self.write(move |txn| removals.iter().try_for_each(|r| apply_removal(txn, r)))
-            .await
+        self.write(move |txn| {
+            let mut removed = 0;
+            for removal in &removals {
+                if remove_record(txn, removal)? {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
     }
 
     async fn record_access(&self, accessed: Vec<(Digest, u64)>) -> Result<(), StoreError> {
@@ -614,11 +622,10 @@ fn remove_tag(txn: &redb::WriteTransaction, repo: &str, tag: &str) -> Result<boo
     Ok(removed)
 }
 
-fn apply_removal(txn: &redb::WriteTransaction, removal: &Removal) -> Result<(), StoreError> {
+/// Removes one record (see [`MetaStore::remove_records`]); `false` if it was not there.
+fn remove_record(txn: &redb::WriteTransaction, removal: &Removal) -> Result<bool, StoreError> {
     match removal {
-        Removal::Link { repo, digest } => {
-            remove_link(txn, repo.as_str(), &digest.to_string())?;
-        }
+        Removal::Link { repo, digest } => remove_link(txn, repo.as_str(), &digest.to_string()),
         Removal::Tag { repo, tag, digest } => {
             let current = txn
                 .open_table(TAGS)
@@ -626,21 +633,47 @@ fn apply_removal(txn: &redb::WriteTransaction, removal: &Removal) -> Result<(), 
                 .get((repo.as_str(), tag.as_str()))
                 .map_err(meta_err)?
                 .map(|v| v.value().to_string());
-            if current.as_deref() == Some(digest.to_string().as_str()) {
-                remove_tag(txn, repo.as_str(), tag.as_str())?;
+            if current != Some(digest.to_string()) {
+                return Ok(false);
             }
+            remove_tag(txn, repo.as_str(), tag.as_str())
         }
-        Removal::Manifest { repo, digest } => {
-            remove_manifest(txn, repo.as_str(), &digest.to_string())?;
-        }
-        Removal::Access { digest } => {
-            txn.open_table(ACCESS_TIMES)
+        Removal::Manifest { repo, digest } => Ok(txn
+            .open_table(MANIFESTS)
+            .map_err(meta_err)?
+            .remove((repo.as_str(), digest.to_string().as_str()))
+            .map_err(meta_err)?
+            .is_some()),
+        Removal::Referrer {
+            repo,
+            subject,
+            referrer,
+        } => {
+            let (subject, referrer) = (subject.to_string(), referrer.to_string());
+            Ok(txn
+                .open_table(REFERRERS)
                 .map_err(meta_err)?
-                .remove(digest.to_string().as_str())
-                .map_err(meta_err)?;
+                .remove((repo.as_str(), subject.as_str(), referrer.as_str()))
+                .map_err(meta_err)?
+                .is_some())
         }
+        Removal::CachedTag {
+            repo,
+            tag,
+            media_type,
+        } => Ok(txn
+            .open_table(CACHED_TAGS)
+            .map_err(meta_err)?
+            .remove((repo.as_str(), tag.as_str(), media_type.as_str()))
+            .map_err(meta_err)?
+            .is_some()),
+        Removal::Access { digest } => Ok(txn
+            .open_table(ACCESS_TIMES)
+            .map_err(meta_err)?
+            .remove(digest.to_string().as_str())
+            .map_err(meta_err)?
+            .is_some()),
     }
-    Ok(())
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -774,48 +807,60 @@ mod tests {
         RepoName::parse(s).unwrap()
     }
 
+    /// A layer, an image manifest and a signature of it.
+    fn digests() -> (Digest, Digest, Digest) {
+        (
+            Digest::sha256_of(b"layer"),
+            Digest::sha256_of(b"manifest"),
+            Digest::sha256_of(b"sig"),
+        )
+    }
+
+    fn record(subject: Option<Digest>) -> ManifestRecord {
+        ManifestRecord {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 8,
+            subject,
+            origin: Origin::Pushed,
+            created_at: 7,
+        }
+    }
+
+    /// The referrers entry of manifest `digest`.
+    fn referrer(digest: &Digest) -> Descriptor {
+        Descriptor {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: digest.clone(),
+            size: 3,
+            artifact_type: None,
+            urls: Vec::new(),
+            annotations: None,
+            platform: None,
+        }
+    }
+
     #[tokio::test]
     async fn snapshot_holds_every_record_with_its_times() {
         let dir = tempfile::tempdir().unwrap();
         let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
         let (app, cache) = (name("team/app"), name("docker.io/library/nginx"));
-        let (layer, manifest, sig) = (
-            Digest::sha256_of(b"layer"),
-            Digest::sha256_of(b"manifest"),
-            Digest::sha256_of(b"sig"),
-        );
+        let (layer, manifest, sig) = digests();
         meta.link_blob(&app, &layer, 5, Origin::Pushed)
             .await
             .unwrap();
         meta.link_blob(&cache, &layer, 5, Origin::Cached)
             .await
             .unwrap();
-        let record = |subject| ManifestRecord {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            size: 8,
-            subject,
-            origin: Origin::Pushed,
-            created_at: 7,
-        };
         let tag = Tag::parse("1.0").unwrap();
         meta.put_manifest(&app, &manifest, &record(None), Some(&tag), None)
             .await
             .unwrap();
-        let referrer = Descriptor {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            digest: sig.clone(),
-            size: 3,
-            artifact_type: None,
-            urls: Vec::new(),
-            annotations: None,
-            platform: None,
-        };
         meta.put_manifest(
             &app,
             &sig,
             &record(Some(manifest.clone())),
             None,
-            Some(&referrer),
+            Some(&referrer(&sig)),
         )
         .await
         .unwrap();
@@ -850,5 +895,67 @@ mod tests {
         let txn = meta.db.begin_read().unwrap();
         assert!(txn.open_table(TAG_TIMES).unwrap().is_empty().unwrap());
         assert_eq!(txn.open_table(LINK_TIMES).unwrap().len().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn remove_records_takes_exactly_what_is_named_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
+        let repo = name("team/app");
+        let (layer, manifest, sig) = digests();
+        meta.link_blob(&repo, &layer, 5, Origin::Cached)
+            .await
+            .unwrap();
+        let record = record(Some(manifest.clone()));
+        let tag = Tag::parse("1.0").unwrap();
+        meta.put_manifest(&repo, &sig, &record, Some(&tag), Some(&referrer(&sig)))
+            .await
+            .unwrap();
+        let cached = CachedTag {
+            media_type: record.media_type.clone(),
+            digest: sig.clone(),
+            checked_at: 1,
+        };
+        meta.put_cached_tag(&repo, &tag, &cached).await.unwrap();
+
+        let removed = meta
+            .remove_records(vec![
+                Removal::Link {
+                    repo: repo.clone(),
+                    digest: layer.clone(),
+                },
+                Removal::Tag {
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                    digest: sig.clone(),
+                },
+                Removal::Referrer {
+                    repo: repo.clone(),
+                    subject: manifest.clone(),
+                    referrer: sig.clone(),
+                },
+                Removal::CachedTag {
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                    media_type: cached.media_type.clone(),
+                },
+                // Not there: counted out, not an error.
+                Removal::Manifest {
+                    repo: repo.clone(),
+                    digest: manifest.clone(),
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(removed, 4);
+        let snap = meta.snapshot().await.unwrap();
+        assert!(snap.links.is_empty() && snap.tags.is_empty());
+        assert!(snap.referrers.is_empty() && snap.cached_tags.is_empty());
+        // The manifest record was not named, so it stays.
+        assert_eq!(snap.manifests.len(), 1);
+        let txn = meta.db.begin_read().unwrap();
+        assert!(txn.open_table(TAG_TIMES).unwrap().is_empty().unwrap());
+        assert!(txn.open_table(LINK_TIMES).unwrap().is_empty().unwrap());
+        assert!(txn.open_table(CACHED_LINKS).unwrap().is_empty().unwrap());
     }
 }

@@ -180,23 +180,76 @@ pub struct MetaSnapshot {
     pub accessed: Vec<(Digest, u64)>,
 }
 
-/// One record to drop, for [`MetaStore::remove_records`]: what garbage collection,
-/// cache eviction and repairs take away.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One record for [`MetaStore::remove_records`] to remove: for repairs (fsck),
+/// garbage collection and cache eviction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Removal {
-    /// A blob link, with its origin and time.
+    /// `repo`'s link to a blob (the bytes stay).
     Link { repo: RepoName, digest: Digest },
-    /// A tag, only while it still names `digest` (a push may have moved it since).
+    /// A tag, only while it still names `digest`: a push may have moved it since the
+    /// caller looked.
     Tag {
         repo: RepoName,
         tag: Tag,
         digest: Digest,
     },
-    /// A manifest record with its referrers entry, the tags that name it and the
-    /// mirrored tag records that name it, as a delete through the API does.
+    /// The manifest record only; its tags and referrers entry are removals of their own.
     Manifest { repo: RepoName, digest: Digest },
+    Referrer {
+        repo: RepoName,
+        subject: Digest,
+        referrer: Digest,
+    },
+    /// A mirrored tag's record for one media type.
+    CachedTag {
+        repo: RepoName,
+        tag: Tag,
+        media_type: String,
+    },
     /// The last-access time of a blob or manifest that is gone.
     Access { digest: Digest },
+}
+
+impl MetaSnapshot {
+    /// Removing the manifest `digest` of `repo` with every record that names it: its
+    /// tags, its referrers entry and the mirrored tag records that resolve to it.
+    pub fn manifest_removals(&self, repo: &RepoName, digest: &Digest) -> Vec<Removal> {
+        let mut removals = vec![Removal::Manifest {
+            repo: repo.clone(),
+            digest: digest.clone(),
+        }];
+        removals.extend(
+            self.tags
+                .iter()
+                .filter(|t| &t.repo == repo && &t.digest == digest)
+                .map(|t| Removal::Tag {
+                    repo: repo.clone(),
+                    tag: t.tag.clone(),
+                    digest: digest.clone(),
+                }),
+        );
+        removals.extend(
+            self.referrers
+                .iter()
+                .filter(|r| &r.repo == repo && &r.referrer == digest)
+                .map(|r| Removal::Referrer {
+                    repo: repo.clone(),
+                    subject: r.subject.clone(),
+                    referrer: digest.clone(),
+                }),
+        );
+        removals.extend(
+            self.cached_tags
+                .iter()
+                .filter(|c| &c.repo == repo && &c.record.digest == digest)
+                .map(|c| Removal::CachedTag {
+                    repo: repo.clone(),
+                    tag: c.tag.clone(),
+                    media_type: c.record.media_type.clone(),
+                }),
+        );
+        removals
+    }
 }
 
 /// A blob a repository holds.
@@ -428,10 +481,14 @@ pub trait MetaStore: Send + Sync {
     /// Everything, in one read transaction (see [`MetaSnapshot`]).
     async fn snapshot(&self) -> Result<MetaSnapshot, StoreError>;
 
-    /// Applies every removal in one transaction; records already gone are skipped.
-    async fn remove_records(&self, removals: Vec<Removal>) -> Result<(), StoreError>;
+    /// Removes each record named, in one write transaction (all or none); returns how
+    /// many were there. Each removal takes exactly its own record (and the times kept
+    /// beside it), nothing that points at it: the caller names those too.
+    async fn remove_records(&self, removals: Vec<Removal>) -> Result<usize, StoreError>;
 
     /// Stores last-access times (unix seconds) of blobs and manifests, a batch at a
     /// time: the cache's LRU order, kept without a write per request.
     async fn record_access(&self, accessed: Vec<(Digest, u64)>) -> Result<(), StoreError>;
 }
+
+pub use fs::{blob_relative_path, Stray, StrayKind, LOST_FOUND};

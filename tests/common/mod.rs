@@ -843,6 +843,26 @@ impl ContainersEnv {
     }
 }
 
+/// Upper bound for one skopeo push.
+const SKOPEO_PUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Pushes the fixture image to `docker://HOST/<repo_tag>` with skopeo.
+#[allow(dead_code)]
+pub fn skopeo_push(env: &ContainersEnv, img: &ImageFixture, server: &Server, repo_tag: &str) {
+    let src = format!("oci:{}:{}", img.layout.display(), img.tag);
+    let dest = format!("docker://{}/{repo_tag}", server.host_port());
+    run_ok(
+        &mut env.skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &src,
+            &dest,
+        ]),
+        SKOPEO_PUSH_TIMEOUT,
+    );
+}
+
 /// Removes every proxy variable from `cmd`'s environment, so a client tool
 /// always talks to the loopback server directly.
 pub fn remove_proxy_env(cmd: &mut Command) {
