@@ -176,7 +176,13 @@ impl FsBlobStore {
         let leftovers = std::fs::read_dir(&tmp)
             .map_err(|e| StoreError::io(format!("reading {}", tmp.display()), e))?;
         for entry in leftovers.flatten() {
-            let _ = std::fs::remove_file(entry.path());
+            // Session directories being set up (see upload_start) and files.
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
         }
         Ok(FsBlobStore::open_as_is(root))
     }
@@ -554,12 +560,16 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn upload_start(&self, id: &UploadId, repo: &RepoName) -> Result<(), StoreError> {
+        // Set up in tmp/ and renamed into uploads/ whole, so a crash never leaves a
+        // session without its record (tmp/ is emptied when the store opens).
+        let staging = self.root.join("tmp").join(id.as_str());
         let dir = self.upload_dir(id);
         let repo = repo.to_string();
         blocking("starting upload".into(), move || {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join("repo"), repo)?;
-            std::fs::File::create(dir.join("data")).map(drop)
+            std::fs::create_dir_all(&staging)?;
+            std::fs::write(staging.join("repo"), repo)?;
+            std::fs::File::create(staging.join("data"))?;
+            std::fs::rename(&staging, &dir)
         })
         .await
     }
