@@ -17,3 +17,4 @@ pub mod mirror;
 pub mod oci;
 pub mod progress;
 pub mod store;
+pub mod transfer;
