@@ -103,14 +103,14 @@ pub async fn export(registry: &Registry, only: &[RepoName], out: &Path) -> Resul
         .map_err(|e| e.to_string())?;
     let known: BTreeSet<&RepoName> = snapshot.repos.iter().collect();
     if let Some(missing) = only.iter().find(|r| !known.contains(r)) {
+        let held: Vec<&str> = snapshot.repos.iter().map(|r| r.as_str()).collect();
         return Err(format!(
-            "repository {missing} is not in this store; the store holds: {}",
-            snapshot
-                .repos
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "repository {missing} is not in this store; name one it holds ({}) or none for all",
+            if held.is_empty() {
+                "it holds none".to_string()
+            } else {
+                held.join(", ")
+            }
         ));
     }
     let chosen: Vec<&RepoName> = if only.is_empty() {
