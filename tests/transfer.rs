@@ -4,6 +4,8 @@
 //! skopeo-written layout comes in with `--repository`; a damaged layout is refused and
 //! tags nothing; a registry:2 tree (Debian's docker-registry) migrates as it lies.
 
+// Each test file uses a different part of the shared harness.
+#[allow(dead_code)]
 mod common;
 
 use common::distribution::Distribution;
@@ -352,14 +354,17 @@ fn a_skopeo_layout_needs_a_repository_and_a_damaged_one_tags_nothing() {
     let mut bytes = fs::read(&path).unwrap();
     bytes[10] ^= 0xff;
     fs::write(&path, &bytes).unwrap();
-    let failed = run_portcullis(&[
-        "import",
-        "--data",
-        arg(&fresh),
-        "--repository",
-        "damaged/app",
-        arg(&damaged),
-    ]);
+    let import_damaged = || {
+        run_portcullis(&[
+            "import",
+            "--data",
+            arg(&fresh),
+            "--repository",
+            "damaged/app",
+            arg(&damaged),
+        ])
+    };
+    let failed = import_damaged();
     assert_eq!(failed.status.code(), Some(2), "{}", failed.stderr);
     assert!(
         failed.stderr.contains(common::hex_part(layer)) && failed.stderr.contains("damaged"),
@@ -368,14 +373,7 @@ fn a_skopeo_layout_needs_a_repository_and_a_damaged_one_tags_nothing() {
     );
     // A missing blob is named too.
     fs::remove_file(&path).unwrap();
-    let missing = run_portcullis(&[
-        "import",
-        "--data",
-        arg(&fresh),
-        "--repository",
-        "damaged/app",
-        arg(&damaged),
-    ]);
+    let missing = import_damaged();
     assert_eq!(missing.status.code(), Some(2));
     assert!(
         missing.stderr.contains(layer.as_str()),

@@ -350,6 +350,8 @@ pub async fn apply(
         let mut complete = true;
         for blob in m.parsed.blobs.iter().filter(|b| b.urls.is_empty()) {
             match carry_blob(registry, &m.repo, &blob.digest, m.origin, source).await? {
+                // Linked already (shared, or one of the links above): not counted again.
+                Some(0) => {}
                 Some(bytes) => {
                     summary.count_blob(bytes);
                     progress.advance(0, bytes);
