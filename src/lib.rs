@@ -19,3 +19,4 @@ pub mod mirror;
 pub mod oci;
 pub mod progress;
 pub mod store;
+pub mod transfer;

@@ -16,6 +16,7 @@ use portcullis::edge::{self, ConnectionLimiter, HttpApp, Listener, Protocol, Rel
 use portcullis::gc::{Collector, Maintenance, Report, RunOptions};
 use portcullis::mirror::Mirror;
 use portcullis::store::{FsBlobStore, RedbMetaStore, Registry};
+use portcullis::transfer;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,6 +120,41 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Write repositories to an OCI image layout (a directory, or a tar when PATH ends
+    /// in .tar) to carry to another registry. Uses the store directly: stop a server on
+    /// the same data directory first.
+    Export {
+        /// Where to write: a new directory, or a file ending in .tar.
+        #[arg(long)]
+        out: PathBuf,
+        /// Repositories to export (default: all).
+        repos: Vec<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Import an OCI image layout (directory or .tar), or a registry:2 storage tree
+    /// with --from-distribution. Uses the store directly: stop a server first.
+    Import {
+        /// The OCI image layout: a directory or a .tar of one.
+        #[arg(
+            required_unless_present = "from_distribution",
+            conflicts_with = "from_distribution"
+        )]
+        path: Option<PathBuf>,
+        /// A registry:2 (CNCF distribution) filesystem storage directory (its
+        /// rootdirectory, or the docker/registry/v2 directory in it).
+        #[arg(long, value_name = "DIR")]
+        from_distribution: Option<PathBuf>,
+        /// Repository for layout images whose ref names name none (as skopeo writes them).
+        #[arg(long, value_name = "NAME", conflicts_with = "from_distribution")]
+        repository: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Manage an htpasswd file (bcrypt).
     Htpasswd {
         #[command(subcommand)]
@@ -220,14 +256,7 @@ fn main() {
             };
             match server {
                 Some(url) => gc_remote(&url, user.as_deref(), &options),
-                None => load_config(
-                    config.as_deref(),
-                    Overrides {
-                        data_dir: data,
-                        ..Overrides::default()
-                    },
-                )
-                .and_then(|config| gc_local(&config, &options)),
+                None => store_config(config, data).and_then(|config| gc_local(&config, &options)),
             }
         }
         Command::Fsck { data, repair } => match fsck(&data, repair) {
@@ -252,6 +281,23 @@ fn main() {
             },
         )
         .and_then(|config| fetch(&config, &images, &platforms, all_platforms)),
+        Command::Export {
+            out,
+            repos,
+            config,
+            data,
+        } => store_config(config, data).and_then(|config| export(&config, &repos, &out)),
+        Command::Import {
+            path,
+            from_distribution,
+            repository,
+            config,
+            data,
+        } => store_config(config, data).and_then(|config| match (path, from_distribution) {
+            (_, Some(tree)) => import_distribution(&config, &tree),
+            (Some(path), None) => import_layout(&config, &path, repository.as_deref()),
+            (None, None) => Err("give a layout PATH or --from-distribution DIR".into()),
+        }),
     };
     if let Err(message) = result {
         eprintln!("portcullis: {message}");
@@ -368,7 +414,7 @@ fn open_registry(config: &Config) -> Result<Arc<Registry>, String> {
     let blobs = FsBlobStore::open(data).map_err(|e| e.to_string())?;
     let meta = RedbMetaStore::open(&data.join("meta.redb")).map_err(|e| {
         format!(
-            "{e}; is another portcullis using {}? (stop it, or use another --data)",
+            "{e}; is a server using {}? stop the server first, or use another --data",
             data.display()
         )
     })?;
@@ -455,15 +501,14 @@ fn print_report(report: &Report) {
 
 fn gc_local(config: &Config, options: &RunOptions) -> Result<(), String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let registry = open_registry(config)?;
-        let report = Collector::new(registry, config)
+    let report = runtime.block_on(async {
+        Collector::new(open_registry(config)?, config)
             .run(options)
             .await
-            .map_err(|e| format!("garbage collection failed: {e}"))?;
-        print_report(&report);
-        Ok(())
-    })
+            .map_err(|e| format!("garbage collection failed: {e}"))
+    })?;
+    print_report(&report);
+    Ok(())
 }
 
 fn gc_remote(server: &str, user: Option<&str>, options: &RunOptions) -> Result<(), String> {
@@ -542,6 +587,63 @@ fn fsck(data: &Path, repair: bool) -> Result<bool, String> {
         ))
         .map_err(|e| e.to_string())?;
     Ok(summary.consistent())
+}
+
+/// The configuration of a command that only opens the store.
+fn store_config(config: Option<PathBuf>, data: Option<PathBuf>) -> Result<Config, String> {
+    load_config(
+        config.as_deref(),
+        Overrides {
+            data_dir: data,
+            ..Overrides::default()
+        },
+    )
+}
+
+/// Runs a command on the store from a runtime of its own.
+fn with_registry<T>(
+    config: &Config,
+    run: impl AsyncFnOnce(&Registry) -> Result<T, String>,
+) -> Result<T, String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let registry = open_registry(config)?;
+        run(&registry).await
+    })
+}
+
+fn export(config: &Config, repos: &[String], out: &Path) -> Result<(), String> {
+    let repos = repos
+        .iter()
+        .map(|r| portcullis::oci::RepoName::parse(r).map_err(|e| format!("{r}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let summary = with_registry(config, async |registry| {
+        transfer::layout::export(registry, &repos, out).await
+    })?;
+    eprintln!("{summary} to {}", out.display());
+    Ok(())
+}
+
+fn import_layout(config: &Config, path: &Path, repository: Option<&str>) -> Result<(), String> {
+    let repository = repository
+        .map(|r| portcullis::oci::RepoName::parse(r).map_err(|e| format!("--repository {r}: {e}")))
+        .transpose()?;
+    let (plan, source) = transfer::layout::read(path, repository.as_ref())?;
+    let summary = with_registry(config, async |registry| {
+        transfer::apply(registry, plan, &*source).await
+    })?;
+    eprintln!("{summary} from {}", path.display());
+    Ok(())
+}
+
+fn import_distribution(config: &Config, tree: &Path) -> Result<(), String> {
+    let (plan, source, found) = transfer::distribution::read(tree)?;
+    eprintln!("reading registry:2 storage at {found}");
+    let summary = with_registry(config, async |registry| {
+        transfer::apply(registry, plan, &*source).await
+    })?;
+    eprintln!("{summary} from {}", tree.display());
+    Ok(())
 }
 
 /// Opens the store and runs the pingora server until a signal stops it.

@@ -79,3 +79,16 @@ impl Drop for Distribution {
         release_ports(&[self.port]);
     }
 }
+
+impl Distribution {
+    /// The filesystem storage directory (`storage.filesystem.rootdirectory`).
+    pub fn storage(&self) -> std::path::PathBuf {
+        self._scratch.path().join("storage")
+    }
+
+    /// Stops the registry and keeps its storage, as an operator does before migrating.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
