@@ -2,6 +2,7 @@
 //! and (with `--json`) as one JSON line; `portcullis-loadtest report` turns a file of
 //! those lines into the markdown of `loadtest/RESULTS.md`.
 
+use crate::gcbench::GcFigures;
 use crate::hubclient::UpstreamCount;
 use crate::procmon::Usage;
 use crate::scenario::{Ctx, Figure, Measurement};
@@ -45,6 +46,9 @@ pub struct Report {
     /// What the `mirror` scenario measured, phase by phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorFigures>,
+    /// What `gc-bench` measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcFigures>,
 }
 
 impl Report {
