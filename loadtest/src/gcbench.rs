@@ -1,8 +1,8 @@
 //! `gc-bench`: garbage collection at scale (DESIGN.md §7: "GC of 100k blobs / 10k
 //! manifests: online, < 60 s, < 128 MiB extra RSS").
 //!
-//! 1. `gc-store` writes a store into `DIR/store` (timed), and `cp -a` copies it to
-//!    `DIR/online`;
+//! 1. `gc-store` writes a store into `DIR/store` (timed; with `--store` an existing
+//!    one is copied there instead), and `cp -a` copies it to `DIR/online`;
 //! 2. offline, as child processes on `DIR/store`: `portcullis gc --dry-run --grace 0s
 //!    --delete-untagged`, then the same without `--dry-run`; wall time from `wait4` and
 //!    the child's peak RSS (`ru_maxrss`);
@@ -47,6 +47,15 @@ pub struct GcBenchArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub shape: StoreShape,
+    /// A store `gc-store` wrote (with its gc-store.json), used instead of writing one:
+    /// it is copied, never changed, so it can be measured again.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Write the store here, then copy it under --dir: on a tmpfs (/dev/shm) writing skips
+    /// the fsyncs of every blob (3 per blob: about 30 ms each on this machine's disk),
+    /// while the collections still run on --dir's disk. Removed afterwards.
+    #[arg(long, conflicts_with = "store")]
+    pub scratch: Option<PathBuf>,
     /// Client workers during the online collection (each pulls 3 times, then pushes).
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -493,6 +502,8 @@ async fn online(args: &GcBenchArgs, data: &Path) -> Result<(OnlineRun, Samples),
     Ok((run, tally.samples))
 }
 
+/// `cp -a`, then `sync`: the copy's dirty pages must not be written back during a
+/// measurement.
 fn copy_store(from: &Path, to: &Path) -> Result<f64, String> {
     let started = Instant::now();
     let status = Command::new("cp")
@@ -502,8 +513,13 @@ fn copy_store(from: &Path, to: &Path) -> Result<f64, String> {
         .status()
         .map_err(|e| format!("cannot run cp: {e}"))?;
     if !status.success() {
-        return Err(format!("cp -a {} {}: {status}", from.display(), to.display()));
+        return Err(format!(
+            "cp -a {} {}: {status}",
+            from.display(),
+            to.display()
+        ));
     }
+    let _ = Command::new("sync").status();
     Ok(started.elapsed().as_secs_f64())
 }
 
@@ -516,8 +532,28 @@ fn measure(args: &GcBenchArgs, report: &Mutex<Report>) -> Result<GcFigures, Stri
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    eprintln!("gc-bench: writing the store into {}", store.display());
-    figures.store = runtime.block_on(generate(&store, &args.shape))?;
+    match &args.store {
+        Some(given) => {
+            let json = std::fs::read(given.join("gc-store.json"))
+                .map_err(|e| format!("{}: not a gc-store store: {e}", given.display()))?;
+            figures.store = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+            copy_store(given, &store)?;
+        }
+        None => {
+            let written = match &args.scratch {
+                Some(dir) => dir.join(format!("gc-store-{}", std::process::id())),
+                None => store.clone(),
+            };
+            eprintln!("gc-bench: writing the store into {}", written.display());
+            let generated = runtime.block_on(generate(&written, &args.shape));
+            if written != store {
+                let copied = generated.is_ok().then(|| copy_store(&written, &store));
+                let _ = std::fs::remove_dir_all(&written);
+                copied.transpose()?;
+            }
+            figures.store = generated?;
+        }
+    }
     eprintln!("gc-bench: {}", figures.store.summary());
     figures.copy_seconds = copy_store(&store, &copy)?;
     let expected = figures.store.expected.clone();
@@ -609,10 +645,7 @@ pub fn run(args: &GcBenchArgs) -> Result<bool, String> {
         let _ = std::fs::remove_dir_all(args.dir.join("store"));
         let _ = std::fs::remove_dir_all(args.dir.join("online"));
     }
-    eprintln!(
-        "gc-bench: done in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("gc-bench: done in {:.1} s", started.elapsed().as_secs_f64());
     if args.json {
         eprintln!("{}", report.human());
         println!(

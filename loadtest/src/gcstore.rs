@@ -25,9 +25,7 @@ use crate::image::{fill_random, Rng};
 use async_trait::async_trait;
 use bytes::Bytes;
 use portcullis::oci::{Digest, Reference, RepoName, Tag};
-use portcullis::store::{
-    ByteSource, FsBlobStore, Origin, RedbMetaStore, Registry, StoreError,
-};
+use portcullis::store::{ByteSource, FsBlobStore, Origin, RedbMetaStore, Registry, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -156,7 +154,10 @@ impl Writer {
         let digest = Digest::sha256_of(&data);
         let size = data.len() as u64;
         let r = &self.registry;
-        let id = r.start_upload(&self.repo).await.map_err(|e| e.to_string())?;
+        let id = r
+            .start_upload(&self.repo)
+            .await
+            .map_err(|e| e.to_string())?;
         r.append_upload(&self.repo, &id, Some(0), &mut Whole(Some(data)))
             .await
             .map_err(|e| e.to_string())?;
@@ -173,7 +174,11 @@ impl Writer {
     }
 
     async fn mount(&self, digest: &Digest, from: &RepoName) -> Result<(), String> {
-        match self.registry.mount_blob(&self.repo, digest, Some(from)).await {
+        match self
+            .registry
+            .mount_blob(&self.repo, digest, Some(from))
+            .await
+        {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(format!("mount of {digest} from {from} found nothing")),
             Err(e) => Err(e.to_string()),
@@ -220,7 +225,12 @@ fn plans(shape: &StoreShape) -> Result<Vec<RepoPlan>, String> {
         let images = m
             .checked_sub(indexes + referrers)
             .filter(|&i| i >= 2 * indexes.max(1))
-            .ok_or_else(|| format!("--manifests {} is too few for {repos} repositories", shape.manifests))?;
+            .ok_or_else(|| {
+                format!(
+                    "--manifests {} is too few for {repos} repositories",
+                    shape.manifests
+                )
+            })?;
         out.push(RepoPlan {
             index: r,
             images,
@@ -236,17 +246,22 @@ fn plans(shape: &StoreShape) -> Result<Vec<RepoPlan>, String> {
         + repos * FAMILY_LAYERS
         + images // configs
         + out.iter().map(|p| p.referrers + p.loose).sum::<usize>();
-    let unique = shape.blobs.checked_sub(fixed).filter(|&u| u >= images).ok_or_else(|| {
-        format!(
-            "--blobs {} is too few: {fixed} go to configs, shared layers and loose blobs, \
+    let unique = shape
+        .blobs
+        .checked_sub(fixed)
+        .filter(|&u| u >= images)
+        .ok_or_else(|| {
+            format!(
+                "--blobs {} is too few: {fixed} go to configs, shared layers and loose blobs, \
              and every image needs one layer of its own",
-            shape.blobs
-        )
-    })?;
+                shape.blobs
+            )
+        })?;
     let mut k = 0;
     for p in &mut out {
         for _ in 0..p.images {
-            p.unique.push(unique / images + usize::from(k < unique % images));
+            p.unique
+                .push(unique / images + usize::from(k < unique % images));
             k += 1;
         }
     }
@@ -303,7 +318,9 @@ async fn write_repo(
             "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| l.0.to_string()).collect::<Vec<_>>() },
         });
         let config = w
-            .upload(Bytes::from(serde_json::to_vec(&config).map_err(|e| e.to_string())?))
+            .upload(Bytes::from(
+                serde_json::to_vec(&config).map_err(|e| e.to_string())?,
+            ))
             .await?;
         let body = json!({
             "schemaVersion": 2,
@@ -389,8 +406,9 @@ async fn write_repo(
     // Garbage: 30% of the tags, then 5% of the images still tagged, by digest.
     let registry = w.registry.clone();
     for node in &mut w.graph.nodes {
-        let (doomed, kept): (Vec<Tag>, Vec<Tag>) =
-            std::mem::take(&mut node.tags).into_iter().partition(|_| w.rng.below(100) < 30);
+        let (doomed, kept): (Vec<Tag>, Vec<Tag>) = std::mem::take(&mut node.tags)
+            .into_iter()
+            .partition(|_| w.rng.below(100) < 30);
         for tag in doomed {
             registry
                 .delete_manifest(&repo, &Reference::Tag(tag.clone()))
@@ -420,8 +438,15 @@ pub async fn generate(data: &Path, shape: &StoreShape) -> Result<StoreFigures, S
     let plans = plans(shape)?;
     let started = Instant::now();
     std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    if std::fs::read_dir(data).map_err(|e| e.to_string())?.next().is_some() {
-        return Err(format!("{} is not empty: give a new directory", data.display()));
+    if std::fs::read_dir(data)
+        .map_err(|e| e.to_string())?
+        .next()
+        .is_some()
+    {
+        return Err(format!(
+            "{} is not empty: give a new directory",
+            data.display()
+        ));
     }
     let blobs = FsBlobStore::open(data).map_err(|e| e.to_string())?;
     let meta = RedbMetaStore::open(&data.join("meta.redb")).map_err(|e| e.to_string())?;
@@ -437,7 +462,11 @@ pub async fn generate(data: &Path, shape: &StoreShape) -> Result<StoreFigures, S
     };
     let mut base = Vec::new();
     for i in 0..BASE_LAYERS {
-        base.push(first.random_blob(shape.seed ^ 0xba5e ^ ((i as u64) << 20)).await?);
+        base.push(
+            first
+                .random_blob(shape.seed ^ 0xba5e ^ ((i as u64) << 20))
+                .await?,
+        );
     }
     let empty = first.upload(Bytes::from_static(b"{}")).await?;
     let mut graphs = vec![first.graph];
@@ -446,8 +475,12 @@ pub async fn generate(data: &Path, shape: &StoreShape) -> Result<StoreFigures, S
     let semaphore = Arc::new(tokio::sync::Semaphore::new(shape.parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for plan in plans {
-        let (registry, base, base_repo, empty) =
-            (registry.clone(), base.clone(), base_repo.clone(), empty.clone());
+        let (registry, base, base_repo, empty) = (
+            registry.clone(),
+            base.clone(),
+            base_repo.clone(),
+            empty.clone(),
+        );
         let semaphore = semaphore.clone();
         let seed = shape.seed;
         tasks.spawn(async move {
@@ -577,20 +610,27 @@ mod tests {
             parallel: 1,
             seed: 1,
         };
-        let plans = plans(&shape).unwrap();
-        let images: usize = plans.iter().map(|p| p.images).sum();
-        let manifests: usize = plans.iter().map(|p| p.images + p.indexes + p.referrers).sum();
+        let repos = plans(&shape).unwrap();
+        let images: usize = repos.iter().map(|p| p.images).sum();
+        let manifests: usize = repos
+            .iter()
+            .map(|p| p.images + p.indexes + p.referrers)
+            .sum();
         assert_eq!(manifests, 500);
         let blobs = BASE_LAYERS
             + 1
             + 10 * FAMILY_LAYERS
             + images
-            + plans
+            + repos
                 .iter()
                 .map(|p| p.referrers + p.loose + p.unique.iter().sum::<usize>())
                 .sum::<usize>();
         assert_eq!(blobs, 5_000);
-        assert!(plans(&StoreShape { blobs: 100, ..shape }).is_err());
+        assert!(plans(&StoreShape {
+            blobs: 100,
+            ..shape
+        })
+        .is_err());
     }
 
     #[test]
@@ -604,13 +644,17 @@ mod tests {
             seed: 7,
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let f = runtime.block_on(generate(&dir.path().join("d"), &shape)).unwrap();
+        let f = runtime
+            .block_on(generate(&dir.path().join("d"), &shape))
+            .unwrap();
         assert_eq!(f.blobs, 600);
         assert_eq!(f.manifests, 60);
         assert_eq!((f.indexes, f.referrers), (2, 2));
         assert!(f.tags_deleted > 0 && f.expected.files > f.loose_blobs);
         // The same seed writes the same store.
-        let again = runtime.block_on(generate(&dir.path().join("e"), &shape)).unwrap();
+        let again = runtime
+            .block_on(generate(&dir.path().join("e"), &shape))
+            .unwrap();
         assert_eq!(again.expected, f.expected);
     }
 }
