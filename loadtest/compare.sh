@@ -10,7 +10,9 @@
 #   loadtest/compare.sh           # full run, ~12 min: release build, 10 s per throughput
 #                                 # scenario, 512 MiB blob, 100 MiB and 1 GiB pushes,
 #                                 # 8 mirror clients of a 1 GiB layer; writes loadtest/RESULTS.md
-#   options: --output FILE (markdown to write), --keep (keep the temp dir)
+#   options: --output FILE (markdown to write), --keep (keep the temp dir),
+#            --no-gc (skip gc-bench: garbage collection of a generated store, offline and
+#            online; 5k blobs / 500 manifests with --quick, 100k / 10k in full, ~6 min)
 #
 # What it starts, all on 127.0.0.1 ports it picks, all in one temp dir, all stopped by
 # pid on exit:
@@ -41,17 +43,22 @@
 # cold pulls by one and by 8 clients at once vs the same pull straight from the hub,
 # upstream GETs counted in the hub's log, a warm pull, a client joining a slow download,
 # and 8 clients of one large layer while the mirror's memory is sampled.
+# Last, gc-bench (not a target: it starts its own portcullis on a store it writes): the
+# offline `portcullis gc` (dry and real) and the online POST /admin/gc under pulls and
+# pushes, checked against what the generator says must go.
 # The exit status is non-zero if any scenario could not run or counted an error.
 set -euo pipefail
 
 MODE=full
 OUTPUT=
 KEEP=0
+GC=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) MODE=quick ;;
         --output) OUTPUT=${2:?--output needs a file}; shift ;;
         --keep) KEEP=1 ;;
+        --no-gc) GC=0 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -436,6 +443,7 @@ if [ "$MODE" = quick ]; then
     CLIENT_ITERATIONS=(1)
     SOAK=(--duration 2)
     MIRROR=(--layers 5 --image-size 5MiB --large-size 8MiB)
+    GC_BENCH=(--blobs 5000 --manifests 500 --repos 10)
 else
     COMMON=()
     RUN_LIMIT=600
@@ -458,7 +466,12 @@ else
     # 6 blobs (config and 5 layers) of a 100 MiB image, 3 cold rounds; the late joiner
     # meets a 64 MiB blob arriving at 16 MiB/s; 8 clients of one 1 GiB layer.
     MIRROR=(--layers 5 --image-size 100MiB --large-size 1GiB --iterations 3)
+    # DESIGN.md §7: GC of 100k blobs / 10k manifests.
+    GC_BENCH=(--blobs 100000 --manifests 10000 --repos 100)
 fi
+# The store is written on a tmpfs when there is one (no fsync per blob), then copied
+# to the temp dir's disk, where the collections run.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then GC_BENCH+=(--scratch /dev/shm); fi
 MIRROR+=(--opt "mirror-hub=$HUB_URL" --opt "mirror-hub-content=$HUB_CONTENT")
 
 FAILED=0
@@ -531,6 +544,15 @@ for ((k = 0; k < ${#CLIENT_SIZES[@]}; k++)); do
     done
 done
 scenario soak "" soak "${SOAK[@]}"
+if [ "$GC" = 1 ]; then
+    sync
+    log "gc-bench ${GC_BENCH[*]}"
+    if ! timeout --kill-after=10 1800 "$LT" gc-bench --json --portcullis "$PORTCULLIS" \
+        --dir "$TMP/gc-bench" --label portcullis "${GC_BENCH[@]}" >> "$JSONL"; then
+        FAILED=$((FAILED + 1))
+        log "FAILED: gc-bench"
+    fi
+fi
 log "scenarios done in $((SECONDS - START)) s"
 
 # Every server must still be up: a crash under load is a failure too.

@@ -9,10 +9,14 @@
 //! `scenarios/` (one file per scenario), `client` (HTTP and OCI calls), `image`
 //! (synthetic content), `stats`, `procmon` (/proc sampling), `report`, `guard`
 //! (the loopback check), `fakehub/` (`fake-hub`: a simulated Docker Hub to test against),
-//! `hubclient` (the load generator's side of a fake hub, for the `mirror` scenario).
+//! `hubclient` (the load generator's side of a fake hub, for the `mirror` scenario),
+//! `gcstore` (`gc-store`: a large store written through the library) and `gcbench`
+//! (`gc-bench`: garbage collection of such a store, offline and under load).
 
 mod client;
 mod fakehub;
+mod gcbench;
+mod gcstore;
 mod guard;
 mod hubclient;
 mod image;
@@ -52,6 +56,12 @@ enum Command {
     /// Serve a simulated Docker Hub (registry, token realm, CDN) from OCI layouts, with
     /// a control API for the request log and injected faults.
     FakeHub(Box<fakehub::FakeHubArgs>),
+    /// Write a Portcullis data directory of --blobs / --manifests / --repos straight
+    /// through the library, with garbage in it (deleted tags and manifests, loose blobs).
+    GcStore(Box<gcstore::GcStoreArgs>),
+    /// Garbage collection at scale: a generated store collected offline (`portcullis gc`,
+    /// dry and real) and online (`POST /admin/gc` under pulls and pushes).
+    GcBench(Box<gcbench::GcBenchArgs>),
 }
 
 #[derive(Args)]
@@ -217,6 +227,23 @@ fn main() {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("portcullis-loadtest fake-hub: {e}");
+                2
+            }
+        },
+        Command::GcStore(args) => match gcstore::run(&args) {
+            Ok(figures) => {
+                println!("{}", figures.summary());
+                0
+            }
+            Err(e) => {
+                eprintln!("portcullis-loadtest gc-store: {e}");
+                2
+            }
+        },
+        Command::GcBench(args) => match gcbench::run(&args) {
+            Ok(failed) => i32::from(failed),
+            Err(e) => {
+                eprintln!("portcullis-loadtest gc-bench: {e}");
                 2
             }
         },

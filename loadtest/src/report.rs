@@ -2,6 +2,7 @@
 //! and (with `--json`) as one JSON line; `portcullis-loadtest report` turns a file of
 //! those lines into the markdown of `loadtest/RESULTS.md`.
 
+use crate::gcbench::GcFigures;
 use crate::hubclient::UpstreamCount;
 use crate::procmon::Usage;
 use crate::scenario::{Ctx, Figure, Measurement};
@@ -45,6 +46,9 @@ pub struct Report {
     /// What the `mirror` scenario measured, phase by phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorFigures>,
+    /// What `gc-bench` measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcFigures>,
 }
 
 impl Report {
@@ -300,6 +304,7 @@ pub fn markdown(
     targets_table(&mut md, reports, roles);
     clients_table(&mut md, reports, roles);
     mirror_section(&mut md, reports, roles);
+    gc_section(&mut md, reports, roles);
     scenarios_table(&mut md, reports);
 
     let mut details = String::new();
@@ -446,6 +451,7 @@ fn targets_table(md: &mut String, reports: &[Report], roles: &Roles) {
         verdict(ours_cost, &Goal::AtLeast(0.95), false),
     );
     mirror_target_rows(md, reports, roles);
+    gc_target_row(md, reports, roles);
     // Memory: the largest peak over all scenarios, per target.
     let peak = |label: &str| {
         reports
@@ -793,6 +799,149 @@ fn mirror_section(md: &mut String, reports: &[Report], roles: &Roles) {
     let _ = writeln!(md);
 }
 
+/// The `gc-bench` figures of Portcullis (plain), if it ran.
+fn gc_figures<'a>(reports: &'a [Report], roles: &Roles) -> Option<(&'a Report, &'a GcFigures)> {
+    let r = find(reports, "gc", &roles.portcullis)?;
+    r.gc.as_ref().map(|f| (r, f))
+}
+
+/// The DESIGN.md §7 row: online, < 60 s, < 128 MiB extra RSS, no failed request.
+fn gc_target_row(md: &mut String, reports: &[Report], roles: &Roles) {
+    let failed = find(reports, "gc", &roles.portcullis).is_some_and(|r| !r.ran);
+    let Some((r, f)) = gc_figures(reports, roles) else {
+        let cell = if failed { "failed" } else { "not run" };
+        let _ = writeln!(
+            md,
+            "| GC of 100k blobs / 10k manifests, online | offline only (read-only window) | - | {cell} | - | - | online, < 60 s, < 128 MiB extra RSS | n/a |"
+        );
+        return;
+    };
+    let Some(o) = &f.online else { return };
+    let extra = o.peak_rss_mib - o.rss_before_mib;
+    let met = o.collected.gc_seconds < 60.0 && extra < 128.0 && r.errors == 0;
+    let _ = writeln!(
+        md,
+        "| GC of {} blobs / {} manifests, online | offline only (read-only window) | - | {:.2} s, +{:.1} MiB RSS ({:.1} -> {:.1}), {} of {} requests during it failed | - | - | online, < 60 s, < 128 MiB extra RSS | {} |",
+        f.store.blobs,
+        f.store.manifests,
+        o.collected.gc_seconds,
+        extra,
+        o.rss_before_mib,
+        o.peak_rss_mib,
+        o.errors_during,
+        o.pulls_during + o.pushes_during + o.errors_during,
+        if met { "yes" } else { "**no**" },
+    );
+}
+
+/// Every figure of `gc-bench`.
+fn gc_section(md: &mut String, reports: &[Report], roles: &Roles) {
+    let Some((r, f)) = gc_figures(reports, roles) else {
+        return;
+    };
+    let s = &f.store;
+    let _ = writeln!(md, "## Garbage collection at scale (`gc-bench`)\n");
+    let _ = writeln!(
+        md,
+        "`portcullis-loadtest gc-bench` writes a store through the library (`gc-store`), \
+         collects one copy offline with `portcullis gc --grace 0s --delete-untagged` (dry \
+         run first; wall time and peak RSS of the child from `wait4`) and another online \
+         with `POST /admin/gc?grace=0s&delete_untagged=true` while {} workers pull tagged \
+         images (digests checked) and push fresh ones; every pushed image is pulled back \
+         afterwards. Each collection is checked against what the generator says must go.\n",
+        f.online.as_ref().map_or(0, |o| o.workers)
+    );
+    let _ = writeln!(md, "| figure | {} |\n|---|---|", r.target);
+    let mib = |b: u64| size_text(b);
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(md, "| {k} | {v} |");
+    };
+    row(
+        "store",
+        format!(
+            "{} blobs ({}), {} manifests ({} indexes, {} referrers), {} repositories, {} tags",
+            s.blobs,
+            mib(s.blob_bytes),
+            s.manifests,
+            s.indexes,
+            s.referrers,
+            s.repos,
+            s.tags
+        ),
+    );
+    row(
+        "garbage made",
+        format!(
+            "{} tags deleted, {} manifests deleted by digest, {} loose blobs; must go: {} files ({}), {} manifest records",
+            s.tags_deleted,
+            s.manifests_deleted,
+            s.loose_blobs,
+            s.expected.files,
+            mib(s.expected.bytes),
+            s.expected.manifests
+        ),
+    );
+    row(
+        "written in",
+        format!("{:.1} s (copied in {:.1} s)", s.seconds, f.copy_seconds),
+    );
+    for run in &f.offline {
+        row(
+            if run.dry_run {
+                "offline `portcullis gc --dry-run`: wall, collector, peak RSS"
+            } else {
+                "offline `portcullis gc`: wall, collector, peak RSS"
+            },
+            format!(
+                "{:.2} s, {:.2} s, {:.1} MiB; {} files, {} manifests, {} links",
+                run.seconds,
+                run.collected.gc_seconds,
+                run.peak_rss_mib,
+                run.collected.files,
+                run.collected.manifests,
+                run.collected.links_removed
+            ),
+        );
+    }
+    if let Some(o) = &f.online {
+        row(
+            "online `POST /admin/gc`: collector, request",
+            format!(
+                "{:.2} s, {:.2} s; {} files ({}), {} manifests, {} links; {} kept as in use",
+                o.collected.gc_seconds,
+                o.request_seconds,
+                o.collected.files,
+                mib(o.collected.bytes_freed),
+                o.collected.manifests,
+                o.collected.links_removed,
+                o.collected.kept_in_use
+            ),
+        );
+        row(
+            "  server resident memory: before, peak (extra)",
+            format!(
+                "{:.1} MiB, {:.1} MiB (+{:.1} MiB); server CPU {:.2} s",
+                o.rss_before_mib,
+                o.peak_rss_mib,
+                o.peak_rss_mib - o.rss_before_mib,
+                o.server_cpu_s
+            ),
+        );
+        row(
+            "  client operations overlapping it: pulls, pushes, failed",
+            format!(
+                "{}, {}, {} (all run: {} ops, {} errors, p99 {:.0} ms)",
+                o.pulls_during, o.pushes_during, o.errors_during, r.ops, r.errors, r.p99_ms
+            ),
+        );
+        row(
+            "  pushed images pulled back afterwards: checked, missing",
+            format!("{}, {}", o.pushed_checked, o.pushed_missing),
+        );
+    }
+    let _ = writeln!(md);
+}
+
 /// The real-client scenarios, by image size (their variants), against plain
 /// distribution: a fixed cost per command shows in the smallest size.
 const CLIENT_SCENARIOS: [&str; 4] = ["skopeo-pull", "skopeo-push", "podman-pull", "podman-push"];
@@ -1066,6 +1215,49 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("## Pull-through cache"), "{md}");
+    }
+
+    #[test]
+    fn gc_row_and_section() {
+        use crate::gcbench::{Collected, OnlineRun};
+        let figures = GcFigures {
+            store: crate::gcstore::StoreFigures {
+                blobs: 100_000,
+                manifests: 10_000,
+                ..Default::default()
+            },
+            online: Some(OnlineRun {
+                collected: Collected {
+                    gc_seconds: 12.5,
+                    files: 3,
+                    ..Collected::default()
+                },
+                rss_before_mib: 40.0,
+                peak_rss_mib: 100.0,
+                pulls_during: 9,
+                pushes_during: 3,
+                workers: 4,
+                ..OnlineRun::default()
+            }),
+            ..GcFigures::default()
+        };
+        let reports = vec![Report {
+            gc: Some(figures),
+            ..report("gc", "portcullis", 12.5, "s")
+        }];
+        let md = markdown(&reports, &roles(), &[], false);
+        assert!(
+            md.contains("| GC of 100000 blobs / 10000 manifests, online | offline only (read-only window) | - | 12.50 s, +60.0 MiB RSS (40.0 -> 100.0), 0 of 12 requests during it failed | - | - | online, < 60 s, < 128 MiB extra RSS | yes |"),
+            "{md}"
+        );
+        assert!(md.contains("## Garbage collection at scale"), "{md}");
+        assert!(md.contains("| 40.0 MiB, 100.0 MiB (+60.0 MiB)"), "{md}");
+        let md = markdown(&[], &roles(), &[], false);
+        assert!(
+            md.contains("| GC of 100k blobs / 10k manifests, online |"),
+            "{md}"
+        );
+        assert!(!md.contains("## Garbage collection at scale"), "{md}");
     }
 
     #[test]
