@@ -389,6 +389,32 @@ async fn the_admin_endpoint_needs_an_admin_and_keeps_recent_content() {
         .await
         .unwrap();
     assert_eq!(last["blobs"], json!([digest]));
+    // The command line asks the running server the same way.
+    let out = run_ok(
+        portcullis()
+            .args([
+                "gc",
+                "--server",
+                &server.base_url(),
+                "--user",
+                "root",
+                "--dry-run",
+            ])
+            .env("PORTCULLIS_PASSWORD", "rootpw"),
+        COMMAND_TIMEOUT,
+    );
+    assert!(
+        out.stdout_str().contains("gc: would free"),
+        "{}",
+        out.stdout_str()
+    );
+    let refused = run_with_timeout(
+        portcullis()
+            .args(["gc", "--server", &server.base_url(), "--user", "dev"])
+            .env("PORTCULLIS_PASSWORD", "devpw"),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(refused.status.code(), Some(2));
     let bad = run("?grace=soon").await.unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("UNSUPPORTED"));
