@@ -3,7 +3,7 @@
 //! (`true`/`false`) and `grace` (a duration such as `30m`), as `portcullis gc` takes them.
 
 use super::route::{query_pairs, query_value};
-use super::{ApiError, ErrorCode, Request, Response};
+use super::{ApiError, Body, ErrorCode, Request, Response};
 use crate::gc::{Collector, RunOptions};
 
 fn flag(pairs: &[(String, String)], key: &str) -> Result<Option<bool>, ApiError> {
@@ -48,8 +48,11 @@ pub async fn gc(collector: &Collector, req: &Request) -> Result<Response, ApiErr
     } else {
         collector.last_report()
     };
-    let value = serde_json::to_value(report).unwrap_or_default();
-    Ok(Response::new(200).json(&value, "application/json", false))
+    // Straight to bytes: a report can list tens of thousands of digests.
+    let bytes = serde_json::to_vec(&report).unwrap_or_default();
+    Ok(Response::new(200)
+        .header("Content-Type", "application/json")
+        .body(Body::Bytes(bytes.into())))
 }
 
 #[cfg(test)]

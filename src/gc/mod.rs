@@ -255,8 +255,8 @@ impl Collector {
         report: &mut Report,
         show_progress: bool,
     ) -> Result<(), StoreError> {
-        let mut steps: Vec<Step> = Vec::new();
-        steps.extend(plan.untag.iter().map(|t| {
+        // Made a batch at a time: a plan can name hundreds of thousands of records.
+        let untag = plan.untag.iter().map(|t| {
             Step::Records(
                 t.digest.clone(),
                 vec![Removal::Tag {
@@ -265,11 +265,11 @@ impl Collector {
                     digest: t.digest.clone(),
                 }],
             )
-        }));
-        steps.extend(plan.manifests.iter().map(|(repo, digest)| {
+        });
+        let manifests = plan.manifests.iter().map(|(repo, digest)| {
             Step::Records(digest.clone(), snapshot.manifest_removals(repo, digest))
-        }));
-        steps.extend(plan.links.iter().map(|(repo, digest)| {
+        });
+        let links = plan.links.iter().map(|(repo, digest)| {
             Step::Records(
                 digest.clone(),
                 vec![Removal::Link {
@@ -277,23 +277,27 @@ impl Collector {
                     digest: digest.clone(),
                 }],
             )
-        }));
-        steps.extend(
-            plan.files
-                .iter()
-                .map(|(d, size)| Step::File(d.clone(), *size)),
-        );
+        });
+        let files = plan
+            .files
+            .iter()
+            .map(|(d, size)| Step::File(d.clone(), *size));
+        let total = plan.untag.len() + plan.manifests.len() + plan.links.len() + plan.files.len();
+        let mut steps = untag.chain(manifests).chain(links).chain(files);
 
-        let mut progress =
-            show_progress.then(|| Progress::new("gc: sweeping", Some(steps.len() as u64)));
+        let mut progress = show_progress.then(|| Progress::new("gc: sweeping", Some(total as u64)));
         // Touched content, and everything a touched manifest references: kept.
         let mut kept: HashSet<Digest> = HashSet::new();
         let (mut deleted, mut freed) = (HashSet::new(), 0u64);
-        for batch in steps.chunks(SWEEP_BATCH) {
+        loop {
+            let batch: Vec<Step> = steps.by_ref().take(SWEEP_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
             let _exclusive = self.registry.gc_guard_exclusive().await;
             let mut removals = Vec::new();
             let mut files = Vec::new();
-            for step in batch {
+            for step in &batch {
                 let digest = step.digest();
                 if !kept.contains(digest) && self.registry.touched(digest) {
                     keep_with_references(digest, graph, &mut kept);
@@ -308,7 +312,7 @@ impl Collector {
                         removals.push(Removal::Access {
                             digest: digest.clone(),
                         });
-                        files.push((digest, *size));
+                        files.push((digest.clone(), *size));
                     }
                 }
             }
@@ -316,7 +320,7 @@ impl Collector {
             // which the next run deletes.
             self.registry.meta().remove_records(removals).await?;
             for (digest, size) in files {
-                if self.registry.blob_store().delete_blob(digest).await? {
+                if self.registry.blob_store().delete_blob(&digest).await? {
                     deleted.insert(digest.to_string());
                     freed += size;
                 }

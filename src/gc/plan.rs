@@ -232,14 +232,15 @@ pub fn plan(inputs: &Inputs, policy: &Policy) -> Plan {
             live.extend(names);
         }
     }
-    let mut links_of: HashMap<&Digest, Vec<&RepoName>> = HashMap::new();
-    for link in &snap.links {
+    // One flag per link (not a map of them: stores hold hundreds of thousands).
+    let mut link_kept = vec![false; snap.links.len()];
+    for (link, kept) in snap.links.iter().zip(link_kept.iter_mut()) {
         let needed = needed_in
             .get(&link.repo)
             .is_some_and(|n| n.contains(&link.digest));
         if needed || young(link.linked_at) || read_recently(&link.digest) {
+            *kept = true;
             live.insert(&link.digest);
-            links_of.entry(&link.digest).or_default().push(&link.repo);
             if link.origin == Origin::Pushed {
                 pushed.insert(&link.digest);
             }
@@ -268,13 +269,14 @@ pub fn plan(inputs: &Inputs, policy: &Policy) -> Plan {
     if let Some(cap) = policy.cache_max_bytes {
         if result.cached_bytes_before > cap {
             let target = cap / 10 * 9;
-            cached.sort_by_key(|(b, last_use)| (*last_use, b.digest.to_string()));
+            cached.sort_by(|(a, a_use), (b, b_use)| a_use.cmp(b_use).then(a.digest.cmp(&b.digest)));
             let mut cached_manifests: HashMap<&Digest, Vec<&RepoName>> = HashMap::new();
             for m in &snap.manifests {
                 if m.record.origin == Origin::Cached {
                     cached_manifests.entry(&m.digest).or_default().push(&m.repo);
                 }
             }
+            let mut evicted: HashSet<&Digest> = HashSet::new();
             for (blob, _) in cached {
                 if result.cached_bytes_after <= target {
                     break;
@@ -282,13 +284,16 @@ pub fn plan(inputs: &Inputs, policy: &Policy) -> Plan {
                 result.cached_bytes_after -= blob.size;
                 result.evicted.push((blob.digest.clone(), blob.size));
                 live.remove(&blob.digest);
+                evicted.insert(&blob.digest);
                 for repo in cached_manifests.get(&blob.digest).into_iter().flatten() {
                     result
                         .manifests
                         .push(((*repo).clone(), blob.digest.clone()));
                 }
-                for repo in links_of.get(&blob.digest).into_iter().flatten() {
-                    result.links.push(((*repo).clone(), blob.digest.clone()));
+            }
+            for (link, kept) in snap.links.iter().zip(&link_kept) {
+                if *kept && evicted.contains(&link.digest) {
+                    result.links.push((link.repo.clone(), link.digest.clone()));
                 }
             }
         }
