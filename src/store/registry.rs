@@ -48,6 +48,8 @@ struct GcCoordination {
     /// While a collection runs: every digest referenced, stored or read since its
     /// mark began. `None` when no collection runs.
     touched: Mutex<Option<HashSet<Digest>>>,
+    /// Whether `touched` is `Some`: read without the lock on every request.
+    collecting: std::sync::atomic::AtomicBool,
 }
 
 /// Last reads of blobs and manifests, kept in memory and flushed in batches, so the
@@ -147,6 +149,11 @@ impl Registry {
 
     /// Keeps `digests` through a collection under way.
     fn touch<'d>(&self, digests: impl IntoIterator<Item = &'d Digest>) {
+        // Set before the snapshot is taken, under the exclusive guard: a step that
+        // sees it clear finished before the mark began, so the snapshot has it.
+        if !self.gc.collecting.load(Ordering::Acquire) {
+            return;
+        }
         let mut touched = self.gc.touched.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(set) = touched.as_mut() {
             set.extend(digests.into_iter().cloned());
@@ -169,6 +176,7 @@ impl Registry {
     pub async fn begin_collection(&self) -> Result<super::MetaSnapshot, StoreError> {
         let _exclusive = self.gc_guard_exclusive().await;
         *self.gc.touched.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
+        self.gc.collecting.store(true, Ordering::Release);
         let snapshot = self.meta.snapshot().await;
         if snapshot.is_err() {
             self.end_collection();
@@ -184,6 +192,7 @@ impl Registry {
     }
 
     pub fn end_collection(&self) {
+        self.gc.collecting.store(false, Ordering::Release);
         *self.gc.touched.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
