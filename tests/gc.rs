@@ -301,14 +301,8 @@ async fn retention_untags_all_but_the_newest_and_protected_tags() {
     );
     run(&[]);
     let server = Server::start_with_data(&data);
-    let tags: Value = client()
-        .get(format!("{}/v2/team/app/tags/list", server.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value =
+        json_of(client().get(format!("{}/v2/team/app/tags/list", server.base_url()))).await;
     assert_eq!(tags["tags"], json!(["nightly-a", "v1"]));
     assert_eq!(
         Pusher::new(&server)
@@ -365,29 +359,15 @@ async fn the_admin_endpoint_needs_an_admin_and_keeps_recent_content() {
     let run = |query: &str| {
         c.post(format!("{url}{query}"))
             .basic_auth("root", Some("rootpw"))
-            .send()
     };
-    let report: Value = run("").await.unwrap().json().await.unwrap();
+    let report = json_of(run("")).await;
     assert_eq!(report["blobs"], json!([]), "{report}");
-    let report: Value = run("?grace=0s&dry_run=true")
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = json_of(run("?grace=0s&dry_run=true")).await;
     assert_eq!(report["blobs"], json!([digest]), "{report}");
     assert_eq!(report["dry_run"], json!(true));
-    let report: Value = run("?grace=0s").await.unwrap().json().await.unwrap();
+    let report = json_of(run("?grace=0s")).await;
     assert_eq!(report["blobs"], json!([digest]), "{report}");
-    let last: Value = c
-        .get(&url)
-        .basic_auth("root", Some("rootpw"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let last: Value = json_of(c.get(&url).basic_auth("root", Some("rootpw"))).await;
     assert_eq!(last["blobs"], json!([digest]));
     // The command line asks the running server the same way.
     let out = run_ok(
@@ -415,7 +395,7 @@ async fn the_admin_endpoint_needs_an_admin_and_keeps_recent_content() {
         COMMAND_TIMEOUT,
     );
     assert_eq!(refused.status.code(), Some(2));
-    let bad = run("?grace=soon").await.unwrap();
+    let bad = run("?grace=soon").send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("UNSUPPORTED"));
 }
@@ -464,14 +444,7 @@ async fn idle_upload_sessions_expire() {
             .arg(&file),
         COMMAND_TIMEOUT,
     );
-    let report: Value = c
-        .post(format!("{}/admin/gc", server.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: Value = json_of(c.post(format!("{}/admin/gc", server.base_url()))).await;
     assert_eq!(report["uploads_expired"], json!(1), "{report}");
     assert_eq!(report["upload_bytes_freed"], json!(4096));
     let status = |location: &str| c.get(format!("{}{location}", server.base_url())).send();
@@ -527,22 +500,16 @@ fn gc_in_a_loop_never_breaks_concurrent_pushes() {
             }
             std::thread::park_timeout(Duration::from_millis(50));
         }
-        panic!("no collection deleted {digest} within a minute");
+        let last = runs.lock().unwrap().last().cloned();
+        panic!("no collection deleted {digest} within a minute; the last report: {last:?}");
     };
 
     std::thread::scope(|scope| {
         let collector = scope.spawn(|| {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let report: Value = runtime.block_on(async {
-                    client()
-                        .post(format!("{base}/admin/gc?grace=3s&delete_untagged=true"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap()
-                });
+                let report = runtime.block_on(json_of(
+                    client().post(format!("{base}/admin/gc?grace=3s&delete_untagged=true")),
+                ));
                 runs.lock().unwrap().push(report);
             }
         });
@@ -568,8 +535,10 @@ fn gc_in_a_loop_never_breaks_concurrent_pushes() {
                     })
                 })
                 .collect();
-            // What the previous round deleted is swept while this round pushes.
-            if let Some((image, since)) = previous.take() {
+            // What the previous round deleted is swept while this round pushes the
+            // other image; the last round pushes it again while it may be being swept,
+            // so either outcome is right there and nothing is waited for.
+            if let Some((image, since)) = previous.take().filter(|_| round < ROUNDS) {
                 swept(&image.config_digest, since);
             }
             for pusher in pushers {
@@ -606,8 +575,8 @@ fn gc_in_a_loop_never_breaks_concurrent_pushes() {
         "{} collections swept {links} links and {blobs} blobs while pushes ran",
         collections.len()
     );
-    // Each round's image (config, layers and manifest) was swept (waited for above).
-    assert!(blobs >= 5 * ROUNDS, "{blobs} blobs swept");
+    // Each round's image but the last deleted one was swept (waited for above).
+    assert!(blobs >= 5 * (ROUNDS - 1), "{blobs} blobs swept");
 
     for repo in REPOS {
         for image in &images {
@@ -673,6 +642,13 @@ impl SlowReader {
     }
 }
 
+/// The JSON answer to a request that must succeed.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.expect("request");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().await.expect("a JSON answer")
+}
+
 async fn get_ok(c: &Client, base: &str, path: String) -> Vec<u8> {
     let response = c.get(format!("{base}{path}")).send().await.unwrap();
     assert_eq!(response.status(), 200, "{path}");
@@ -724,14 +700,7 @@ async fn eviction_keeps_the_cache_under_its_cap_and_readers_finish() {
         server.port(),
         &format!("/v2/library/big/blobs/{}", layer(&big)),
     );
-    let report: Value = c
-        .post(format!("{base}/admin/gc"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: Value = json_of(c.post(format!("{base}/admin/gc"))).await;
     assert!(report["evicted_blobs"].as_u64().unwrap() >= 2, "{report}");
     assert!(report["cached_bytes"].as_u64().unwrap() <= cap, "{report}");
     let after = stored(&data);
