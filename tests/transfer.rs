@@ -319,6 +319,16 @@ fn export_to_a_directory_and_a_tar_then_import_serves_every_image_again() {
     assert_serves(&env, &offline, &expected);
 }
 
+/// `skopeo copy SRC dir:DEST` of one image (of an index: this machine's platform, as
+/// a client pulls it).
+fn skopeo_copy_one(env: &ContainersEnv, src: &str, dest: &Path) {
+    let dest = format!("dir:{}", dest.display());
+    run_ok(
+        &mut env.skopeo(&["copy", "--src-tls-verify=false", src, &dest]),
+        TIMEOUT,
+    );
+}
+
 /// Bytes of blob `digest` in the OCI layout `layout`.
 fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
     let path = layout.join("blobs/sha256").join(hex_part(digest));
@@ -376,10 +386,13 @@ fn mirrored_content_crosses_the_air_gap_and_pulls_offline_by_the_names_clients_u
     place_image(&content, "library/app", &app, "1");
     let multi = IndexFixture::build("1");
     place_index(&content, "library/multi", &multi, "1");
+    let partial = IndexFixture::build("1");
+    place_index(&content, "library/partial", &partial, "1");
     let mut hub = FakeHub::start(&content, FakeHubOptions::default());
 
-    // The connected side: library/app pulled through the mirror, library/multi (every
-    // platform) fetched into the cache with the server stopped.
+    // The connected side: library/app and one platform of library/partial pulled
+    // through the mirror, library/multi (every platform) fetched into the cache with
+    // the server stopped.
     let connected = work.path().join("connected");
     fs::create_dir(&connected).unwrap();
     let pulled = work.path().join("pulled");
@@ -390,6 +403,11 @@ fn mirrored_content_crosses_the_air_gap_and_pulls_offline_by_the_names_clients_u
             &env,
             &format!("docker://{}/library/app:1", mirror.host_port()),
             &format!("dir:{}", pulled.join("connected").display()),
+        );
+        skopeo_copy_one(
+            &env,
+            &format!("docker://{}/library/partial:1", mirror.host_port()),
+            &pulled.join("connected-partial"),
         );
     }
     let data = connected.join("data");
@@ -405,7 +423,7 @@ fn mirrored_content_crosses_the_air_gap_and_pulls_offline_by_the_names_clients_u
     let tar = work.path().join("mirrored.tar");
     let said = portcullis_ok(&["export", "--data", arg(&data), "--out", arg(&tar)]);
     assert!(
-        said.contains("exported 2 repositories, 4 manifests, 2 tags"),
+        said.contains("exported 3 repositories, 6 manifests, 3 tags"),
         "{said}"
     );
 
@@ -415,7 +433,7 @@ fn mirrored_content_crosses_the_air_gap_and_pulls_offline_by_the_names_clients_u
     fs::create_dir(&site).unwrap();
     let said = portcullis_ok(&["import", "--data", arg(&site.join("data")), arg(&tar)]);
     assert!(
-        said.contains("imported 2 repositories, 4 manifests, 2 tags"),
+        said.contains("imported 3 repositories, 6 manifests, 3 tags"),
         "{said}"
     );
     let offline = Server::start_with_config(&mirror_config(&hub, "", "offline = true"), &site);
@@ -472,6 +490,32 @@ fn mirrored_content_crosses_the_air_gap_and_pulls_offline_by_the_names_clients_u
         }
     }
 
+    // Of library/partial the index and the platform pulled came over; the other one
+    // is not there, and offline it cannot be fetched.
+    assert!(raw_manifest(&env, &host, "library/partial:1") == partial.index);
+    let amd64 = partial.platform("amd64");
+    let copy = pulled.join("partial");
+    skopeo_copy_one(&env, &format!("docker://{host}/library/partial:1"), &copy);
+    let blobs: Vec<&String> = std::iter::once(&amd64.config_digest)
+        .chain(&amd64.layer_digests)
+        .collect();
+    assert_dir_copy(&copy, &amd64.manifest, &partial.layout, &blobs);
+    let arm64 = run_with_timeout(
+        &mut env.skopeo(&[
+            "--override-arch",
+            "arm64",
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{host}/library/partial:1"),
+            &format!("dir:{}", pulled.join("partial-arm64").display()),
+        ]),
+        TIMEOUT,
+    );
+    assert!(
+        !arm64.status.success(),
+        "arm64 was never pulled, yet it came"
+    );
+
     // A pushed image lives next to the cached ones, and they stay cached content.
     let pushed = ImageFixture::small("1");
     skopeo_push(&env, &pushed, &offline, "team/app:1");
@@ -483,6 +527,7 @@ fn mirrored_content_crosses_the_air_gap_and_pulls_offline_by_the_names_clients_u
         json!([
             "docker.io/library/app",
             "docker.io/library/multi",
+            "docker.io/library/partial",
             "team/app"
         ]),
         "{catalog}"
@@ -499,10 +544,7 @@ fn mirrored_content_crosses_the_air_gap_and_pulls_offline_by_the_names_clients_u
     let (cached, pushed_repos) = exported_origins(&again);
     assert_eq!(
         cached,
-        BTreeSet::from([
-            "docker.io/library/app".to_string(),
-            "docker.io/library/multi".to_string()
-        ])
+        BTreeSet::from(["app", "multi", "partial"].map(|name| format!("docker.io/library/{name}")))
     );
     assert_eq!(pushed_repos, BTreeSet::from(["team/app".to_string()]));
 }
