@@ -2,18 +2,25 @@
 //! skopeo (shared layers, a multi-arch index, a referrer) go out to an OCI layout (a
 //! directory and a tar), into a fresh store, and are pulled back byte for byte; a
 //! skopeo-written layout comes in with `--repository`; a damaged layout is refused and
-//! tags nothing; a registry:2 tree (Debian's docker-registry) migrates as it lies.
+//! tags nothing; a registry:2 tree (Debian's docker-registry) migrates as it lies;
+//! what a mirror cached (pulled through, or fetched) crosses an air gap and is pulled
+//! at the offline site by the names clients use, still as cached content.
 
 // Each test file uses a different part of the shared harness.
 #[allow(dead_code)]
 mod common;
 
 use common::distribution::Distribution;
+use common::fakehub::{
+    mirror_config, place_image, place_index, FakeHub, FakeHubOptions, IndexFixture,
+};
+use common::netns::in_fresh_netns;
 use common::{
-    portcullis, run_ok, run_with_timeout, sha256_digest, ContainersEnv, ImageFixture, Server,
-    OCI_INDEX_TYPE, OCI_MANIFEST_TYPE, PLAIN_PORT,
+    hex_part, portcullis, run_ok, run_with_timeout, sha256_digest, skopeo_push, ContainersEnv,
+    ImageFixture, Server, OCI_INDEX_TYPE, OCI_MANIFEST_TYPE, PLAIN_PORT,
 };
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -310,6 +317,236 @@ fn export_to_a_directory_and_a_tar_then_import_serves_every_image_again() {
     );
     let offline = Server::start_with_config(&config, &site);
     assert_serves(&env, &offline, &expected);
+}
+
+/// `skopeo copy SRC dir:DEST` of one image (of an index: this machine's platform, as
+/// a client pulls it).
+fn skopeo_copy_one(env: &ContainersEnv, src: &str, dest: &Path) {
+    let dest = format!("dir:{}", dest.display());
+    run_ok(
+        &mut env.skopeo(&["copy", "--src-tls-verify=false", src, &dest]),
+        TIMEOUT,
+    );
+}
+
+/// Bytes of blob `digest` in the OCI layout `layout`.
+fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
+    let path = layout.join("blobs/sha256").join(hex_part(digest));
+    fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A skopeo `dir:` copy holds `manifest` as its manifest.json and each blob of
+/// `layout` named in `blobs` byte for byte.
+fn assert_dir_copy(copy: &Path, manifest: &[u8], layout: &Path, blobs: &[&String]) {
+    let what = copy.display();
+    assert!(
+        fs::read(copy.join("manifest.json")).unwrap() == manifest,
+        "{what}: manifest.json is not the original manifest"
+    );
+    for digest in blobs {
+        let pulled = copy.join(hex_part(digest));
+        let pulled = fs::read(&pulled).unwrap_or_else(|e| panic!("{}: {e}", pulled.display()));
+        assert!(
+            pulled == layout_blob(layout, digest),
+            "{what}: blob {digest} differs from the original"
+        );
+    }
+}
+
+/// The repositories `index.json` of an export names with `dev.portcullis.origin:
+/// cached`, and those it names without.
+fn exported_origins(layout: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let (mut cached, mut pushed) = (BTreeSet::new(), BTreeSet::new());
+    for d in index["manifests"].as_array().unwrap() {
+        let repo = d["annotations"]["dev.portcullis.repository"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        match d["annotations"]["dev.portcullis.origin"].as_str() {
+            Some("cached") => cached.insert(repo),
+            _ => pushed.insert(repo),
+        };
+    }
+    (cached, pushed)
+}
+
+#[test]
+fn mirrored_content_crosses_the_air_gap_and_pulls_offline_by_the_names_clients_use() {
+    // Skopeo and both servers share a loopback with no way out.
+    if !in_fresh_netns() {
+        return;
+    }
+    let env = ContainersEnv::new();
+    let work = tempfile::tempdir().unwrap();
+    let content = work.path().join("hub");
+    fs::create_dir(&content).unwrap();
+    let app = ImageFixture::small("1");
+    place_image(&content, "library/app", &app, "1");
+    let multi = IndexFixture::build("1");
+    place_index(&content, "library/multi", &multi, "1");
+    let partial = IndexFixture::build("1");
+    place_index(&content, "library/partial", &partial, "1");
+    let mut hub = FakeHub::start(&content, FakeHubOptions::default());
+
+    // The connected side: library/app and one platform of library/partial pulled
+    // through the mirror, library/multi (every platform) fetched into the cache with
+    // the server stopped.
+    let connected = work.path().join("connected");
+    fs::create_dir(&connected).unwrap();
+    let pulled = work.path().join("pulled");
+    fs::create_dir(&pulled).unwrap();
+    {
+        let mirror = Server::start_with_config(&mirror_config(&hub, "", ""), &connected);
+        skopeo_copy(
+            &env,
+            &format!("docker://{}/library/app:1", mirror.host_port()),
+            &format!("dir:{}", pulled.join("connected").display()),
+        );
+        skopeo_copy_one(
+            &env,
+            &format!("docker://{}/library/partial:1", mirror.host_port()),
+            &pulled.join("connected-partial"),
+        );
+    }
+    let data = connected.join("data");
+    portcullis_ok(&[
+        "fetch",
+        "--data",
+        arg(&data),
+        "--mirror",
+        &format!("docker.io={}", hub.registry_url()),
+        "--all-platforms",
+        "library/multi:1",
+    ]);
+    let tar = work.path().join("mirrored.tar");
+    let said = portcullis_ok(&["export", "--data", arg(&data), "--out", arg(&tar)]);
+    assert!(
+        said.contains("exported 3 repositories, 6 manifests, 3 tags"),
+        "{said}"
+    );
+
+    // The air-gapped side: the upstream is gone for good.
+    hub.stop();
+    let site = work.path().join("site");
+    fs::create_dir(&site).unwrap();
+    let said = portcullis_ok(&["import", "--data", arg(&site.join("data")), arg(&tar)]);
+    assert!(
+        said.contains("imported 3 repositories, 6 manifests, 3 tags"),
+        "{said}"
+    );
+    let offline = Server::start_with_config(&mirror_config(&hub, "", "offline = true"), &site);
+    let host = offline.host_port();
+    let app_blobs: Vec<&String> = std::iter::once(&app.config_digest)
+        .chain(&app.layer_digests)
+        .collect();
+    for reference in [
+        "library/app:1".to_string(),
+        format!("library/app@{}", app.manifest_digest),
+    ] {
+        assert!(
+            raw_manifest(&env, &host, &reference) == app.manifest,
+            "{reference}: served manifest differs"
+        );
+        let copy = pulled.join(reference.replace(['/', ':', '@'], "_"));
+        skopeo_copy(
+            &env,
+            &format!("docker://{host}/{reference}"),
+            &format!("dir:{}", copy.display()),
+        );
+        assert_dir_copy(&copy, &app.manifest, &app.layout, &app_blobs);
+    }
+    let copy = pulled.join("multi");
+    skopeo_copy(
+        &env,
+        &format!("docker://{host}/library/multi:1"),
+        &format!("dir:{}", copy.display()),
+    );
+    assert!(
+        fs::read(copy.join("manifest.json")).unwrap() == multi.index,
+        "index differs"
+    );
+    for platform in &multi.platforms {
+        let blobs: Vec<&String> = std::iter::once(&platform.config_digest)
+            .chain(&platform.layer_digests)
+            .collect();
+        let instance = copy.join(format!(
+            "{}.manifest.json",
+            hex_part(&platform.manifest_digest)
+        ));
+        assert!(
+            fs::read(&instance).unwrap() == platform.manifest,
+            "{}: manifest differs",
+            platform.architecture
+        );
+        for digest in blobs {
+            assert!(
+                fs::read(copy.join(hex_part(digest))).unwrap()
+                    == layout_blob(&multi.layout, digest),
+                "{}: blob {digest} differs",
+                platform.architecture
+            );
+        }
+    }
+
+    // Of library/partial the index and the platform pulled came over; the other one
+    // is not there, and offline it cannot be fetched.
+    assert!(raw_manifest(&env, &host, "library/partial:1") == partial.index);
+    let amd64 = partial.platform("amd64");
+    let copy = pulled.join("partial");
+    skopeo_copy_one(&env, &format!("docker://{host}/library/partial:1"), &copy);
+    let blobs: Vec<&String> = std::iter::once(&amd64.config_digest)
+        .chain(&amd64.layer_digests)
+        .collect();
+    assert_dir_copy(&copy, &amd64.manifest, &partial.layout, &blobs);
+    let arm64 = run_with_timeout(
+        &mut env.skopeo(&[
+            "--override-arch",
+            "arm64",
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{host}/library/partial:1"),
+            &format!("dir:{}", pulled.join("partial-arm64").display()),
+        ]),
+        TIMEOUT,
+    );
+    assert!(
+        !arm64.status.success(),
+        "arm64 was never pulled, yet it came"
+    );
+
+    // A pushed image lives next to the cached ones, and they stay cached content.
+    let pushed = ImageFixture::small("1");
+    skopeo_push(&env, &pushed, &offline, "team/app:1");
+    assert!(raw_manifest(&env, &host, "team/app:1") == pushed.manifest);
+    let catalog: Value =
+        serde_json::from_slice(&curl(&[&format!("{}/v2/_catalog", offline.base_url())])).unwrap();
+    assert_eq!(
+        catalog["repositories"],
+        json!([
+            "docker.io/library/app",
+            "docker.io/library/multi",
+            "docker.io/library/partial",
+            "team/app"
+        ]),
+        "{catalog}"
+    );
+    drop(offline);
+    let again = work.path().join("again");
+    portcullis_ok(&[
+        "export",
+        "--data",
+        arg(&site.join("data")),
+        "--out",
+        arg(&again),
+    ]);
+    let (cached, pushed_repos) = exported_origins(&again);
+    assert_eq!(
+        cached,
+        BTreeSet::from(["app", "multi", "partial"].map(|name| format!("docker.io/library/{name}")))
+    );
+    assert_eq!(pushed_repos, BTreeSet::from(["team/app".to_string()]));
 }
 
 #[test]

@@ -184,6 +184,21 @@ impl FsBlobStore {
                 std::fs::remove_file(path)
             };
         }
+        // A session whose removal a crash cut short (upload_finish renames `data` into
+        // blobs/ and then removes the directory): no client can resume it.
+        let uploads = root.join("uploads");
+        let sessions = std::fs::read_dir(&uploads)
+            .map_err(|e| StoreError::io(format!("reading {}", uploads.display()), e))?;
+        for entry in sessions.flatten() {
+            let path = entry.path();
+            let ours = UploadId::parse(&entry.file_name().to_string_lossy()).is_some();
+            if ours
+                && path.is_dir()
+                && !(path.join("data").is_file() && path.join("repo").is_file())
+            {
+                let _ = std::fs::remove_dir_all(path);
+            }
+        }
         Ok(FsBlobStore::open_as_is(root))
     }
 
@@ -758,6 +773,26 @@ impl BlobStore for FsBlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn opening_removes_sessions_a_crash_left_half_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = FsBlobStore::open(root).unwrap();
+        let repo = RepoName::parse("team/app").unwrap();
+        let (kept, finished) = (UploadId::random(), UploadId::random());
+        for id in [&kept, &finished] {
+            store.upload_start(id, &repo).await.unwrap();
+        }
+        // upload_finish moved `data` into blobs/ and was killed before removing the rest.
+        let half = root.join("uploads").join(finished.as_str());
+        std::fs::remove_file(half.join("data")).unwrap();
+
+        let store = FsBlobStore::open(root).unwrap();
+        assert!(!half.exists());
+        assert_eq!(store.upload_status(&kept).await.unwrap(), Some((repo, 0)));
+        assert!(store.strays().await.unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn strays_are_everything_that_is_neither_a_blob_nor_a_session() {

@@ -620,7 +620,8 @@ pub fn read(
         skipped: 0,
         on_missing: OnMissing::Abort,
     };
-    // (repo, digest, media type, origin), from index.json down through indexes.
+    // (repo, digest, media type, origin, listed by an index), from index.json down
+    // through indexes.
     let mut queue = Vec::new();
     for d in &index.manifests {
         let (repo, tag) = name_of(d, repository).map_err(|e| format!("{shown}: {e}"))?;
@@ -639,19 +640,24 @@ pub fn read(
             Some(o) if o == "cached" => Origin::Cached,
             _ => Origin::Pushed,
         };
-        queue.push((repo, d.digest.clone(), d.media_type.clone(), origin));
+        queue.push((repo, d.digest.clone(), d.media_type.clone(), origin, false));
     }
     let mut seen = BTreeSet::new();
-    while let Some((repo, digest, media_type, origin)) = queue.pop() {
+    while let Some((repo, digest, media_type, origin, listed)) = queue.pop() {
         if !seen.insert((repo.clone(), digest.clone())) {
             continue;
         }
-        let bytes = read_manifest(&*source, &digest)?.ok_or_else(|| {
-            format!(
+        let Some(bytes) = read_manifest(&*source, &digest)? else {
+            // A cached index keeps platforms nobody pulled; the cache fetches them
+            // when it is online again.
+            if listed && origin == Origin::Cached {
+                continue;
+            }
+            return Err(format!(
                 "manifest {digest} of {repo} is missing: no {}",
                 source.locate(&digest)
-            )
-        })?;
+            ));
+        };
         let parsed = manifest::parse(Some(&media_type), &bytes)
             .map_err(|e| format!("{}: {e}", source.locate(&digest)))?;
         for child in &parsed.children {
@@ -660,6 +666,7 @@ pub fn read(
                 child.digest.clone(),
                 child.media_type.clone(),
                 origin,
+                true,
             ));
         }
         plan.manifests.push(PlannedManifest {

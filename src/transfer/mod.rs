@@ -288,16 +288,23 @@ pub async fn apply(
         progress.advance(1, carried.unwrap_or(0));
     }
 
+    let planned: BTreeSet<Key> = plan
+        .manifests
+        .iter()
+        .map(|m| (m.repo.clone(), m.digest.clone()))
+        .collect();
     let nodes: Vec<Node<Key>> = plan
         .manifests
         .iter()
         .map(|m| Node {
             key: (m.repo.clone(), m.digest.clone()),
+            // A cached index is stored without the platforms nobody pulled.
             children: m
                 .parsed
                 .children
                 .iter()
                 .map(|c| (m.repo.clone(), c.digest.clone()))
+                .filter(|k| m.origin == Origin::Pushed || planned.contains(k))
                 .collect(),
             subject: m
                 .parsed
