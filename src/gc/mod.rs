@@ -162,7 +162,9 @@ impl Collector {
             *entry = (*entry).max(at);
         }
         // Measured now: what arrives from here on is added to the next measure.
-        self.registry.take_cached_bytes_added();
+        if !options.dry_run {
+            self.registry.take_cached_bytes_added();
+        }
         let plan = plan::plan(
             &Inputs {
                 snapshot,
@@ -196,9 +198,9 @@ impl Collector {
         if !options.dry_run {
             self.sweep(snapshot, &plan, &graph, &mut report, options.show_progress)
                 .await?;
+            self.cached_bytes
+                .store(plan.cached_bytes_after, Ordering::Relaxed);
         }
-        self.cached_bytes
-            .store(plan.cached_bytes_after, Ordering::Relaxed);
         Ok(report)
     }
 
