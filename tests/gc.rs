@@ -261,7 +261,7 @@ async fn retention_untags_all_but_the_newest_and_protected_tags() {
     );
     let server = Server::start_with_config(&config, dir.path());
     let p = Pusher::new(&server);
-    for (i, tag) in ["v1", "nightly-a", "nightly-b", "nightly-c"]
+    for (i, tag) in ["v1", "nightly-c", "nightly-b", "nightly-a"]
         .iter()
         .enumerate()
     {
@@ -289,7 +289,8 @@ async fn retention_untags_all_but_the_newest_and_protected_tags() {
         out.stdout_str()
     };
     let dry = run(&["--dry-run"]);
-    // Pushed within the same second, the tags rank by name: nightly-a is the newest.
+    // Pushed last, nightly-a is the newest: push times are whole seconds, and tags
+    // pushed within one second rank by name, where it comes first too.
     let untagged: Vec<&str> = dry
         .lines()
         .filter_map(|l| l.strip_prefix("would untag "))
