@@ -502,9 +502,16 @@ impl MetaStore for RedbMetaStore {
         .await
     }
 
-    async fn snapshot(&self) -> Result<MetaSnapshot, StoreError> {
-        self.run(|db| snapshot(&db.begin_read().map_err(meta_err)?))
-            .await
+    async fn snapshot_begun(
+        &self,
+        begun: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<MetaSnapshot, StoreError> {
+        self.run(|db| {
+            let txn = db.begin_read().map_err(meta_err)?;
+            let _ = begun.send(());
+            snapshot(&txn)
+        })
+        .await
     }
 
     async fn remove_records(&self, removals: Vec<Removal>) -> Result<usize, StoreError> {

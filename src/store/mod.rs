@@ -479,7 +479,16 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Everything, in one read transaction (see [`MetaSnapshot`]).
-    async fn snapshot(&self) -> Result<MetaSnapshot, StoreError>;
+    async fn snapshot(&self) -> Result<MetaSnapshot, StoreError> {
+        self.snapshot_begun(tokio::sync::oneshot::channel().0).await
+    }
+
+    /// [`MetaStore::snapshot`], telling `begun` as soon as its transaction is open:
+    /// the state it reads is fixed from then on, however long the reading takes.
+    async fn snapshot_begun(
+        &self,
+        begun: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<MetaSnapshot, StoreError>;
 
     /// Removes each record named, in one write transaction (all or none); returns how
     /// many were there. Each removal takes exactly its own record (and the times kept

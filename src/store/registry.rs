@@ -9,7 +9,7 @@
 //!   store never meets a full disk in the middle of a transaction.
 //! - Garbage collection runs while the registry serves (see [`crate::gc`]). Every
 //!   step that relies on a stored blob and then records a reference to it holds
-//!   [`Registry::gc_guard`] shared; the collector deletes only while holding it
+//!   [`Registry::gc_guard_shared`]; the collector deletes only while holding it
 //!   exclusively, a batch at a time, and never what was touched since its mark began.
 
 use super::{
@@ -174,10 +174,20 @@ impl Registry {
     /// Starts recording touched digests and takes the snapshot a collection marks
     /// from: with the guard held, no step straddles the two.
     pub async fn begin_collection(&self) -> Result<super::MetaSnapshot, StoreError> {
-        let _exclusive = self.gc_guard_exclusive().await;
+        let mut exclusive = Some(self.gc_guard_exclusive().await);
         *self.gc.touched.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
         self.gc.collecting.store(true, Ordering::Release);
-        let snapshot = self.meta.snapshot().await;
+        // The guard is held only until the snapshot's transaction is open, not while
+        // it is read (a second or so for a large store).
+        let (begun, mut opened) = tokio::sync::oneshot::channel();
+        let mut snapshot = std::pin::pin!(self.meta.snapshot_begun(begun));
+        let snapshot = loop {
+            tokio::select! {
+                result = &mut snapshot => break result,
+                _ = &mut opened, if exclusive.is_some() => exclusive = None,
+            }
+        };
+        drop(exclusive);
         if snapshot.is_err() {
             self.end_collection();
         }
