@@ -1201,6 +1201,62 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_keys_and_their_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.gc.interval, Some(DEFAULT_GC_INTERVAL));
+        assert_eq!(config.gc.grace, DEFAULT_GC_GRACE);
+        assert!(!config.gc.delete_untagged && config.gc.retention.is_empty());
+        assert_eq!(config.upload_expiry, DEFAULT_UPLOAD_EXPIRY);
+        assert_eq!(config.cache_max_bytes, None);
+
+        let config = parse(
+            "[gc]\ninterval_secs = 0\ndelete_untagged = true\ngrace_secs = 60\n\
+             [storage]\nupload_expiry_secs = 600\n[cache]\nmax_bytes = 1000\n\
+             [[retention]]\nrepositories = \"team/*\"\nkeep_last = 3\nprotect = [\"v*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.gc.interval, None);
+        assert!(config.gc.delete_untagged);
+        assert_eq!(config.gc.grace, Duration::from_secs(60));
+        assert_eq!(config.upload_expiry, Duration::from_secs(600));
+        assert_eq!(config.cache_max_bytes, Some(1000));
+        assert_eq!(
+            config.gc.retention,
+            vec![RetentionRule {
+                repositories: vec!["team/*".into()],
+                keep_last: Some(3),
+                keep_days: None,
+                protect: vec!["v*".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn lifecycle_errors_name_the_key() {
+        let cases: [(&str, &[&str]); 4] = [
+            (
+                "[[retention]]\nrepositories = \"*\"\n",
+                &["retention[0]", "keep_last"],
+            ),
+            ("[cache]\nmax_bytes = 0\n", &["cache.max_bytes"]),
+            (
+                "[storage]\nupload_expiry_secs = 0\n",
+                &["storage.upload_expiry_secs"],
+            ),
+            (
+                "[admin]\nusers = [\"@ops\"]\n",
+                &["admin.users", "[groups]"],
+            ),
+        ];
+        for (text, fragments) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            for fragment in fragments {
+                assert!(err.contains(fragment), "{fragment:?} missing from {err}");
+            }
+        }
+    }
+
+    #[test]
     fn mirror_errors_name_the_key() {
         let cases: [(&str, &[&str]); 6] = [
             (

@@ -175,6 +175,22 @@ mod tests {
         names.iter().map(|n| Subject::parse(n)).collect()
     }
 
+    #[test]
+    fn admins_are_named_or_follow_the_default_rule() {
+        let open = AccessRules::default_for(false, BTreeMap::new());
+        assert!(open.allows_admin(&Principal::Anonymous));
+        let logins = AccessRules::default_for(true, BTreeMap::new());
+        assert!(!logins.allows_admin(&Principal::Anonymous));
+        assert!(logins.allows_admin(&user("alice")));
+        let groups = BTreeMap::from([("ops".to_string(), vec!["bob".to_string()])]);
+        let named = AccessRules::new(Vec::new(), groups).with_admins(subjects(&["root", "@ops"]));
+        assert!(named.allows_admin(&user("root")) && named.allows_admin(&user("bob")));
+        assert!(!named.allows_admin(&user("alice")));
+        assert!(!named.allows_admin(&Principal::Anonymous));
+        // Rules of one's own name no admin by default.
+        assert!(!AccessRules::new(Vec::new(), BTreeMap::new()).allows_admin(&user("root")));
+    }
+
     fn rules() -> AccessRules {
         let groups = BTreeMap::from([(
             "devs".to_string(),
