@@ -13,6 +13,7 @@ use portcullis::auth::access::AccessRules;
 use portcullis::auth::Authenticator;
 use portcullis::config::{self, Overrides};
 use portcullis::edge::HttpApp;
+use portcullis::gc::Collector;
 use portcullis::mirror::Mirror;
 use portcullis::store::{FsBlobStore, RedbMetaStore, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,6 +32,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
     let registry = Arc::new(Registry::new(Arc::new(blobs), Arc::new(meta), 0));
     let api = Api {
+        collector: Collector::new(registry.clone(), &config),
         mirror: Mirror::new(registry.clone(), &config.mirror, config.limits.max_manifest_bytes)
             .unwrap(),
         registry,
