@@ -60,6 +60,25 @@ pub struct RawConfig {
     retention: Vec<RawRetention>,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+    repository_label: Option<bool>,
+    check_upstreams: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    access: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +144,7 @@ struct RawServer {
     threads: Option<usize>,
     read_only: Option<bool>,
     redirect_to_https: Option<bool>,
+    shutdown_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +234,55 @@ pub struct Config {
     pub gc: GcConfig,
     /// Byte cap on content the pull-through cache stored; `None`: no cap.
     pub cache_max_bytes: Option<u64>,
+    /// SIGTERM and upgrades: how long in-flight requests get to finish.
+    pub shutdown_grace: Duration,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+/// `[metrics]`: the operations listener (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// Off unless set: metrics stay off the public port.
+    pub listen: Option<SocketAddr>,
+    /// Per-repository request counts (one series per repository: mind cardinality).
+    pub repository_label: bool,
+    /// `/readyz` also fails while an upstream is marked down.
+    pub check_upstreams: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not a log format; use \"text\" or \"json\"")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// One access-log line per request.
+    pub access: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            format: LogFormat::Text,
+            access: true,
+        }
+    }
 }
 
 /// Garbage collection and the rules it applies.
@@ -374,6 +443,7 @@ pub struct Limits {
 
 /// Default of `storage.min_free_bytes`: 64 MiB.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -399,6 +469,10 @@ pub struct Overrides {
     pub mirrors: Vec<String>,
     /// `--offline`
     pub offline: bool,
+    /// `--metrics-listen ADDR`
+    pub metrics_listen: Option<String>,
+    /// `--log-format text|json`
+    pub log_format: Option<LogFormat>,
 }
 
 /// A configuration error: where, which key, what to do.
@@ -596,6 +670,30 @@ impl RawConfig {
             None => DEFAULT_UPLOAD_EXPIRY,
         };
         let limits = resolve_limits(self.limits, origin)?;
+        let metrics = MetricsConfig {
+            listen: match (&overrides.metrics_listen, self.metrics.listen) {
+                (Some(l), _) => addresses(vec![l.clone()], "--metrics-listen")?.pop(),
+                (None, Some(l)) => addresses(vec![l], "metrics.listen")?.pop(),
+                (None, None) => None,
+            },
+            repository_label: self.metrics.repository_label.unwrap_or(false),
+            check_upstreams: self.metrics.check_upstreams.unwrap_or(false),
+        };
+        let format = match (overrides.log_format, self.log.format) {
+            (Some(f), _) => f,
+            (None, Some(f)) => f
+                .parse()
+                .map_err(|e: String| ConfigError::new(at("log.format"), e))?,
+            (None, None) => LogFormat::Text,
+        };
+        let log = LogConfig {
+            format,
+            access: self.log.access.unwrap_or(LogConfig::default().access),
+        };
+        let shutdown_grace = self
+            .server
+            .shutdown_grace_secs
+            .map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs);
         let mirror = resolve_mirror(self.mirror, self.upstream, &overrides, env, origin)?;
         let threads = match self.server.threads {
             None | Some(0) => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -624,6 +722,9 @@ impl RawConfig {
             upload_expiry,
             gc,
             cache_max_bytes,
+            shutdown_grace,
+            metrics,
+            log,
         })
     }
 }

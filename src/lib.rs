@@ -15,6 +15,7 @@ pub mod edge;
 pub mod fsck;
 pub mod gc;
 pub mod logging;
+pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod progress;

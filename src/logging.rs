@@ -5,6 +5,7 @@
 //! reaches a log message by any path (a request head inside an error, a header map
 //! printed for debugging) never reaches the log.
 
+use crate::config::{LogConfig, LogFormat};
 use regex::Regex;
 use std::borrow::Cow;
 use std::io::Write;
@@ -57,15 +58,27 @@ impl Write for RedactingStderr {
     }
 }
 
-/// Installs the subscriber: `RUST_LOG` filters (default `info`), lines to stderr.
-pub fn init() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(|| RedactingStderr)
-        .init();
+/// Where pingora logs what a client did rather than what went wrong here (a client
+/// that hung up mid-handshake is an `error!` there): shown only when `RUST_LOG` asks.
+const DEFAULT_FILTER: &str = "info,pingora_core::apps=off,pingora_core::protocols=off";
+
+/// Installs the subscriber: `RUST_LOG` filters (default [`DEFAULT_FILTER`]), lines to
+/// stderr as text or as one JSON object per line with the fields at the top level.
+pub fn init(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| RedactingStderr);
+    match config.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[cfg(test)]

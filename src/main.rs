@@ -43,6 +43,23 @@ enum Command {
         data: Option<PathBuf>,
         #[command(flatten)]
         mirror: MirrorArgs,
+        /// Serve /metrics, /healthz and /readyz on this address, IP:PORT; replaces metrics.listen.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
+        /// Log lines as "text" (readable) or "json" (one object per line); replaces log.format.
+        #[arg(long, value_name = "FORMAT", value_parser = clap::value_parser!(config::LogFormat))]
+        log_format: Option<config::LogFormat>,
+        /// Take over the listening sockets of the running server on the same data
+        /// directory, then send it SIGQUIT: a zero-downtime upgrade.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Ask a server's metrics listener whether it is alive (exit 0) or not (exit 1), for
+    /// container HEALTHCHECKs and probes.
+    Health {
+        /// The URL to ask; /readyz also checks the store (metrics.listen).
+        #[arg(long, default_value = "http://127.0.0.1:5001/healthz")]
+        url: String,
     },
     /// Validate a configuration (and the certificates and htpasswd file it names) without serving.
     Check {
@@ -207,14 +224,20 @@ fn limit_malloc_arenas() {
 
 fn main() {
     limit_malloc_arenas();
-    portcullis::logging::init();
     let cli = Cli::parse();
+    // The server logs as configured; other commands log as text.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        portcullis::logging::init(&config::LogConfig::default());
+    }
     let result = match cli.command {
         Command::Serve {
             config,
             listen,
             data,
             mirror,
+            metrics_listen,
+            log_format,
+            upgrade,
         } => load_config(
             config.as_deref(),
             Overrides {
@@ -222,9 +245,15 @@ fn main() {
                 data_dir: data,
                 mirrors: mirror.mirrors,
                 offline: mirror.offline,
+                metrics_listen,
+                log_format,
             },
         )
-        .and_then(serve),
+        .and_then(|config| {
+            portcullis::logging::init(&config.log);
+            serve(config, upgrade)
+        }),
+        Command::Health { url } => health(&url),
         Command::Check { config } => check(&config),
         Command::Certs {
             out,
@@ -559,6 +588,32 @@ fn gc_remote(server: &str, user: Option<&str>, options: &RunOptions) -> Result<(
     })
 }
 
+/// `portcullis health`: 200 from `url` within 5 s, or an error naming what answered.
+fn health(url: &str) -> Result<(), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client.get(url).send().await.map_err(|e| {
+            format!("{url}: {e}; is the server running with metrics.listen (or --metrics-listen) on that address?")
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            println!("{url}: {}", text.trim());
+            Ok(())
+        } else {
+            Err(format!("{url} answered {status}: {}", text.trim()))
+        }
+    })
+}
+
 /// Checks (and with `repair` repairs) the store in `data`; `true` if it is consistent.
 fn fsck(data: &Path, repair: bool) -> Result<bool, String> {
     let meta_path = data.join("meta.redb");
@@ -647,7 +702,8 @@ fn import_distribution(config: &Config, tree: &Path) -> Result<(), String> {
 }
 
 /// Opens the store and runs the pingora server until a signal stops it.
-fn serve(config: Config) -> Result<(), String> {
+fn serve(config: Config, upgrade: bool) -> Result<(), String> {
+    let _ = upgrade;
     let Loaded { auth, certs, tls } = load_files(&config)?;
     let data = &config.data_dir;
     let registry = open_registry(&config)?;
