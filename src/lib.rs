@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod ops;
 pub mod progress;
 pub mod store;
 pub mod transfer;

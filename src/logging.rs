@@ -8,7 +8,7 @@
 use crate::config::{LogConfig, LogFormat};
 use regex::Regex;
 use std::borrow::Cow;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::LazyLock;
 
 /// A header that carries a credential (also `Proxy-Authorization`, `Set-Cookie`), up
@@ -69,6 +69,7 @@ pub fn init(config: &LogConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(|| RedactingStderr);
     match config.format {
         LogFormat::Text => builder.init(),

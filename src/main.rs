@@ -15,11 +15,13 @@ use portcullis::edge::tls::CertStore;
 use portcullis::edge::{self, ConnectionLimiter, HttpApp, Listener, Protocol, Reloader};
 use portcullis::gc::{Collector, Maintenance, Report, RunOptions};
 use portcullis::mirror::Mirror;
-use portcullis::store::{FsBlobStore, RedbMetaStore, Registry};
+use portcullis::ops::{Drain, Ops};
+use portcullis::store::{FsBlobStore, RedbMetaStore, Registry, StoreError};
 use portcullis::transfer;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "Container-registry gateway")]
@@ -433,6 +435,12 @@ fn htpasswd(action: HtpasswdAction) -> Result<(), String> {
 
 /// Opens (creating if needed) the store in the configured data directory.
 fn open_registry(config: &Config) -> Result<Arc<Registry>, String> {
+    open_registry_within(config, Duration::ZERO)
+}
+
+/// [`open_registry`], waiting up to `wait` for another process to let go of the
+/// metadata database (an upgrade: the old server still drains).
+fn open_registry_within(config: &Config, wait: Duration) -> Result<Arc<Registry>, String> {
     let data = &config.data_dir;
     std::fs::create_dir_all(data).map_err(|e| {
         format!(
@@ -440,13 +448,24 @@ fn open_registry(config: &Config) -> Result<Arc<Registry>, String> {
             data.display()
         )
     })?;
+    // The metadata first: its lock proves no other process uses the store, before
+    // the blob store clears the leftovers of unfinished writes.
+    let deadline = std::time::Instant::now() + wait;
+    let meta = loop {
+        match RedbMetaStore::open(&data.join("meta.redb")) {
+            Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(meta) => break meta,
+            Err(e) => {
+                return Err(format!(
+                    "{e}; is a server using {}? stop the server first, or use another --data",
+                    data.display()
+                ))
+            }
+        }
+    };
     let blobs = FsBlobStore::open(data).map_err(|e| e.to_string())?;
-    let meta = RedbMetaStore::open(&data.join("meta.redb")).map_err(|e| {
-        format!(
-            "{e}; is a server using {}? stop the server first, or use another --data",
-            data.display()
-        )
-    })?;
     Ok(Arc::new(Registry::new(
         Arc::new(blobs),
         Arc::new(meta),
@@ -702,11 +721,60 @@ fn import_distribution(config: &Config, tree: &Path) -> Result<(), String> {
 }
 
 /// Opens the store and runs the pingora server until a signal stops it.
+/// Room after `server.shutdown_grace_secs` for the drain's last steps, before pingora
+/// drops what still runs.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
+/// Opens the store and runs the pingora server until a signal stops it. With
+/// `upgrade`, first takes the listening sockets over from the server running on the
+/// same data directory (see [`take_over`]).
 fn serve(config: Config, upgrade: bool) -> Result<(), String> {
-    let _ = upgrade;
     let Loaded { auth, certs, tls } = load_files(&config)?;
     let data = &config.data_dir;
-    let registry = open_registry(&config)?;
+    std::fs::create_dir_all(data).map_err(|e| {
+        format!(
+            "cannot create data directory {} ({e}); choose another with --data",
+            data.display()
+        )
+    })?;
+    let grace = config.shutdown_grace.as_secs();
+    let conf = ServerConf {
+        threads: config.threads,
+        // The drain (`ops::Drain`) exits as soon as the last connection closes;
+        // this is only pingora's upper bound.
+        grace_period_seconds: Some(grace + SHUTDOWN_MARGIN.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // Per data directory, so several instances (tests, replicas) never collide.
+        pid_file: data.join("portcullis.pid").display().to_string(),
+        upgrade_sock: data.join("portcullis-upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
+    let pid_file = PathBuf::from(&conf.pid_file);
+    let old_server = if upgrade {
+        Some(take_over(&pid_file, Path::new(&conf.upgrade_sock))?)
+    } else {
+        None
+    };
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // With --upgrade this receives the old server's listening sockets; connections
+    // wait in their backlog until this server accepts them.
+    server.bootstrap();
+    // The old server lets go of the store when it has drained.
+    let wait = match old_server {
+        Some(_) => config.shutdown_grace + SHUTDOWN_MARGIN * 2,
+        None => Duration::ZERO,
+    };
+    let registry = open_registry_within(&config, wait)?;
+    // pingora writes its pid file only when it daemonizes; operators need it for SIGHUP.
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .map_err(|e| format!("cannot write {} ({e})", pid_file.display()))?;
+    if config.metrics.repository_label {
+        portcullis::metrics::get().enable_repository_label();
+    }
     let mirror = Mirror::new(
         registry.clone(),
         &config.mirror,
@@ -715,8 +783,8 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
     let collector = Collector::new(registry.clone(), &config);
     let api = Arc::new(Api {
         collector: collector.clone(),
-        registry,
-        mirror,
+        registry: registry.clone(),
+        mirror: mirror.clone(),
         auth: auth.clone(),
         access: config.access.clone(),
         read_only: config.read_only,
@@ -725,7 +793,7 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
             config.limits.max_concurrent_uploads,
         )),
     });
-    let http = Arc::new(HttpApp::new(api, config.limits.clone()));
+    let http = Arc::new(HttpApp::new(api, config.limits.clone(), config.log.access));
     // One cap per client address across every listener.
     let limiter = ConnectionLimiter::new(config.limits.max_connections_per_ip);
     let listener = |protocol| {
@@ -736,22 +804,6 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
             config.limits.header_timeout,
         )
     };
-
-    let conf = ServerConf {
-        threads: config.threads,
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(5),
-        // Per data directory, so several instances (tests, replicas) never collide.
-        pid_file: data.join("portcullis.pid").display().to_string(),
-        upgrade_sock: data.join("portcullis-upgrade.sock").display().to_string(),
-        ..ServerConf::default()
-    };
-    let pid_file = PathBuf::from(&conf.pid_file);
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    // pingora writes its pid file only when it daemonizes; operators need it for SIGHUP.
-    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
-        .map_err(|e| format!("cannot write {} ({e})", pid_file.display()))?;
 
     if !config.listen.is_empty() {
         let mut plain = Service::new("http".to_string(), listener(Protocol::Plain));
@@ -771,9 +823,36 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         }
         server.add_service(secure);
     }
+    if let Some(addr) = config.metrics.listen {
+        let ops = Ops {
+            mirror,
+            check_upstreams: config.metrics.check_upstreams,
+        };
+        let mut monitoring = Service::new(
+            "metrics".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(ops),
+        );
+        monitoring.add_tcp(&addr.to_string());
+        server.add_service(monitoring);
+    }
     server.add_service(background_service(
         "reload on SIGHUP",
         Reloader { certs, auth },
+    ));
+    let flush = registry.clone();
+    server.add_service(background_service(
+        "drain at shutdown",
+        Drain {
+            grace: config.shutdown_grace,
+            finishers: vec![Box::new(move || {
+                let registry = flush.clone();
+                Box::pin(async move {
+                    if let Err(e) = registry.flush_access().await {
+                        tracing::warn!("access times not saved at shutdown: {e}");
+                    }
+                })
+            })],
+        },
     ));
     server.add_service(background_service(
         "garbage collection, cache cap, access times",
@@ -782,11 +861,51 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
     tracing::info!(
         listen = ?config.listen,
         tls_listen = ?config.tls_listen,
+        metrics_listen = ?config.metrics.listen,
         data = %data.display(),
         read_only = config.read_only,
         upstreams = ?config.mirror.upstreams.iter().map(|u| &u.name).collect::<Vec<_>>(),
         offline = config.mirror.offline,
+        upgraded_from = ?old_server,
         "portcullis serving"
     );
     server.run_forever()
+}
+
+/// The first half of `serve --upgrade`: finds the running server by its pid file and
+/// sends it SIGQUIT as soon as this process listens on the upgrade socket (which
+/// pingora's bootstrap creates), so the old server hands over its listening sockets.
+/// Returns the old server's pid.
+fn take_over(pid_file: &Path, upgrade_sock: &Path) -> Result<i32, String> {
+    let text = std::fs::read_to_string(pid_file).map_err(|e| {
+        format!(
+            "--upgrade: cannot read {} ({e}); is a server running on this --data?",
+            pid_file.display()
+        )
+    })?;
+    let pid: i32 = text.trim().parse().map_err(|_| {
+        format!(
+            "--upgrade: {} does not hold a process id",
+            pid_file.display()
+        )
+    })?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return Err(format!(
+            "--upgrade: process {pid} from {} is not running; start without --upgrade",
+            pid_file.display()
+        ));
+    }
+    // A socket file left by an earlier upgrade would make the signal go out too early.
+    let _ = std::fs::remove_file(upgrade_sock);
+    let sock = upgrade_sock.to_path_buf();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !sock.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: sends a signal to a process id read from our own pid file.
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
+    });
+    Ok(pid)
 }

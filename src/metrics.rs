@@ -51,7 +51,7 @@ pub struct Metrics {
     pub upload_sessions: IntCounterVec,
     /// Requests writing blob data (holding one of `limits.max_concurrent_uploads`).
     pub uploads_active: IntGauge,
-    /// `kind`: `manifest`, `tag`, `blob`, `tag_list`; `result`: see [`CacheResult`].
+    /// `kind`: `manifest`, `blob`, `tag_list`; `result`: see [`CacheResult`].
     pub cache: IntCounterVec,
     /// `upstream`, `method`, `status` (`error` when no response came).
     pub upstream_requests: IntCounterVec,
@@ -210,7 +210,7 @@ impl Metrics {
             cache: counters(
                 &r,
                 "portcullis_cache_requests_total",
-                "Pull-through cache lookups, by kind (manifest, tag, blob, tag_list) and result (hit, miss, stale, coalesced, revalidated).",
+                "Pull-through cache lookups, by kind (manifest, blob, tag_list) and result (hit, miss, stale, coalesced, revalidated).",
                 &["kind", "result"],
             ),
             upstream_requests: counters(
@@ -372,7 +372,10 @@ pub fn note(change: impl FnOnce(&mut RequestNote)) {
 
 /// Counts a cache lookup and notes it for the access log.
 pub fn cache_outcome(kind: &'static str, result: CacheResult) {
-    get().cache.with_label_values(&[kind, result.as_str()]).inc();
+    get()
+        .cache
+        .with_label_values(&[kind, result.as_str()])
+        .inc();
     note(|n| n.cache = Some(result));
 }
 

@@ -189,7 +189,7 @@ fn store_error(err: &StoreError) -> ApiError {
             StoreError::ManifestBlobUnknown(_) => ManifestBlobUnknown,
             StoreError::TooLarge { .. } => TooLarge,
             StoreError::ClientBody(_) => BlobUploadInvalid,
-            StoreError::Io { .. } | StoreError::Meta(_) => {
+            StoreError::Io { .. } | StoreError::Meta(_) | StoreError::InUse(_) => {
                 tracing::error!(error = %err, "storage failure");
                 Internal
             }

@@ -25,6 +25,7 @@ pub use route::Route;
 
 use crate::auth::access::{AccessRules, Action};
 use crate::auth::{AuthError, Authenticator, Principal};
+use crate::metrics;
 use crate::mirror::{Mirror, Target};
 use crate::oci::RepoName;
 use crate::store::{ByteSource, Registry};
@@ -68,6 +69,24 @@ impl Caller<'_> {
     /// Automatic mounts take a blob from any repository, so they need pull rights on all.
     pub fn may_pull_everything(&self) -> bool {
         self.rules.pulls_everything(&self.principal)
+    }
+}
+
+/// One of `limits.max_concurrent_uploads`, counted in `portcullis_uploads_active`.
+struct UploadSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl UploadSlot {
+    fn new(permit: OwnedSemaphorePermit) -> UploadSlot {
+        metrics::get().uploads_active.inc();
+        UploadSlot { _permit: permit }
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        metrics::get().uploads_active.dec();
     }
 }
 
@@ -148,12 +167,17 @@ impl Api {
         client: Option<IpAddr>,
         body: &mut dyn ByteSource,
     ) -> Result<Response, ApiError> {
-        let principal = self
-            .auth
-            .authenticate(req.header("authorization"), client)
-            .await
-            .map_err(|e| self.auth_error(e))?;
-        let route = route::parse(&req.path).map_err(|e| not_found_for_reads(e, &req.method))?;
+        let route = route::parse(&req.path);
+        if let Ok(route) = &route {
+            metrics::note(|n| {
+                n.route = Some(route.kind());
+                if metrics::get().repository_requests().is_some() {
+                    n.repository = route.repository().map(|r| r.as_str().to_string());
+                }
+            });
+        }
+        let principal = self.authenticate(req, client).await?;
+        let route = route.map_err(|e| not_found_for_reads(e, &req.method))?;
         let pairs = route::query_pairs(req.query.as_deref());
         let ns = route::query_value(&pairs, "ns");
         let target = required_action(&route, &req.method)
@@ -178,6 +202,32 @@ impl Api {
             }
             _ => response,
         }
+    }
+
+    /// Who is calling; counts logins and notes the user for the access log.
+    async fn authenticate(
+        &self,
+        req: &Request,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, ApiError> {
+        let header = req.header("authorization");
+        let outcome = self.auth.authenticate(header, client).await;
+        let result = match &outcome {
+            Ok(Principal::User(name)) => {
+                metrics::note(|n| n.user = Some(name.clone()));
+                Some("success")
+            }
+            Ok(Principal::Anonymous) => None,
+            Err(AuthError::InvalidCredentials) => Some("failure"),
+            Err(AuthError::TooManyAttempts) => Some("rate_limited"),
+        };
+        if let Some(result) = result {
+            metrics::get()
+                .auth_attempts
+                .with_label_values(&[result])
+                .inc();
+        }
+        outcome.map_err(|e| self.auth_error(e))
     }
 
     fn challenge(&self, detail: &str) -> ApiError {
@@ -238,14 +288,14 @@ impl Api {
         &self,
         route: &Route,
         method: &http::Method,
-    ) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    ) -> Result<Option<UploadSlot>, ApiError> {
         if !writes_blob_data(route, method) {
             return Ok(None);
         }
         self.upload_slots
             .clone()
             .try_acquire_owned()
-            .map(Some)
+            .map(|permit| Some(UploadSlot::new(permit)))
             .map_err(|_| {
                 ApiError::new(
                     ErrorCode::TooManyRequests,

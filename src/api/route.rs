@@ -30,6 +30,36 @@ pub enum Route {
     AdminGc,
 }
 
+impl Route {
+    /// The route's kind, for metrics labels and the access log (a bounded set).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::Tags(_) => "tags",
+            Route::Manifest(..) => "manifest",
+            Route::Blob(..) => "blob",
+            Route::UploadStart(_) => "upload_start",
+            Route::Upload(..) => "upload",
+            Route::Referrers(..) => "referrers",
+            Route::AdminGc => "admin",
+        }
+    }
+
+    /// The repository the route names, if any.
+    pub fn repository(&self) -> Option<&RepoName> {
+        match self {
+            Route::Base | Route::Catalog | Route::AdminGc => None,
+            Route::Tags(name)
+            | Route::Manifest(name, _)
+            | Route::Blob(name, _)
+            | Route::UploadStart(name)
+            | Route::Upload(name, _)
+            | Route::Referrers(name, _) => Some(name),
+        }
+    }
+}
+
 /// Parses the path part of a request URI (no query).
 pub fn parse(path: &str) -> Result<Route, ApiError> {
     if path == "/admin/gc" {
@@ -197,6 +227,34 @@ mod tests {
         assert_eq!(err.code, ErrorCode::NoSuchEndpoint);
         let err = parse("/v2/a/blobs/uploads/not-a-uuid").unwrap_err();
         assert_eq!(err.code, ErrorCode::BlobUploadUnknown);
+    }
+
+    #[test]
+    fn kinds_and_repositories() {
+        let cases = [
+            ("/v2/", "base", None),
+            ("/v2/_catalog", "catalog", None),
+            ("/admin/gc", "admin", None),
+            ("/v2/a/b/tags/list", "tags", Some("a/b")),
+            ("/v2/a/manifests/1", "manifest", Some("a")),
+            ("/v2/a/blobs/uploads/", "upload_start", Some("a")),
+        ];
+        for (path, kind, repo) in cases {
+            let route = parse(path).unwrap();
+            assert_eq!(route.kind(), kind, "{path}");
+            assert_eq!(route.repository().map(RepoName::as_str), repo, "{path}");
+        }
+        let upload = parse(&format!("/v2/x/blobs/uploads/{U}")).unwrap();
+        assert_eq!(
+            (upload.kind(), upload.repository()),
+            ("upload", Some(&name("x")))
+        );
+        let blob = parse(&format!("/v2/x/blobs/{D}")).unwrap();
+        assert_eq!(blob.kind(), "blob");
+        assert_eq!(
+            parse(&format!("/v2/x/referrers/{D}")).unwrap().kind(),
+            "referrers"
+        );
     }
 
     #[test]

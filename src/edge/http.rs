@@ -7,11 +7,13 @@
 //! the connection back for keep-alive. Pipelined HTTP/1.1 requests are answered in
 //! order. A head that cannot be served gets its 4xx/5xx from `refuse`, then a close.
 
+use super::access::{self, Completed};
 use super::refuse::{
     answer_and_close, head_over_limits, malformed_head_answer, status_for_parse_error,
 };
 use crate::api::{Api, Body, Request, Response};
 use crate::config::Limits;
+use crate::metrics;
 use crate::store::{ByteSource, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,6 +38,8 @@ pub struct HttpApp {
     api: Arc<Api>,
     limits: Limits,
     options: HttpServerOptions,
+    /// One access-log line per request (`log.access`).
+    access_log: bool,
 }
 
 /// Marks a connection that has served a request, so the next head on it gets the
@@ -44,13 +48,14 @@ struct Reused;
 
 impl HttpApp {
     /// The app for HTTP/1.x connections, and for HTTP/2 chosen by TLS ALPN.
-    pub fn new(api: Arc<Api>, limits: Limits) -> HttpApp {
+    pub fn new(api: Arc<Api>, limits: Limits, access_log: bool) -> HttpApp {
         let mut options = HttpServerOptions::default();
         options.h2_idle_timeout = Some(Duration::from_secs(limits.keepalive_secs));
         HttpApp {
             api,
             limits,
             options,
+            access_log,
         }
     }
 
@@ -64,19 +69,43 @@ impl HttpApp {
             api: self.api.clone(),
             limits: self.limits.clone(),
             options,
+            access_log: self.access_log,
         }
     }
 
     /// Reads the next request head within its deadline. `None`: the connection is
     /// done (closed, idle, or answered here because the head could not be served).
-    async fn read_head(&self, mut session: ServerSession) -> Option<ServerSession> {
+    async fn read_head(
+        &self,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ServerSession> {
         let reused = session.take_connection_user_context().is_some();
         let mut deadline = self.limits.header_timeout;
         if reused {
             deadline += Duration::from_secs(self.limits.keepalive_secs);
         }
         session.set_pipelining_enabled(true);
-        let status = match tokio::time::timeout(deadline, session.read_request()).await {
+        let read = tokio::time::timeout(deadline, session.read_request());
+        // An idle kept-alive connection closes when the server shuts down, so the
+        // drain does not wait out its idle time.
+        let mut shutdown = shutdown.clone();
+        let stopping = async {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let outcome = if reused {
+            tokio::select! {
+                outcome = read => outcome,
+                () = stopping => return None,
+            }
+        } else {
+            read.await
+        };
+        let status = match outcome {
             Ok(Ok(true)) => {
                 let header = session.req_header();
                 let head_len = session
@@ -98,10 +127,30 @@ impl HttpApp {
             Err(_) if reused => return None,
             Err(_) => 408,
         };
+        metrics::get()
+            .refused_heads
+            .with_label_values(&[&status.to_string()])
+            .inc();
         if let ServerSession::H1(h1) = session {
             answer_and_close(h1.into_inner(), malformed_head_answer(status).as_bytes()).await;
         }
         None
+    }
+}
+
+/// A request being answered, in `portcullis_http_requests_in_flight`.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        metrics::get().requests_in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::get().requests_in_flight.dec();
     }
 }
 
@@ -177,11 +226,13 @@ fn read_ahead(
     receiver
 }
 
-/// Writes status, headers and body. An error means the connection is unusable.
+/// Writes status, headers and body, counting body bytes in `sent`. An error means
+/// the connection is unusable.
 async fn write_response(
     session: &mut ServerSession,
     response: Response,
     head: bool,
+    sent: &mut u64,
 ) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(response.status, Some(response.headers.len() + 1))?;
     for (name, value) in response.headers {
@@ -195,7 +246,11 @@ async fn write_response(
     match response.body {
         Body::Empty | Body::HeadOf(_) => {}
         Body::Bytes(_) if head => {}
-        Body::Bytes(bytes) => session.write_response_body(bytes, true).await?,
+        Body::Bytes(bytes) => {
+            let len = bytes.len() as u64;
+            session.write_response_body(bytes, true).await?;
+            *sent = len;
+        }
         Body::Stream { .. } if head => {}
         Body::Stream { source, len } => {
             let mut chunks = read_ahead(source);
@@ -217,8 +272,10 @@ async fn write_response(
                         )
                     }
                 };
-                remaining -= chunk.len() as u64;
+                let len = chunk.len() as u64;
+                remaining -= len;
                 session.write_response_body(chunk, remaining == 0).await?;
+                *sent += len;
             }
         }
     }
@@ -251,7 +308,7 @@ impl HttpServerApp for HttpApp {
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let mut session = self.read_head(session).await?;
+        let mut session = self.read_head(session, shutdown).await?;
         // The parser has applied the client's wish (HTTP/1.0 closes unless it asked
         // for keep-alive; `Connection: close`); only the idle time is ours to set.
         let keepalive = (session.get_keepalive().is_some() && !*shutdown.borrow())
@@ -269,45 +326,54 @@ impl HttpServerApp for HttpApp {
             .map(|a| a.ip());
 
         let started = std::time::Instant::now();
+        let _in_flight = InFlight::start();
         let req = request_of(&session);
         let expect_continue = req
             .header("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-        let (response, continue_pending) = {
-            let limit = self.limits.max_body_bytes;
-            let declared = req
-                .header("content-length")
-                .and_then(|l| l.parse::<u64>().ok());
-            let mut body = RequestBody {
-                session: &mut session,
-                expect_continue,
-                read: 0,
-                limit,
-                declared_too_large: declared.is_some_and(|n| n > limit),
-            };
-            let response = self.api.handle(&req, client, &mut body).await;
-            (response, body.expect_continue)
+        let limit = self.limits.max_body_bytes;
+        let declared = req
+            .header("content-length")
+            .and_then(|l| l.parse::<u64>().ok());
+        let mut body = RequestBody {
+            session: &mut session,
+            expect_continue,
+            read: 0,
+            limit,
+            declared_too_large: declared.is_some_and(|n| n > limit),
         };
+        let (response, note) = metrics::noted(self.api.handle(&req, client, &mut body)).await;
+        let (continue_pending, received) = (body.expect_continue, body.read);
         let status = response.status;
         if continue_pending && !session.is_body_done() {
             // The client holds its body back until `100 Continue`, which it will not get:
             // say now that the connection closes after this answer.
             session.set_keepalive(None);
         }
-        if let Err(e) = write_response(&mut session, response, req.is_head()).await {
+        let mut sent = 0;
+        let written = write_response(&mut session, response, req.is_head(), &mut sent).await;
+        if let Err(e) = &written {
             tracing::debug!(error = %e, method = %req.method, path = %req.path, "writing response failed");
-            return None;
-        }
-        if !session.is_body_done() {
+        } else if !session.is_body_done() {
             linger(&mut session, continue_pending).await;
         }
-        tracing::debug!(
-            method = %req.method,
-            path = %req.path,
+        let completed = Completed {
+            method: &req.method,
+            path: &req.path,
+            query: req.query.as_deref(),
+            client,
+            user_agent: req.header("user-agent"),
             status,
-            micros = started.elapsed().as_micros() as u64,
-            "request"
-        );
+            received,
+            sent,
+            elapsed: started.elapsed(),
+            broken: written.is_err(),
+            note,
+        };
+        access::record(&completed, self.access_log);
+        if written.is_err() {
+            return None;
+        }
         let mut persistent = HttpPersistentSettings::for_session(&session);
         persistent.set_user_context(Box::new(Reused));
         match session.finish().await {

@@ -11,6 +11,7 @@
 //! stream goes to the HTTP loop in `http`. Every stage has a deadline, so a client
 //! that sends a few bytes and stops is closed, never held.
 
+mod access;
 mod http;
 mod limiter;
 mod preface;
@@ -23,6 +24,7 @@ pub use http::HttpApp;
 pub use limiter::ConnectionLimiter;
 pub use reload::Reloader;
 
+use crate::metrics;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
@@ -98,6 +100,7 @@ impl Listener {
         tcp.rewind(&first[..len]);
         let app = match kind {
             FirstBytes::Tls => {
+                count_wrong_protocol("tls_on_plain");
                 let answer = WrongProtocol::TlsOnPlainPort.response();
                 return answer_and_close(tcp, answer.as_bytes()).await;
             }
@@ -121,6 +124,7 @@ impl Listener {
             _ => return,
         }
         if !matches!(sniff::classify(&first), FirstBytes::Tls) {
+            count_wrong_protocol("plain_on_tls");
             let head = read_head(&mut stream, deadline).await;
             let wrong = match https_location(&head).filter(|_| redirect) {
                 Some(location) => WrongProtocol::Redirect(location),
@@ -133,7 +137,17 @@ impl Listener {
             return;
         };
         let deadline = deadline.min(Instant::now() + HANDSHAKE_TIMEOUT);
-        match tokio::time::timeout_at(deadline, acceptor.tls_handshake(*tcp)).await {
+        let handshake = tokio::time::timeout_at(deadline, acceptor.tls_handshake(*tcp)).await;
+        let result = match &handshake {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "failed",
+            Err(_) => "timeout",
+        };
+        metrics::get()
+            .tls_handshakes
+            .with_label_values(&[result])
+            .inc();
+        match handshake {
             Ok(Ok(tls)) => {
                 let mut stream: Stream = Box::new(tls);
                 if stream.selected_alpn_proto() == Some(ALPN::H2) {
@@ -145,6 +159,33 @@ impl Listener {
             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!("TLS handshake timed out"),
         }
+    }
+}
+
+fn count_wrong_protocol(kind: &str) {
+    metrics::get()
+        .wrong_protocol
+        .with_label_values(&[kind])
+        .inc();
+}
+
+/// An accepted connection, counted in `portcullis_connections_open` while it lasts.
+/// The count is also what a shutdown waits for (`ops::drain`).
+pub struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn start(listener: &str) -> OpenConnection {
+        let m = metrics::get();
+        m.connections.with_label_values(&[listener]).inc();
+        let open = m.connections_open.with_label_values(&[listener]);
+        open.inc();
+        OpenConnection(open)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -194,12 +235,17 @@ impl ServerApp for Listener {
             Some(ip) => match self.limiter.acquire(ip) {
                 Some(slot) => Some(slot),
                 None => {
+                    metrics::get().connections_refused.inc();
                     tracing::warn!(client = %ip, "connection refused: limits.max_connections_per_ip reached");
                     return None;
                 }
             },
             None => None,
         };
+        let _open = OpenConnection::start(match self.protocol {
+            Protocol::Plain => "plain",
+            Protocol::Tls { .. } => "tls",
+        });
         let deadline = Instant::now() + self.first_bytes_timeout;
         match &self.protocol {
             Protocol::Plain => self.serve_plain(stream, deadline, shutdown).await,

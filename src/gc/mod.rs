@@ -19,9 +19,10 @@
 pub mod plan;
 
 use crate::config::{Config, GcConfig};
+use crate::metrics;
 use crate::oci::{manifest, Digest};
 use crate::progress::{human_bytes, Progress};
-use crate::store::{unix_now, Registry, Removal, StoreError};
+use crate::store::{unix_now, Origin, Registry, Removal, StoreError};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -138,10 +139,28 @@ impl Collector {
         let snapshot = self.registry.begin_collection().await?;
         let result = self.collect(&snapshot, &policy, options).await;
         self.registry.end_collection();
-        let mut report = result?;
-        self.expire_uploads(&mut report, options.dry_run).await?;
+        let report = match result {
+            Ok(mut report) => self
+                .expire_uploads(&mut report, options.dry_run)
+                .await
+                .map(|()| report),
+            Err(e) => Err(e),
+        };
+        let m = metrics::get();
+        let mut report = match report {
+            Ok(report) => report,
+            Err(e) => {
+                m.gc_runs.with_label_values(&["failed"]).inc();
+                return Err(e);
+            }
+        };
         report.seconds = started.elapsed().as_secs_f64();
         if !options.dry_run {
+            m.gc_runs.with_label_values(&["ok"]).inc();
+            m.gc_seconds.observe(report.seconds);
+            m.gc_freed_bytes.inc_by(report.bytes_freed);
+            m.gc_deleted_blobs.inc_by(report.blobs.len() as u64);
+            m.cache_evicted_bytes.inc_by(report.evicted_bytes);
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
         }
         Ok(report)
@@ -195,12 +214,27 @@ impl Collector {
             cached_bytes: plan.cached_bytes_after,
             ..Report::default()
         };
-        if !options.dry_run {
+        let stored_bytes: u64 = stored.iter().map(|b| b.size).sum();
+        let (stored_bytes, cached_bytes) = if options.dry_run {
+            (stored_bytes, plan.cached_bytes_before)
+        } else {
             self.sweep(snapshot, &plan, &graph, &mut report, options.show_progress)
                 .await?;
             self.cached_bytes
                 .store(plan.cached_bytes_after, Ordering::Relaxed);
-        }
+            (
+                stored_bytes.saturating_sub(report.bytes_freed),
+                plan.cached_bytes_after,
+            )
+        };
+        let gauge = |origin: Origin, bytes: u64| {
+            metrics::get()
+                .store_bytes
+                .with_label_values(&[origin.as_str()])
+                .set(bytes as i64);
+        };
+        gauge(Origin::Cached, cached_bytes);
+        gauge(Origin::Pushed, stored_bytes.saturating_sub(cached_bytes));
         Ok(report)
     }
 
@@ -352,9 +386,15 @@ impl Collector {
             if upload.modified >= oldest {
                 continue;
             }
-            if dry_run || blobs.upload_cancel(&upload.id).await? {
-                report.uploads_expired += 1;
-                report.upload_bytes_freed += upload.size;
+            if !(dry_run || blobs.upload_cancel(&upload.id).await?) {
+                continue;
+            }
+            report.uploads_expired += 1;
+            report.upload_bytes_freed += upload.size;
+            if !dry_run {
+                let m = metrics::get();
+                m.upload_sessions.with_label_values(&["expired"]).inc();
+                m.gc_freed_bytes.inc_by(upload.size);
             }
         }
         Ok(())
@@ -420,20 +460,25 @@ impl BackgroundService for Maintenance {
         // Uploads are checked a few times per expiry period (at most hourly).
         let expiry_check = (collector.upload_expiry / 4).min(Duration::from_secs(3600));
         let mut next_expiry = Instant::now();
-        // The first measure of the cache, so the cap holds from the start.
+        // The first measure of the cache, so the cap holds from the start; without a
+        // cap a dry run measures the store for `portcullis_store_bytes`.
         if collector.cache_max_bytes.is_some() {
             self.collect("measuring the cache").await;
+        } else {
+            let measure = RunOptions {
+                dry_run: true,
+                ..RunOptions::default()
+            };
+            if let Err(e) = collector.run(&measure).await {
+                tracing::warn!("measuring the store failed: {e}");
+            }
         }
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.changed() => {
-                    if let Err(e) = collector.registry.flush_access().await {
-                        tracing::warn!("access times not saved at shutdown: {e}");
-                    }
-                    return;
-                }
+                // The server's drain saves the access times once requests are done.
+                _ = shutdown.changed() => return,
             }
             if let Err(e) = collector.registry.flush_access().await {
                 tracing::warn!("access times not saved: {e}");

@@ -13,6 +13,7 @@ pub mod prefill;
 pub mod upstream;
 
 use crate::config::MirrorConfig;
+use crate::metrics::{self, CacheResult};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::store::{
     unix_now, ByteSource, CachedTag, CachedTagList, LinkedBlob, ManifestContent, Origin, Page,
@@ -118,6 +119,17 @@ impl Blob {
     }
 }
 
+/// A manifest served from the cache, counted as a hit.
+fn hit(content: ManifestContent) -> ManifestContent {
+    metrics::cache_outcome("manifest", CacheResult::Hit);
+    content
+}
+
+fn hit_blob(blob: LinkedBlob) -> Blob {
+    metrics::cache_outcome("blob", CacheResult::Hit);
+    Blob::Stored(blob)
+}
+
 /// One lock per key, so concurrent misses for the same manifest or tag list cause a
 /// single upstream request: the others wait, then find it cached.
 #[derive(Default)]
@@ -196,6 +208,10 @@ impl Mirror {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
@@ -313,7 +329,7 @@ impl Mirror {
         accept: &Accept,
     ) -> Result<ManifestContent, MirrorError> {
         if let Some(content) = self.cached_manifest(m, digest).await? {
-            return Ok(content);
+            return Ok(hit(content));
         }
         self.online(m)?;
         let _one_fetch = self
@@ -321,7 +337,7 @@ impl Mirror {
             .lock(format!("manifest {} {digest}", m.cached_as))
             .await;
         if let Some(content) = self.cached_manifest(m, digest).await? {
-            return Ok(content);
+            return Ok(hit(content));
         }
         self.fetch_manifest(m, &digest.to_string(), Some(digest), accept)
             .await
@@ -374,6 +390,7 @@ impl Mirror {
             .put_cached_manifest(&m.cached_as, &digest, &media_type, bytes)
             .await;
         if let Ok(content) = &stored {
+            metrics::cache_outcome("manifest", CacheResult::Miss);
             tracing::info!(upstream = %m.upstream.name, repository = %m.remote, reference, digest = %content.digest, "manifest cached");
         }
         match stored {
@@ -396,7 +413,7 @@ impl Mirror {
         if let Some(record) = policy::pick(&records, accept) {
             if self.config.offline || policy::is_fresh(record.checked_at, now, m.upstream.tag_ttl) {
                 if let Some(content) = self.cached_manifest(m, &record.digest).await? {
-                    return Ok(content);
+                    return Ok(hit(content));
                 }
             }
         }
@@ -408,7 +425,7 @@ impl Mirror {
         if let Some(record) = &record {
             if policy::is_fresh(record.checked_at, unix_now(), m.upstream.tag_ttl) {
                 if let Some(content) = self.cached_manifest(m, &record.digest).await? {
-                    return Ok(content);
+                    return Ok(hit(content));
                 }
             }
         }
@@ -422,6 +439,7 @@ impl Mirror {
             (Err(MirrorError::Upstream(e)), Some(record)) => {
                 match self.cached_manifest(m, &record.digest).await? {
                     Some(content) => {
+                        metrics::cache_outcome("manifest", CacheResult::Stale);
                         tracing::warn!(repository = %m.cached_as, %tag, error = %e, "serving a stale tag");
                         Ok(content)
                     }
@@ -497,7 +515,10 @@ impl Mirror {
             None => None,
         };
         let content = match cached {
-            Some(content) => content,
+            Some(content) => {
+                metrics::cache_outcome("manifest", CacheResult::Revalidated);
+                content
+            }
             None => match digest {
                 Some(d) => {
                     self.fetch_manifest(m, &d.to_string(), Some(&d), accept)
@@ -542,14 +563,20 @@ impl Mirror {
             policy::is_fresh(list.fetched_at, unix_now(), m.upstream.tag_ttl)
         };
         if let Some(list) = cached.as_ref().filter(|l| fresh(l) || self.config.offline) {
+            metrics::cache_outcome("tag_list", CacheResult::Hit);
             return Ok(list.tags.clone());
         }
         let fetched = match self.online(m) {
             Ok(()) => {
                 let _one_fetch = self.locks.lock(format!("tags {}", m.cached_as)).await;
                 match meta.cached_tag_list(&m.cached_as).await? {
-                    Some(list) if fresh(&list) => Ok(list.tags),
-                    _ => self.fetch_tag_list(m).await,
+                    Some(list) if fresh(&list) => {
+                        metrics::cache_outcome("tag_list", CacheResult::Hit);
+                        Ok(list.tags)
+                    }
+                    _ => self.fetch_tag_list(m).await.inspect(|_| {
+                        metrics::cache_outcome("tag_list", CacheResult::Miss);
+                    }),
                 }
             }
             Err(offline) => Err(MirrorError::Upstream(offline)),
@@ -558,16 +585,16 @@ impl Mirror {
             Ok(tags) => Ok(tags),
             Err(MirrorError::Upstream(e)) => {
                 // Stale-if-error: the last list, else the tags this cache holds.
-                if let Some(list) = cached {
-                    tracing::warn!(repository = %m.cached_as, error = %e, "serving a stale tag list");
-                    return Ok(list.tags);
-                }
-                let known = meta.cached_tag_names(&m.cached_as).await?;
-                if known.is_empty() {
-                    Err(MirrorError::Upstream(e))
-                } else {
-                    Ok(known)
-                }
+                let tags = match cached {
+                    Some(list) => list.tags,
+                    None => match meta.cached_tag_names(&m.cached_as).await? {
+                        known if known.is_empty() => return Err(MirrorError::Upstream(e)),
+                        known => known,
+                    },
+                };
+                metrics::cache_outcome("tag_list", CacheResult::Stale);
+                tracing::warn!(repository = %m.cached_as, error = %e, "serving a stale tag list");
+                Ok(tags)
             }
             Err(e) => Err(e),
         }
@@ -638,7 +665,7 @@ impl Mirror {
             Target::Mirrored(m) => m,
         };
         match self.registry.linked_blob(&m.cached_as, digest).await {
-            Ok(blob) => return Ok(Blob::Stored(blob)),
+            Ok(blob) => return Ok(hit_blob(blob)),
             Err(StoreError::BlobUnknown(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -662,14 +689,16 @@ impl Mirror {
             // Stored for another repository: linked once this one's upstream has it.
             let size = self.head_blob(m, digest).await?;
             if let Some(blob) = self.registry.link_cached_blob(&m.cached_as, digest).await? {
-                return Ok(Blob::Stored(blob));
+                return Ok(hit_blob(blob));
             }
             return Ok(Blob::Remote {
                 digest: digest.clone(),
                 size,
             });
         }
+        let started = std::sync::atomic::AtomicBool::new(false);
         let start = |fetch: Arc<Fetch>| {
+            started.store(true, std::sync::atomic::Ordering::Relaxed);
             let mirror = self.clone();
             let upstream = m.upstream.clone();
             let remote = m.remote.clone();
@@ -690,6 +719,11 @@ impl Mirror {
             }
         };
         let size = fetch.size().await.map_err(MirrorError::Shared)?;
+        let outcome = match started.into_inner() {
+            true => CacheResult::Miss,
+            false => CacheResult::Coalesced,
+        };
+        metrics::cache_outcome("blob", outcome);
         Ok(Blob::Arriving { fetch, size })
     }
 

@@ -181,6 +181,11 @@ pub fn token_refresh_after(expires_in: Option<u64>) -> Duration {
     life - (life / 10).min(Duration::from_secs(30))
 }
 
+/// The count of a `ratelimit-remaining` header (`95;w=21600` -> 95), for the gauge.
+pub fn rate_limit_count(value: &str) -> Option<i64> {
+    value.split(';').next()?.trim().parse().ok()
+}
+
 /// `Retry-After` in seconds (the form registries send); an HTTP date or junk counts
 /// as a minute, bounded to an hour so a bad header cannot stop an upstream for long.
 pub fn retry_after(value: Option<&str>) -> Duration {
@@ -512,5 +517,12 @@ mod tests {
         assert_eq!(health.backoff, MAX_BACKOFF);
         health.record_success();
         assert!(!health.is_down(now) && !health.marked_down());
+    }
+
+    #[test]
+    fn rate_limit_counts() {
+        assert_eq!(rate_limit_count("95;w=21600"), Some(95));
+        assert_eq!(rate_limit_count(" 7 "), Some(7));
+        assert_eq!(rate_limit_count("lots"), None);
     }
 }

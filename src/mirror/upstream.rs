@@ -10,6 +10,7 @@
 
 use super::policy::{self, Challenge, Health};
 use crate::config::{Credentials, UpstreamConfig};
+use crate::metrics;
 use crate::oci::RepoName;
 use http::header::{ACCEPT, AUTHORIZATION, LOCATION, RANGE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
@@ -49,6 +50,22 @@ pub enum UpstreamError {
     Status { upstream: String, status: u16 },
     #[error("upstream {upstream} sent a bad response: {reason}")]
     Invalid { upstream: String, reason: String },
+}
+
+impl UpstreamError {
+    /// The error's kind, for the `portcullis_upstream_errors_total` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Offline { .. } => "offline",
+            UpstreamError::Down { .. } => "down",
+            UpstreamError::Unreachable { .. } => "unreachable",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::RateLimited { .. } => "rate_limited",
+            UpstreamError::Busy { .. } => "busy",
+            UpstreamError::Status { .. } => "status",
+            UpstreamError::Invalid { .. } => "invalid",
+        }
+    }
 }
 
 /// A GET or HEAD of one API path, scoped to one repository (for the token).
@@ -151,7 +168,7 @@ impl Upstream {
         let client = builder
             .build()
             .map_err(|e| format!("upstream {}: cannot build an HTTP client: {e}", config.name))?;
-        Ok(Arc::new(Upstream {
+        let upstream = Arc::new(Upstream {
             name: config.name.clone(),
             base,
             client,
@@ -165,7 +182,9 @@ impl Upstream {
             rate_limited_until: Mutex::new(None),
             probing: false.into(),
             rate_limit_remaining: Mutex::new(None),
-        }))
+        });
+        upstream.set_up_gauge(true);
+        Ok(upstream)
     }
 
     /// The longest wait for a response head, also used for waits on its behalf.
@@ -216,9 +235,29 @@ impl Upstream {
                 secs: self.response_timeout.as_secs(),
             }),
         };
-        let result = result.and_then(|response| self.judge(response, counts_as_pull));
+        let m = metrics::get();
+        if matches!(
+            &result,
+            Err(UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. })
+        ) {
+            m.upstream_requests
+                .with_label_values(&[&self.name, request.method.as_str(), "error"])
+                .inc();
+        }
+        let result = result.and_then(|response| {
+            let status = response.status();
+            m.upstream_requests
+                .with_label_values(&[&self.name, request.method.as_str(), status.as_str()])
+                .inc();
+            self.judge(response, counts_as_pull)
+        });
         match &result {
-            Ok(_) => lock(&self.health).record_success(),
+            // Bad responses were counted where they were found (`invalid`).
+            Err(UpstreamError::Invalid { .. }) | Ok(_) => {}
+            Err(e) => self.count_error(e),
+        }
+        match &result {
+            Ok(_) => self.record_success(),
             // Only trouble reaching the upstream counts against its health; a refused
             // token or a bad answer says nothing about whether it is up.
             Err(
@@ -240,6 +279,12 @@ impl Upstream {
         if let Some(remaining) = response.headers().get("ratelimit-remaining") {
             let remaining = remaining.to_str().unwrap_or("").to_string();
             tracing::debug!(upstream = %self.name, %remaining, "upstream rate limit");
+            if let Some(count) = policy::rate_limit_count(&remaining) {
+                metrics::get()
+                    .upstream_ratelimit_remaining
+                    .with_label_values(&[&self.name])
+                    .set(count);
+            }
             *lock(&self.rate_limit_remaining) = Some(remaining);
         }
         let status = response.status();
@@ -268,9 +313,35 @@ impl Upstream {
         Ok(response)
     }
 
+    /// Counts a failure in `portcullis_upstream_errors_total`.
+    fn count_error(&self, error: &UpstreamError) {
+        metrics::get()
+            .upstream_errors
+            .with_label_values(&[&self.name, error.kind()])
+            .inc();
+    }
+
+    /// Whether the upstream is considered reachable (not marked down), for `/readyz`.
+    pub fn is_up(&self) -> bool {
+        !lock(&self.health).marked_down()
+    }
+
+    fn record_success(&self) {
+        lock(&self.health).record_success();
+        self.set_up_gauge(true);
+    }
+
+    fn set_up_gauge(&self, up: bool) {
+        metrics::get()
+            .upstream_up
+            .with_label_values(&[&self.name])
+            .set(i64::from(up));
+    }
+
     fn record_failure(self: &Arc<Self>) {
         let backoff = lock(&self.health).record_failure(Instant::now());
         if let Some(backoff) = backoff {
+            self.set_up_gauge(false);
             tracing::warn!(upstream = %self.name, backoff_secs = backoff.as_secs(), "upstream marked down");
             self.start_probe();
         }
@@ -296,7 +367,7 @@ impl Upstream {
                 let probe = tokio::time::timeout(PROBE_TIMEOUT, upstream.client.get(url).send());
                 if let Ok(Ok(_)) = probe.await {
                     tracing::info!(upstream = %upstream.name, "upstream reachable again");
-                    lock(&upstream.health).record_success();
+                    upstream.record_success();
                     break;
                 }
                 lock(&upstream.health).record_failure(Instant::now());
@@ -433,11 +504,14 @@ impl Upstream {
     }
 
     /// The upstream answered something that cannot be right (502 for clients).
+    /// A bad response (wrong digest, truncated, unparsable), counted as an error.
     pub fn invalid(&self, reason: impl Into<String>) -> UpstreamError {
-        UpstreamError::Invalid {
+        let error = UpstreamError::Invalid {
             upstream: self.name.clone(),
             reason: reason.into(),
-        }
+        };
+        self.count_error(&error);
+        error
     }
 
     /// Sends the request and follows redirects; `Authorization` goes only to the

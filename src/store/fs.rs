@@ -536,6 +536,22 @@ impl BlobStore for FsBlobStore {
             .map_err(|e| StoreError::io(format!("statvfs {}", self.root.display()), e))
     }
 
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let probe = self
+            .root
+            .join("tmp")
+            .join(format!("readyz-{}", UploadId::random().as_str()));
+        blocking(format!("writing {}", probe.display()), move || {
+            let written = std::fs::File::create(&probe).and_then(|mut file| {
+                file.write_all(b"ready")?;
+                file.sync_all()
+            });
+            let removed = std::fs::remove_file(&probe);
+            written.and(removed)
+        })
+        .await
+    }
+
     async fn read_all(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
         let path = self.blob_path(digest);
         let bytes = blocking(format!("reading blob {digest}"), move || {

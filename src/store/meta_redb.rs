@@ -66,12 +66,15 @@ impl RedbMetaStore {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)
-            .map_err(|e| {
-                StoreError::Meta(format!(
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::InUse(path.display().to_string())
+                }
+                e => StoreError::Meta(format!(
                     "opening {}: {}",
                     path.display(),
                     redb::Error::from(e)
-                ))
+                )),
             })?;
         let txn = db.begin_write().map_err(meta_err)?;
         {

@@ -86,6 +86,9 @@ pub enum StoreError {
     },
     #[error("metadata store: {0}")]
     Meta(String),
+    /// Another process holds the metadata database (redb allows one opener).
+    #[error("{0} is open in another process")]
+    InUse(String),
     #[error(
         "the registry's storage is full ({available} bytes free, storage.min_free_bytes is {reserve}); \
          free space (delete images, then collect garbage) or grow the volume"
@@ -127,6 +130,16 @@ pub enum Origin {
     Pushed,
     /// Fetched from an upstream by the pull-through cache.
     Cached,
+}
+
+impl Origin {
+    /// The `origin` label of `portcullis_store_bytes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Pushed => "pushed",
+            Origin::Cached => "cached",
+        }
+    }
 }
 
 /// What the registry knows about a stored manifest; its bytes live in the blob store.
@@ -352,6 +365,10 @@ pub trait BlobStore: Send + Sync {
 
     /// Bytes free for new content, or `None` if the backend cannot tell.
     async fn available_bytes(&self) -> Result<Option<u64>, StoreError>;
+
+    /// Proves that new content can be written now (readiness): writes, syncs and
+    /// removes a small probe where uploads are staged.
+    async fn check_writable(&self) -> Result<(), StoreError>;
 
     /// A whole small blob (a manifest) in memory, or `None` if absent.
     async fn read_all(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError>;

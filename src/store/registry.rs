@@ -16,6 +16,7 @@ use super::{
     unix_now, BlobStore, ByteSource, ManifestRecord, MetaStore, Origin, Page, SessionReader,
     StoreError, UploadId,
 };
+use crate::metrics;
 use crate::oci::manifest::{self, Descriptor};
 use crate::oci::{Digest, Reference, RepoName};
 use bytes::Bytes;
@@ -343,6 +344,11 @@ impl Registry {
         if origin == Origin::Cached {
             self.cached_bytes_added.fetch_add(size, Ordering::Relaxed);
         }
+        // An estimate until gc measures again (a blob stored before counts twice).
+        metrics::get()
+            .store_bytes
+            .with_label_values(&[origin.as_str()])
+            .add(size as i64);
         Ok(size)
     }
 
@@ -404,6 +410,10 @@ impl Registry {
         // Verifies the bytes against `digest` before anything is stored.
         self.blobs.put_bytes(digest, bytes).await?;
         self.cached_bytes_added.fetch_add(size, Ordering::Relaxed);
+        metrics::get()
+            .store_bytes
+            .with_label_values(&[Origin::Cached.as_str()])
+            .add(size as i64);
         let subject = parsed
             .as_ref()
             .and_then(|p| p.subject.as_ref().map(|s| s.digest.clone()));
