@@ -255,7 +255,11 @@ fn main() {
             portcullis::logging::init(&config.log);
             serve(config, upgrade)
         }),
-        Command::Health { url } => health(&url),
+        // Unhealthy is exit 1 (as fsck's problems), usage errors 2.
+        Command::Health { url } => health(&url).or_else(|message| {
+            eprintln!("portcullis: {message}");
+            std::process::exit(1)
+        }),
         Command::Check { config } => check(&config),
         Command::Certs {
             out,

@@ -46,6 +46,8 @@ pub struct Server {
     port: u16,
     /// The TLS port of a server started with [`Server::start_with_config`].
     tls_port: Option<u16>,
+    /// The metrics listener's port (`{METRICS_PORT}` in the config).
+    metrics_port: Option<u16>,
     data_dir: PathBuf,
     log_path: PathBuf,
     /// Holds the log file (and, for [`Server::start`], the data directory).
@@ -91,6 +93,7 @@ impl Server {
             child,
             port: ports[0],
             tls_port: None,
+            metrics_port: None,
             data_dir,
             log_path,
             _scratch: scratch,
@@ -130,7 +133,10 @@ impl Drop for Server {
                 log_tail(&self.log_path)
             );
         }
-        let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
+        let ports: Vec<u16> = std::iter::once(self.port)
+            .chain(self.tls_port)
+            .chain(self.metrics_port)
+            .collect();
         release_ports(&ports);
     }
 }
@@ -610,6 +616,9 @@ pub const PLAIN_PORT: &str = "{PLAIN_PORT}";
 /// Placeholder for the TLS port in [`Server::start_with_config`] texts.
 #[allow(dead_code)]
 pub const TLS_PORT: &str = "{TLS_PORT}";
+/// Placeholder for the metrics listener's port in [`Server::start_with_config`] texts.
+#[allow(dead_code)]
+pub const METRICS_PORT: &str = "{METRICS_PORT}";
 /// Placeholder for the (absolute) directory given to [`Server::start_with_config`].
 #[allow(dead_code)]
 pub const DIR: &str = "{DIR}";
@@ -658,14 +667,18 @@ impl Server {
         let config_path = dir.join("portcullis.toml");
         let scratch = scratch_dir("portcullis-server-");
         let mut tls_port = None;
+        let mut metrics_port = None;
         let (child, ports, log_path) = spawn_until_ready(&scratch, |_| {
             let plain = uses_plain.then(free_port);
             let tls = uses_tls.then(free_port);
+            let metrics = config.contains(METRICS_PORT).then(free_port);
             tls_port = tls;
+            metrics_port = metrics;
             let port_text = |p: Option<u16>| p.map_or_else(String::new, |p| p.to_string());
             let text = config
                 .replace(PLAIN_PORT, &port_text(plain))
                 .replace(TLS_PORT, &port_text(tls))
+                .replace(METRICS_PORT, &port_text(metrics))
                 .replace(DIR, &dir.display().to_string());
             fs::write(&config_path, &text).expect("write config file");
             let mut command = portcullis();
@@ -679,8 +692,9 @@ impl Server {
                 .envs(env.iter().copied());
             Attempt {
                 command,
-                // The plain port first: it becomes `port()`.
-                ports: plain.into_iter().chain(tls).collect(),
+                // The plain port first: it becomes `port()`. The metrics listener
+                // answers `/v2/` with a 404, which counts as ready too.
+                ports: plain.into_iter().chain(tls).chain(metrics).collect(),
                 context: format!("config:\n{text}"),
                 // With authentication or on a TLS port, any HTTP answer means ready.
                 ready: |ports| ports.iter().all(|p| probe_v2(*p).is_some()),
@@ -690,6 +704,7 @@ impl Server {
             child,
             port: ports[0],
             tls_port,
+            metrics_port,
             data_dir,
             log_path,
             _scratch: scratch,
@@ -734,6 +749,32 @@ impl Server {
     /// The plain-HTTP port (the TLS port for a server without plain listener).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The metrics listener's port; panics for a server without one.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+            .expect("this server has no metrics listener")
+    }
+
+    /// Everything the server wrote to stderr/stdout so far.
+    pub fn full_log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the server process to exit; its status, or `None` if it
+    /// still runs at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll server process") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
     }
 }
 
