@@ -9,7 +9,7 @@ mod common;
 use common::fakehub::{
     mirror_config, place_image, place_index, set_tag, FakeHub, FakeHubOptions, HubRequest,
 };
-use common::{portcullis, run_ok, sha256_digest, ImageFixture, Server};
+use common::{metric, portcullis, run_ok, sha256_digest, ImageFixture, Server};
 use reqwest::{Client, Response};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -958,5 +958,141 @@ async fn a_tag_removed_upstream_is_forgotten_not_served_stale() {
     assert_eq!(
         body_of(get(&by_digest, ACCEPT_ALL).await, "by digest").await,
         image.manifest
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cache_and_upstream_metrics_count_misses_hits_coalescing_and_stale_serves() {
+    let content = content_dir();
+    let image = ImageFixture::build("1", &[1 << 20, 128 << 10]);
+    let other = ImageFixture::build("1", &[2 << 20, 64 << 10]);
+    place_image(content.path(), "library/app", &image, "1");
+    place_image(content.path(), "library/other", &other, "1");
+    let metrics = format!(
+        "\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        common::METRICS_PORT
+    );
+    let mut m = Mirror::start_with(
+        content.path(),
+        FakeHubOptions::default(),
+        "tag_ttl_secs = 0",
+        &metrics,
+    );
+    let base = m.server.base_url();
+    let blobs = 1.0 + image.layer_digests.len() as f64;
+    let cache = |s: &str, kind: &str, result: &str| {
+        metric(
+            s,
+            "portcullis_cache_requests_total",
+            &[("kind", kind), ("result", result)],
+        )
+    };
+    let upstream = |s: &str, method: &str, status: &str| {
+        metric(
+            s,
+            "portcullis_upstream_requests_total",
+            &[
+                ("upstream", "docker.io"),
+                ("method", method),
+                ("status", status),
+            ],
+        )
+    };
+
+    // Cold: the tag and every blob are misses, fetched upstream.
+    pull(&base, "library/app", "1").await;
+    let cold = common::scrape_metrics(&m.server);
+    assert_eq!(cache(&cold, "manifest", "miss"), 1.0, "{cold}");
+    assert_eq!(cache(&cold, "blob", "miss"), blobs);
+    assert_eq!(cache(&cold, "blob", "hit"), 0.0);
+    let log = m.hub.requests();
+    let answered = |method: &str, status: u16| {
+        log.iter()
+            .filter(|r| {
+                r.listener == "registry"
+                    && r.path.starts_with("/v2/")
+                    && r.method == method
+                    && r.status == status
+            })
+            .count() as f64
+    };
+    // A request is counted once with its final status: a blob GET with the status of
+    // the CDN it was redirected to, a GET that first learnt the token challenge (401)
+    // with the answer to its retry.
+    assert_eq!(
+        upstream(&cold, "GET", "200"),
+        answered("GET", 200) + answered("GET", 307),
+        "every upstream GET counted: {log:#?}"
+    );
+    assert_eq!(upstream(&cold, "GET", "401"), 0.0);
+    assert!(
+        metric(
+            &cold,
+            "portcullis_upstream_ratelimit_remaining",
+            &[("upstream", "docker.io")]
+        ) > 0.0,
+        "the hub's ratelimit-remaining is kept:\n{cold}"
+    );
+    assert_eq!(
+        metric(
+            &cold,
+            "portcullis_upstream_up",
+            &[("upstream", "docker.io")]
+        ),
+        1.0
+    );
+
+    // Warm, with a zero tag TTL: the tag is revalidated with a HEAD, the blobs are hits.
+    pull(&base, "library/app", "1").await;
+    let warm = common::scrape_metrics(&m.server);
+    assert_eq!(cache(&warm, "manifest", "revalidated"), 1.0, "{warm}");
+    assert_eq!(cache(&warm, "blob", "hit"), blobs);
+    assert_eq!(
+        upstream(&warm, "HEAD", "200") - upstream(&cold, "HEAD", "200"),
+        1.0
+    );
+
+    // Four clients at once, cold: one fetch per blob, the others join it or find it.
+    let pulls: Vec<_> = (0..4)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move { pull(&base, "library/other", "1").await })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), other.manifest);
+    }
+    let together = common::scrape_metrics(&m.server);
+    let other_blobs = 1.0 + other.layer_digests.len() as f64;
+    assert_eq!(
+        cache(&together, "blob", "miss") - cache(&warm, "blob", "miss"),
+        other_blobs,
+        "{together}"
+    );
+    let joined = cache(&together, "blob", "coalesced") + cache(&together, "blob", "hit")
+        - cache(&warm, "blob", "hit");
+    assert_eq!(joined, 3.0 * other_blobs, "{together}");
+
+    // The upstream gone: the cached tag is served stale, and counted.
+    m.hub.stop();
+    pull(&base, "library/app", "1").await;
+    let stale = common::scrape_metrics(&m.server);
+    assert_eq!(cache(&stale, "manifest", "stale"), 1.0, "{stale}");
+    assert!(
+        metric(
+            &stale,
+            "portcullis_upstream_errors_total",
+            &[("upstream", "docker.io")]
+        ) >= 1.0,
+        "{stale}"
+    );
+    let status = metric(
+        &stale,
+        "portcullis_upstream_requests_total",
+        &[("status", "error")],
+    );
+    assert!(
+        status >= 1.0,
+        "a request with no answer counts as status=error: {stale}"
     );
 }

@@ -18,8 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    htpasswd_add, is_root, portcullis, raw_exchange, run_ok, run_with_timeout, sha256_digest,
-    ContainersEnv, ImageFixture, Server, METRICS_PORT, PLAIN_PORT,
+    htpasswd_add, is_root, metric, portcullis, raw_exchange, run_ok, run_with_timeout,
+    scrape_metrics, sha256_digest, ContainersEnv, ImageFixture, Server, METRICS_PORT, PLAIN_PORT,
 };
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,30 +32,6 @@ fn monitoring(server: &Server, path: &str) -> (String, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: monitor\r\nConnection: close\r\n\r\n");
     let (status, _, body) = raw_exchange(server.metrics_port(), request.as_bytes(), ANSWER_TIMEOUT);
     (status, body)
-}
-
-/// The value of the series `name{labels...}` in a scrape (0 when absent), matching
-/// every given label whatever the others are; summed over the series that match.
-fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
-            let matches = series_name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            matches.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
-fn scrape(server: &Server) -> String {
-    let (status, body) = monitoring(server, "/metrics");
-    assert!(status.contains(" 200 "), "{status}: {body}");
-    body
 }
 
 /// A server with a login, JSON logs and a metrics listener.
@@ -91,7 +67,7 @@ fn metrics_and_json_logs_follow_a_push_and_a_pull() {
 
     let (status, body) = monitoring(&server, "/healthz");
     assert!(status.contains(" 200 "), "{status} {body}");
-    let before = scrape(&server);
+    let before = scrape_metrics(&server);
     let src = format!("oci:{}:{}", image.layout.display(), image.tag);
     run_ok(
         &mut env.skopeo(&[
@@ -105,7 +81,7 @@ fn metrics_and_json_logs_follow_a_push_and_a_pull() {
         ]),
         CLIENT_TIMEOUT,
     );
-    let pushed = scrape(&server);
+    let pushed = scrape_metrics(&server);
     let delta = |after: &str, name: &str, labels: &[(&str, &str)]| {
         metric(after, name, labels) - metric(&before, name, labels)
     };
@@ -191,7 +167,7 @@ fn metrics_and_json_logs_follow_a_push_and_a_pull() {
         ]),
         CLIENT_TIMEOUT,
     );
-    let pulled = scrape(&server);
+    let pulled = scrape_metrics(&server);
     let pull_delta = |name: &str, labels: &[(&str, &str)]| {
         metric(&pulled, name, labels) - metric(&pushed, name, labels)
     };

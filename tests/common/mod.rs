@@ -1133,3 +1133,35 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+// ---------------------------------------------------------------------------
+// The metrics listener
+// ---------------------------------------------------------------------------
+
+/// `GET /metrics` on the server's metrics listener (`{METRICS_PORT}` in its config).
+#[allow(dead_code)]
+pub fn scrape_metrics(server: &Server) -> String {
+    let request = b"GET /metrics HTTP/1.1\r\nHost: monitor\r\nConnection: close\r\n\r\n";
+    let (status, _, body) = raw_exchange(server.metrics_port(), request, Duration::from_secs(10));
+    assert!(status.contains(" 200 "), "{status}: {body}");
+    body
+}
+
+/// The sum of the series of `name` in a scrape whose labels include every one of
+/// `labels` (0 when none does).
+#[allow(dead_code)]
+pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = series_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
