@@ -110,6 +110,16 @@ impl AccessRules {
         }
     }
 
+    /// Whether `principal` may pull some repository (anonymous pull where rules allow it).
+    pub fn pulls_somewhere(&self, principal: &Principal) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.pull
+                .iter()
+                .chain(&rule.push)
+                .any(|s| self.names(s, principal))
+        })
+    }
+
     /// Whether `principal` may pull every repository there could be (the catalog-wide
     /// view that automatic mounts need, since they take a blob from any repository).
     pub fn pulls_everything(&self, principal: &Principal) -> bool {
@@ -219,6 +229,7 @@ mod tests {
     fn first_matching_rule_decides() {
         let r = rules();
         assert!(r.allows(&Principal::Anonymous, "public/nginx", Action::Pull));
+        assert!(r.pulls_somewhere(&Principal::Anonymous));
         assert!(!r.allows(&Principal::Anonymous, "public/nginx", Action::Push));
         assert!(r.allows(&user("bob"), "public/nginx", Action::Push));
         assert!(!r.allows(&user("carol"), "public/nginx", Action::Push));
@@ -257,6 +268,7 @@ mod tests {
         assert!(!closed.allows(&Principal::Anonymous, "a", Action::Pull));
         assert!(closed.allows(&user("u"), "a", Action::Push));
         assert!(!closed.pulls_everything(&Principal::Anonymous));
+        assert!(!closed.pulls_somewhere(&Principal::Anonymous));
         assert!(closed.pulls_everything(&user("u")));
         assert!(!rules().pulls_everything(&user("alice")));
     }
