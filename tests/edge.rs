@@ -680,7 +680,12 @@ push = ["alice"]
     // are theirs to pull (Docker gives up when asked to log in there); protected
     // repositories challenge. containers/image's empty login (`Basic Og==`) is no login.
     let anon_base = send(http.get(format!("{base}/v2/"))).await;
-    assert_eq!(anon_base.status, 200, "anonymous GET /v2/: {}", anon_base.describe());
+    assert_eq!(
+        anon_base.status,
+        200,
+        "anonymous GET /v2/: {}",
+        anon_base.describe()
+    );
     let empty_login = send(
         http.get(format!("{base}/v2/public/app/blobs/{digest}"))
             .header("authorization", "Basic Og=="),
@@ -1782,4 +1787,183 @@ fn check_names_the_file_and_the_mistyped_key() {
         out.stderr
     );
     assert!(out.stdout_str().contains("ok"), "{}", out.stdout_str());
+}
+
+// ---------------------------------------------------------------------------
+// Metrics of the edge, and pingora's reports of what clients did
+// ---------------------------------------------------------------------------
+
+/// Completes a TLS handshake that offers only h2, then hangs up without sending the
+/// HTTP/2 preface: pingora reports that as an h2 handshake error.
+fn h2_handshake_then_hang_up(port: u16, ca: &Path) {
+    use rustls::pki_types::pem::PemObject;
+    install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(CONNECT_TIMEOUT)).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+    }
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    tls.conn.send_close_notify();
+    let _ = tls.conn.complete_io(&mut tls.sock);
+}
+
+#[tokio::test]
+async fn handshakes_logins_and_wrong_protocols_are_counted_and_client_noise_stays_quiet() {
+    let work = Workdir::new();
+    let certs = work.certs("certs", None);
+    let other = work.certs("other", None);
+    work.add_user("alice", ALICE_PW);
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{PLAIN_PORT}"
+tls_listen = "127.0.0.1:{{TLS_PORT}}"
+[tls]
+cert = "certs/server.crt"
+key = "certs/server.key"
+[auth]
+htpasswd = "htpasswd"
+max_failures = 2
+[metrics]
+listen = "127.0.0.1:{}"
+"#,
+        common::METRICS_PORT
+    );
+    let server = Server::start_with_config(&config, work.path());
+    let before = common::scrape_metrics(&server);
+    let count = |scrape: &str, name: &str, labels: &[(&str, &str)]| {
+        common::metric(scrape, name, labels) - common::metric(&before, name, labels)
+    };
+
+    // Two good TLS requests on one connection: one handshake.
+    let client = tls_client(&certs.join("ca.crt"));
+    for _ in 0..2 {
+        let answer = send(
+            client
+                .get(format!("{}/v2/", server.tls_url()))
+                .basic_auth("alice", Some(ALICE_PW)),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.describe());
+    }
+    // A client that trusts another CA gives up in the handshake.
+    let stranger = get_v2_trusting(&other.join("ca.crt"), &server).await;
+    assert!(stranger.is_err(), "{stranger:?}");
+    // Plain HTTP to the TLS port, TLS to the plain port.
+    let request = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    raw_exchange(server.tls_port(), request, Duration::from_secs(5));
+    let _ = curl(&[
+        "--cacert",
+        path_str(&certs.join("ca.crt")),
+        "-o",
+        "/dev/null",
+        &format!("https://127.0.0.1:{}/v2/", server.port()),
+    ]);
+    // Two wrong passwords, then the limit.
+    let http = plain_client();
+    for expected in [401, 401, 429] {
+        let answer = send(
+            http.get(format!("{}/v2/", server.base_url()))
+                .basic_auth("alice", Some("guess")),
+        )
+        .await;
+        assert_eq!(answer.status, expected, "{}", answer.describe());
+    }
+    h2_handshake_then_hang_up(server.tls_port(), &certs.join("ca.crt"));
+    // Their kept-alive connections close with them.
+    drop((client, http));
+
+    let after = eventually(
+        "the metrics to show every connection",
+        RELOAD_BUDGET,
+        || async {
+            let scrape = common::scrape_metrics(&server);
+            let open = common::metric(&scrape, "portcullis_connections_open", &[]);
+            if open == 0.0 {
+                Ok(scrape)
+            } else {
+                Err(format!("{open} connections open"))
+            }
+        },
+    )
+    .await;
+    let handshakes = |result| {
+        count(
+            &after,
+            "portcullis_tls_handshakes_total",
+            &[("result", result)],
+        )
+    };
+    // The good client (one connection for both requests) and the h2 client.
+    assert_eq!(handshakes("ok"), 2.0, "{after}");
+    assert_eq!(handshakes("failed"), 1.0, "the stranger's: {after}");
+    let wrong = |kind| count(&after, "portcullis_wrong_protocol_total", &[("kind", kind)]);
+    assert_eq!(wrong("plain_on_tls"), 1.0);
+    assert_eq!(wrong("tls_on_plain"), 1.0);
+    let logins = |result| {
+        count(
+            &after,
+            "portcullis_auth_attempts_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(logins("success"), 2.0);
+    assert_eq!(logins("failure"), 2.0);
+    assert_eq!(logins("rate_limited"), 1.0);
+    assert!(
+        count(
+            &after,
+            "portcullis_connections_total",
+            &[("listener", "tls")]
+        ) >= 4.0
+    );
+    assert_eq!(
+        count(
+            &after,
+            "portcullis_http_requests_total",
+            &[("route", "base"), ("status", "429")]
+        ),
+        1.0
+    );
+
+    // pingora's report of the client that hung up is not in the default log ...
+    let log = server.full_log();
+    assert!(!log.contains("H2 handshake error"), "{log}");
+    assert!(
+        !log.contains("ERROR"),
+        "a client's doing logged as an error:\n{log}"
+    );
+    // ... though pingora does report it, when asked.
+    let verbose_dir = Workdir::new();
+    fs::create_dir_all(verbose_dir.join("certs")).unwrap();
+    for file in ["server.crt", "server.key"] {
+        fs::copy(certs.join(file), verbose_dir.join("certs").join(file)).unwrap();
+    }
+    let verbose = Server::start_with_config_env(
+        PLAIN_AND_TLS_CONFIG,
+        verbose_dir.path(),
+        &[("RUST_LOG", "info,pingora_core=debug")],
+    );
+    h2_handshake_then_hang_up(verbose.tls_port(), &certs.join("ca.crt"));
+    eventually("pingora's report with RUST_LOG", RELOAD_BUDGET, || async {
+        let log = verbose.full_log();
+        if log.contains("H2 handshake error") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
 }
