@@ -226,16 +226,27 @@ fn read_lines(path: &Path) -> Result<Vec<String>, EditError> {
     }
 }
 
-/// Replaces the file atomically (temp file, fsync, rename), readable by its owner only.
+/// Replaces the file atomically (temp file, fsync, rename). A new file is readable by
+/// its owner only; a file that exists keeps its mode, owner and group, so a server
+/// running as another user (the systemd unit's `portcullis`) can still read it after
+/// root edits it.
 fn write_lines(path: &Path, lines: &[String]) -> Result<(), EditError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
+    let existing = std::fs::metadata(path).ok();
+    let mode = existing.as_ref().map_or(0o600, |m| m.mode() & 0o7777);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.write(true).create(true).truncate(true).mode(mode);
     let mut file = options.open(&tmp).map_err(io_err(&tmp))?;
     for line in lines {
         writeln!(file, "{line}").map_err(io_err(&tmp))?;
+    }
+    // The umask may have narrowed the mode given at creation.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(&tmp))?;
+    if let Some(m) = &existing {
+        // Only root may give a file away; others keep the owner they have.
+        let _ = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()));
     }
     file.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
@@ -352,6 +363,22 @@ mod tests {
             add_user(&path, "a:b", "p", 4),
             Err(EditError::BadUser(_))
         ));
+    }
+
+    #[test]
+    fn edits_keep_the_mode_of_an_existing_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        add_user(&path, "u1", "p1", 4).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "a new file is its owner's only");
+        // Shared with the service's group, as an operator would.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        add_user(&path, "u2", "p2", 4).unwrap();
+        assert_eq!(mode(&path), 0o640);
+        remove_user(&path, "u1").unwrap();
+        assert_eq!(mode(&path), 0o640);
     }
 
     #[test]
