@@ -110,28 +110,31 @@ impl AccessRules {
         }
     }
 
+    /// Whether `rule` lets `principal` pull (pushers may pull too).
+    fn rule_pulls(&self, rule: &AccessRule, principal: &Principal) -> bool {
+        rule.pull
+            .iter()
+            .chain(&rule.push)
+            .any(|s| self.names(s, principal))
+    }
+
     /// Whether `principal` may pull some repository (anonymous pull where rules allow it).
     pub fn pulls_somewhere(&self, principal: &Principal) -> bool {
-        self.rules.iter().any(|rule| {
-            rule.pull
-                .iter()
-                .chain(&rule.push)
-                .any(|s| self.names(s, principal))
-        })
+        self.rules
+            .iter()
+            .any(|rule| self.rule_pulls(rule, principal))
     }
 
     /// Whether `principal` may pull every repository there could be (the catalog-wide
     /// view that automatic mounts need, since they take a blob from any repository).
     pub fn pulls_everything(&self, principal: &Principal) -> bool {
-        self.rules.iter().all(|rule| {
-            rule.pull
-                .iter()
-                .chain(&rule.push)
-                .any(|s| self.names(s, principal))
-        }) && self
-            .rules
+        self.rules
             .iter()
-            .any(|r| r.repositories.iter().any(|p| p == "*"))
+            .all(|rule| self.rule_pulls(rule, principal))
+            && self
+                .rules
+                .iter()
+                .any(|r| r.repositories.iter().any(|p| p == "*"))
     }
 
     fn names(&self, subject: &Subject, principal: &Principal) -> bool {
