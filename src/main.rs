@@ -619,8 +619,11 @@ fn health(url: &str) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
+        // A probe asks this host's listener: never through a proxy from the environment
+        // (container runtimes pass the host's proxy variables on).
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(5))
+            .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
         let response = client.get(url).send().await.map_err(|e| {
