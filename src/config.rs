@@ -4,6 +4,7 @@
 //! every error names where the value came from, the key, and the fix.
 
 use crate::auth::access::{AccessRule, AccessRules, Subject};
+use crate::notify::EventKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -64,6 +65,24 @@ pub struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    notifications: Vec<RawNotification>,
+}
+
+/// `[[notifications]]`: one webhook endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotification {
+    name: Option<String>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    timeout_secs: Option<u64>,
+    retries: Option<u32>,
+    backoff_secs: Option<u64>,
+    queue: Option<usize>,
+    events: Option<Vec<String>>,
+    repositories: Option<OneOrMany>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,7 +257,60 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// Webhook endpoints that get registry events (`[[notifications]]`).
+    pub notifications: Vec<NotificationEndpoint>,
 }
+
+/// One `[[notifications]]` endpoint: where events go, which ones, and how hard to try.
+#[derive(Clone, PartialEq)]
+pub struct NotificationEndpoint {
+    /// Unique; names the endpoint in logs and metric labels.
+    pub name: String,
+    pub url: String,
+    /// Sent with every POST (e.g. `Authorization`); checked to be valid HTTP.
+    pub headers: Vec<(String, String)>,
+    /// One POST, from connecting to the end of the answer.
+    pub timeout: Duration,
+    /// Attempts after the first before a batch is given up.
+    pub retries: u32,
+    /// Wait before the first retry; doubles per retry up to [`MAX_NOTIFICATION_BACKOFF`].
+    pub backoff: Duration,
+    /// Events waiting for this endpoint; more are dropped (and counted).
+    pub queue: usize,
+    pub events: Vec<EventKind>,
+    /// Repository patterns (as in `[[access]]`); empty: every repository.
+    pub repositories: Vec<String>,
+}
+
+/// Hand-written so header values (tokens) never reach a log line or a panic message.
+impl std::fmt::Debug for NotificationEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotificationEndpoint")
+            .field("name", &self.name)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
+            .field("queue", &self.queue)
+            .field("events", &self.events)
+            .field("repositories", &self.repositories)
+            .finish_non_exhaustive()
+    }
+}
+
+pub const DEFAULT_NOTIFICATION_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_NOTIFICATION_RETRIES: u32 = 5;
+pub const DEFAULT_NOTIFICATION_BACKOFF: Duration = Duration::from_secs(1);
+/// The doubling back-off stops growing here.
+pub const MAX_NOTIFICATION_BACKOFF: Duration = Duration::from_secs(60);
+pub const DEFAULT_NOTIFICATION_QUEUE: usize = 1000;
+/// Bounds on `retries` and `queue`: a batch is never retried for hours, and a dead
+/// endpoint holds at most this many events in memory.
+const MAX_NOTIFICATION_RETRIES: u32 = 100;
+const MAX_NOTIFICATION_QUEUE: usize = 100_000;
 
 /// `[metrics]`: the operations listener (`/metrics`, `/healthz`, `/readyz`).
 #[derive(Debug, Clone, Default)]
@@ -697,6 +769,7 @@ impl RawConfig {
             .shutdown_grace_secs
             .map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs);
         let mirror = resolve_mirror(self.mirror, self.upstream, &overrides, env, origin)?;
+        let notifications = resolve_notifications(self.notifications, origin)?;
         let threads = match self.server.threads {
             None | Some(0) => std::thread::available_parallelism().map_or(2, |n| n.get()),
             Some(n) => n,
@@ -727,6 +800,7 @@ impl RawConfig {
             shutdown_grace,
             metrics,
             log,
+            notifications,
         })
     }
 }
@@ -993,7 +1067,7 @@ fn resolve_mirror(
             ));
         }
         let upstream = UpstreamConfig::named(name, url);
-        check_url(&upstream.url, &at)?;
+        check_url(&upstream.url, &at, REGISTRY_URL_EXAMPLE)?;
         match upstreams.iter_mut().find(|u| u.name == name) {
             Some(existing) if flag.contains('=') => existing.url = upstream.url,
             Some(_) => {}
@@ -1030,7 +1104,10 @@ fn resolve_mirror(
     })
 }
 
-fn check_url(url: &str, at: &str) -> Result<(), ConfigError> {
+const REGISTRY_URL_EXAMPLE: &str = "https://registry-1.docker.io";
+
+/// An http:// or https:// URL with a host; `example` shows a good one in the error.
+fn check_url(url: &str, at: &str, example: &str) -> Result<(), ConfigError> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"));
@@ -1038,9 +1115,172 @@ fn check_url(url: &str, at: &str) -> Result<(), ConfigError> {
         Some(host) if !host.is_empty() && !host.contains(['?', '#']) => Ok(()),
         _ => Err(ConfigError::new(
             at,
-            format!("{url:?} is not an http:// or https:// URL of a registry, e.g. https://registry-1.docker.io"),
+            format!("{url:?} is not an http:// or https:// URL, e.g. {example}"),
         )),
     }
+}
+
+fn resolve_notifications(
+    raw: Vec<RawNotification>,
+    origin: &str,
+) -> Result<Vec<NotificationEndpoint>, ConfigError> {
+    let mut endpoints: Vec<NotificationEndpoint> = Vec::new();
+    for (i, raw) in raw.into_iter().enumerate() {
+        let endpoint = resolve_notification(raw, i, origin)?;
+        if endpoints.iter().any(|e| e.name == endpoint.name) {
+            return Err(ConfigError::new(
+                format!("{origin}: notifications[{i}].name"),
+                format!(
+                    "{:?} names two endpoints; give each [[notifications]] its own name",
+                    endpoint.name
+                ),
+            ));
+        }
+        endpoints.push(endpoint);
+    }
+    Ok(endpoints)
+}
+
+/// An endpoint name: it labels metrics and log lines, so short and plain.
+fn valid_endpoint_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn resolve_notification(
+    raw: RawNotification,
+    index: usize,
+    origin: &str,
+) -> Result<NotificationEndpoint, ConfigError> {
+    let at = |key: &str| format!("{origin}: notifications[{index}].{key}");
+    let name = raw.name.ok_or_else(|| {
+        ConfigError::new(
+            at("name"),
+            "every endpoint needs a name, e.g. name = \"sync\"",
+        )
+    })?;
+    if !valid_endpoint_name(&name) {
+        return Err(ConfigError::new(
+            at("name"),
+            format!("{name:?} is not a usable name; use up to 64 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let url = raw.url.ok_or_else(|| {
+        ConfigError::new(
+            at("url"),
+            "every endpoint needs the url to POST events to, e.g. url = \"https://hooks.lan/registry\"",
+        )
+    })?;
+    check_url(&url, &at("url"), "https://hooks.lan/registry")?;
+    let authority = url
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    if authority.contains('@') {
+        return Err(ConfigError::new(
+            at("url"),
+            "credentials in the URL would show wherever it is logged; send them as a header \
+             instead: headers = { Authorization = \"Bearer ...\" }",
+        ));
+    }
+    let mut headers = Vec::new();
+    for (header, value) in raw.headers {
+        let key = format!("headers.{header}");
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(ConfigError::new(
+                at(&key),
+                "is not a valid HTTP header name; use letters, digits and '-', e.g. Authorization",
+            ));
+        }
+        // The value is never repeated in the message: it is likely a token.
+        if http::HeaderValue::from_str(&value).is_err() {
+            return Err(ConfigError::new(
+                at(&key),
+                "the value is not a valid HTTP header value (no line breaks or control characters)",
+            ));
+        }
+        headers.push((header, value));
+    }
+    let timeout = match raw.timeout_secs {
+        Some(0) => {
+            return Err(ConfigError::new(
+                at("timeout_secs"),
+                "must be greater than 0 (seconds one POST may take)",
+            ))
+        }
+        Some(secs) => Duration::from_secs(secs),
+        None => DEFAULT_NOTIFICATION_TIMEOUT,
+    };
+    let retries = raw.retries.unwrap_or(DEFAULT_NOTIFICATION_RETRIES);
+    if retries > MAX_NOTIFICATION_RETRIES {
+        return Err(ConfigError::new(
+            at("retries"),
+            format!("at most {MAX_NOTIFICATION_RETRIES}; a batch retried longer only holds up the ones behind it"),
+        ));
+    }
+    let backoff = match raw.backoff_secs {
+        Some(secs) if secs > MAX_NOTIFICATION_BACKOFF.as_secs() => {
+            return Err(ConfigError::new(
+                at("backoff_secs"),
+                format!(
+                    "at most {} (the doubling stops there anyway); 0 retries at once",
+                    MAX_NOTIFICATION_BACKOFF.as_secs()
+                ),
+            ))
+        }
+        Some(secs) => Duration::from_secs(secs),
+        None => DEFAULT_NOTIFICATION_BACKOFF,
+    };
+    let queue = raw.queue.unwrap_or(DEFAULT_NOTIFICATION_QUEUE);
+    if queue == 0 || queue > MAX_NOTIFICATION_QUEUE {
+        return Err(ConfigError::new(
+            at("queue"),
+            format!("give the events to hold for this endpoint, 1 to {MAX_NOTIFICATION_QUEUE}"),
+        ));
+    }
+    let events = match raw.events {
+        None => EventKind::ALL.to_vec(),
+        Some(names) if names.is_empty() => {
+            return Err(ConfigError::new(
+                at("events"),
+                "an empty list sends nothing; leave the key out for push, pull and delete",
+            ))
+        }
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                n.parse()
+                    .map_err(|e: String| ConfigError::new(at("events"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let repositories = match raw.repositories.map(OneOrMany::into_vec) {
+        None => Vec::new(),
+        Some(patterns) if patterns.is_empty() || patterns.iter().any(String::is_empty) => {
+            return Err(ConfigError::new(
+                at("repositories"),
+                "give repository patterns such as \"team/*\", or leave the key out for every repository",
+            ))
+        }
+        Some(patterns) => patterns,
+    };
+    Ok(NotificationEndpoint {
+        name,
+        url,
+        headers,
+        timeout,
+        retries,
+        backoff,
+        queue,
+        events,
+        repositories,
+    })
 }
 
 fn resolve_upstream(
@@ -1057,7 +1297,7 @@ fn resolve_upstream(
         ));
     }
     let mut upstream = UpstreamConfig::named(&raw.name, raw.url);
-    check_url(&upstream.url, &at("url"))?;
+    check_url(&upstream.url, &at("url"), REGISTRY_URL_EXAMPLE)?;
     if let Some(patterns) = raw.repositories {
         upstream.repositories = patterns.into_vec();
     }
@@ -1357,6 +1597,115 @@ mod tests {
                 assert!(err.contains(fragment), "{fragment:?} missing from {err}");
             }
         }
+    }
+
+    #[test]
+    fn notification_endpoints_and_their_defaults() {
+        assert!(parse("").unwrap().notifications.is_empty());
+        let config = parse(
+            "[[notifications]]\nname = \"sync\"\nurl = \"https://hooks.lan/registry\"\n\
+             headers = { Authorization = \"Bearer s3cret\" }\n\
+             [[notifications]]\nname = \"audit\"\nurl = \"http://127.0.0.1:9000/\"\n\
+             timeout_secs = 2\nretries = 0\nbackoff_secs = 0\nqueue = 10\n\
+             events = [\"delete\"]\nrepositories = \"team/*\"\n",
+        )
+        .unwrap();
+        let [sync, audit] = &config.notifications[..] else {
+            panic!("two endpoints: {:?}", config.notifications);
+        };
+        assert_eq!(sync.url, "https://hooks.lan/registry");
+        assert_eq!(
+            sync.headers,
+            vec![("Authorization".to_string(), "Bearer s3cret".to_string())]
+        );
+        assert_eq!(sync.timeout, DEFAULT_NOTIFICATION_TIMEOUT);
+        assert_eq!(
+            (sync.retries, sync.backoff, sync.queue),
+            (5, Duration::from_secs(1), 1000)
+        );
+        assert_eq!(sync.events, EventKind::ALL);
+        assert!(sync.repositories.is_empty());
+        assert!(!format!("{sync:?}").contains("s3cret"));
+        assert_eq!(audit.timeout, Duration::from_secs(2));
+        assert_eq!(
+            (audit.retries, audit.backoff, audit.queue),
+            (0, Duration::ZERO, 10)
+        );
+        assert_eq!(audit.events, vec![EventKind::Delete]);
+        assert_eq!(audit.repositories, vec!["team/*"]);
+    }
+
+    #[test]
+    fn notification_errors_name_the_key_and_the_fix() {
+        let endpoint = |extra: &str| {
+            format!("[[notifications]]\nname = \"hook\"\nurl = \"http://h/\"\n{extra}")
+        };
+        let cases: [(String, &[&str]); 11] = [
+            (
+                "[[notifications]]\nurl = \"http://h/\"\n".into(),
+                &["notifications[0].name", "name = "],
+            ),
+            (
+                "[[notifications]]\nname = \"hook\"\n".into(),
+                &["notifications[0].url", "url = "],
+            ),
+            (
+                "[[notifications]]\nname = \"hook\"\nurl = \"hooks.lan\"\n".into(),
+                &["notifications[0].url", "http:// or https://"],
+            ),
+            (
+                "[[notifications]]\nname = \"hook\"\nurl = \"https://u:pw@h/\"\n".into(),
+                &["notifications[0].url", "headers"],
+            ),
+            (
+                format!("{}{}", endpoint(""), endpoint("")),
+                &["notifications[1].name", "own name"],
+            ),
+            (
+                "[[notifications]]\nname = \"my hook\"\nurl = \"http://h/\"\n".into(),
+                &["notifications[0].name", "letters"],
+            ),
+            (
+                endpoint("timeout_secs = 0\n"),
+                &["notifications[0].timeout_secs", "greater than 0"],
+            ),
+            (
+                endpoint("events = [\"push\", \"tag\"]\n"),
+                &["notifications[0].events", "\"tag\"", "\"pull\""],
+            ),
+            (endpoint("queue = 0\n"), &["notifications[0].queue"]),
+            (
+                endpoint("backoff_secs = 61\n"),
+                &["notifications[0].backoff_secs", "60"],
+            ),
+            (
+                endpoint("headers = { \"Bad Name\" = \"x\" }\n"),
+                &["notifications[0].headers.Bad Name", "header name"],
+            ),
+        ];
+        for (text, fragments) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            for fragment in fragments {
+                assert!(err.contains(fragment), "{fragment:?} missing from {err}");
+            }
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        // A bad header value is named by its key, never shown.
+        let err = parse(&endpoint(
+            "headers = { Authorization = \"Bearer a\\nb\" }\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("headers.Authorization") && !err.contains("Bearer"),
+            "{err}"
+        );
+        let err = parse(&endpoint("repositories = []\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("notifications[0].repositories"), "{err}");
+        let err = parse(&endpoint("bogus = 1\n")).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]

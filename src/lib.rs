@@ -2,7 +2,8 @@
 //!
 //! Request path (and module tree): `edge` (listeners, TLS, HTTP loop) -> `auth` (who is
 //! calling, what they may do) -> `api` (routing, handlers) -> `store` (content-addressed
-//! blobs + metadata). `oci` holds the vocabulary, `config` the validated settings.
+//! blobs + metadata). `oci` holds the vocabulary, `config` the validated settings;
+//! `notify` tells webhook endpoints what was pushed, pulled and deleted.
 //!
 //! A library so that the fuzz targets in `fuzz/` reach the parsers; the binary in
 //! `main.rs` is the only other user.
@@ -17,6 +18,7 @@ pub mod gc;
 pub mod logging;
 pub mod metrics;
 pub mod mirror;
+pub mod notify;
 pub mod oci;
 pub mod ops;
 pub mod progress;

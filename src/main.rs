@@ -15,6 +15,7 @@ use portcullis::edge::tls::CertStore;
 use portcullis::edge::{self, ConnectionLimiter, HttpApp, Listener, Protocol, Reloader};
 use portcullis::gc::{Collector, Maintenance, Report, RunOptions};
 use portcullis::mirror::Mirror;
+use portcullis::notify::Notifier;
 use portcullis::ops::{Drain, Ops};
 use portcullis::store::{FsBlobStore, RedbMetaStore, Registry, StoreError};
 use portcullis::transfer;
@@ -788,8 +789,10 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         config.limits.max_manifest_bytes,
     )?;
     let collector = Collector::new(registry.clone(), &config);
+    let (notifier, delivery) = Notifier::new(&config)?;
     let api = Arc::new(Api {
         collector: collector.clone(),
+        notifier,
         registry: registry.clone(),
         mirror: mirror.clone(),
         auth: auth.clone(),
@@ -865,6 +868,7 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         "garbage collection, cache cap, access times",
         Maintenance(collector),
     ));
+    server.add_service(background_service("webhook notifications", delivery));
     tracing::info!(
         listen = ?config.listen,
         tls_listen = ?config.tls_listen,
@@ -872,6 +876,7 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         data = %data.display(),
         read_only = config.read_only,
         upstreams = ?config.mirror.upstreams.iter().map(|u| &u.name).collect::<Vec<_>>(),
+        notifications = ?config.notifications.iter().map(|n| &n.name).collect::<Vec<_>>(),
         offline = config.mirror.offline,
         upgraded_from = ?old_server,
         "portcullis serving"

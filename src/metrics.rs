@@ -24,6 +24,8 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0, 300.0,
 ];
 const GC_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+/// Webhook POSTs: a receiver on the LAN answers in milliseconds; timeouts end at seconds.
+const NOTIFICATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +71,15 @@ pub struct Metrics {
     pub gc_freed_bytes: IntCounter,
     pub gc_deleted_blobs: IntCounter,
     pub cache_evicted_bytes: IntCounter,
+    /// POSTs to webhook endpoints, by `endpoint` and `result` (`sent`, `failed`).
+    pub notifications: IntCounterVec,
+    /// Events never delivered, by `endpoint` and `reason` (`queue_full`,
+    /// `retries_exhausted`, `shutdown`).
+    pub notifications_dropped: IntCounterVec,
+    /// Events waiting in an endpoint's queue.
+    pub notifications_queued: IntGaugeVec,
+    /// Time one POST took, answered or not, by `endpoint`.
+    pub notification_seconds: HistogramVec,
     /// `repository`, `route`, `method`: only with `metrics.repository_label`.
     repository_requests: OnceLock<IntCounterVec>,
 }
@@ -129,6 +140,17 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(request_seconds.clone()))
+            .expect("unique");
+        let notification_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_notification_duration_seconds",
+                "Time one webhook POST took (answered, failed or timed out), by endpoint.",
+            )
+            .buckets(NOTIFICATION_BUCKETS.to_vec()),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(notification_seconds.clone()))
             .expect("unique");
         Metrics {
             requests: counters(
@@ -270,6 +292,25 @@ impl Metrics {
                 "portcullis_cache_evicted_bytes_total",
                 "Cached bytes evicted to keep cache.max_bytes.",
             ),
+            notifications: counters(
+                &r,
+                "portcullis_notifications_total",
+                "Webhook POSTs (one envelope of events each), by endpoint and result (sent, failed).",
+                &["endpoint", "result"],
+            ),
+            notifications_dropped: counters(
+                &r,
+                "portcullis_notifications_dropped_total",
+                "Events never delivered, by endpoint and reason (queue_full, retries_exhausted, shutdown).",
+                &["endpoint", "reason"],
+            ),
+            notifications_queued: gauges(
+                &r,
+                "portcullis_notifications_queued",
+                "Events waiting in an endpoint's queue.",
+                &["endpoint"],
+            ),
+            notification_seconds,
             repository_requests: OnceLock::new(),
             registry: r,
         }

@@ -15,6 +15,7 @@ use portcullis::config::{self, Overrides};
 use portcullis::edge::HttpApp;
 use portcullis::gc::Collector;
 use portcullis::mirror::Mirror;
+use portcullis::notify::Notifier;
 use portcullis::store::{FsBlobStore, RedbMetaStore, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use std::sync::{Arc, LazyLock};
@@ -33,6 +34,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     let registry = Arc::new(Registry::new(Arc::new(blobs), Arc::new(meta), 0));
     let api = Api {
         collector: Collector::new(registry.clone(), &config),
+        notifier: Notifier::new(&config).unwrap().0,
         mirror: Mirror::new(registry.clone(), &config.mirror, config.limits.max_manifest_bytes)
             .unwrap(),
         registry,

@@ -4,7 +4,8 @@
 //! error: authenticate (`auth`), route (`route.rs`, path -> typed [`Route`]), authorize
 //! (access rules, read-only mode), take an upload slot, then dispatch to a handler.
 //! Handlers return `Result<Response, ApiError>` and never log or touch files: storage
-//! rules live in [`crate::store::Registry`].
+//! rules live in [`crate::store::Registry`]. After dispatch, the answer goes to the
+//! notifier (`crate::notify`), which alone decides whether it is an event.
 
 mod admin;
 mod blobs;
@@ -27,6 +28,7 @@ use crate::auth::access::{AccessRules, Action};
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::metrics;
 use crate::mirror::{Mirror, Target};
+use crate::notify::{Exchange, Notifier};
 use crate::oci::RepoName;
 use crate::store::{ByteSource, Registry};
 use std::net::IpAddr;
@@ -48,6 +50,8 @@ pub struct Api {
     pub upload_slots: Arc<Semaphore>,
     /// Garbage collection, for the admin endpoint.
     pub collector: Arc<crate::gc::Collector>,
+    /// Webhook endpoints told of pushes, pulls and deletes (`[[notifications]]`).
+    pub notifier: Arc<Notifier>,
 }
 
 /// The authenticated caller, as handlers see it.
@@ -195,6 +199,19 @@ impl Api {
         let response = self
             .dispatch(&caller, req, &route, target.as_ref(), body)
             .await;
+        if let (Ok(answer), Some(target)) = (&response, &target) {
+            self.notifier.notify(&Exchange {
+                route: &route,
+                request: req,
+                client,
+                user: match &caller.principal {
+                    Principal::User(name) => Some(&**name),
+                    Principal::Anonymous => None,
+                },
+                repository: target.stored_as(),
+                response: answer,
+            });
+        }
         // The OCI spec's answer to `?ns=`: which registry's content this is.
         match (ns, target.as_ref().and_then(Target::upstream_name)) {
             (Some(ns), Some(upstream)) if ns == upstream => {

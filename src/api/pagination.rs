@@ -76,6 +76,7 @@ mod tests {
             path: "/v2/_catalog".into(),
             query: query.map(str::to_string),
             headers: http::HeaderMap::new(),
+            secure: false,
         }
     }
 

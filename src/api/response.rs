@@ -10,6 +10,8 @@ pub struct Request {
     pub path: String,
     pub query: Option<String>,
     pub headers: http::HeaderMap,
+    /// Arrived over TLS (for absolute URLs, such as those in notification events).
+    pub secure: bool,
 }
 
 impl Request {

@@ -196,11 +196,20 @@ impl ByteSource for RequestBody<'_> {
 
 fn request_of(session: &ServerSession) -> Request {
     let header = session.req_header();
+    let mut headers = header.headers.clone();
+    // HTTP/2 carries the host in `:authority`; handlers see it as `Host` either way.
+    if !headers.contains_key(http::header::HOST) {
+        let authority = header.uri.authority().map(|a| a.as_str());
+        if let Some(host) = authority.and_then(|a| http::HeaderValue::from_str(a).ok()) {
+            headers.insert(http::header::HOST, host);
+        }
+    }
     Request {
         method: header.method.clone(),
         path: header.uri.path().to_string(),
         query: header.uri.query().map(str::to_string),
-        headers: header.headers.clone(),
+        headers,
+        secure: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
     }
 }
 

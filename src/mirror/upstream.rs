@@ -134,7 +134,7 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-fn is_loopback(url: &Url) -> bool {
+pub(crate) fn is_loopback(url: &Url) -> bool {
     let host = url.host_str().unwrap_or("");
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost"
@@ -595,7 +595,7 @@ pub fn describe(e: reqwest::Error) -> String {
 }
 
 /// Reads a small body (a token, a manifest, a tag list) of at most `limit` bytes.
-async fn read_limited(
+pub(crate) async fn read_limited(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<bytes::Bytes, String> {

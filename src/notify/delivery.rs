@@ -1,0 +1,260 @@
+//! One endpoint's worker: takes what is queued (up to [`MAX_BATCH`] events), POSTs it
+//! as one envelope, retries with a doubling back-off, and gives the batch up after
+//! `retries` more attempts. At shutdown it tries once more for everything queued,
+//! within [`FLUSH_BOUND`].
+
+use super::event::{Envelope, Event, ENVELOPE_MEDIA_TYPE};
+use super::EndpointMetrics;
+use crate::config::{NotificationEndpoint, MAX_NOTIFICATION_BACKOFF};
+use crate::mirror::upstream::{describe, is_loopback, read_limited};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora::server::ShutdownWatch;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Events in one envelope at most. registry:2 sends one per request; batching what
+/// has queued up lets a slow endpoint catch up (and bounds the body to ~100 KiB).
+pub const MAX_BATCH: usize = 100;
+/// At shutdown, how long the worker keeps delivering what is queued. It stays under
+/// the time pingora gives background services to end (grace period plus shutdown
+/// timeout), so the last attempts are not cut off mid-request.
+pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
+/// What is read of an endpoint's answer (for the connection's reuse); the rest is dropped.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The wait before retry number `retry` (1 for the first): `base` doubled per retry,
+/// at most [`MAX_NOTIFICATION_BACKOFF`].
+pub fn backoff_before_retry(base: Duration, retry: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(retry.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(MAX_NOTIFICATION_BACKOFF)
+}
+
+pub struct Worker {
+    endpoint: NotificationEndpoint,
+    client: reqwest::Client,
+    headers: HeaderMap,
+    queue: mpsc::Receiver<Event>,
+    /// Set by the sending side when it drops an event for a full queue (so it warns
+    /// once per overflow); cleared here whenever events are taken out.
+    overflowing: Arc<AtomicBool>,
+    metrics: EndpointMetrics,
+}
+
+/// How delivering one batch ended.
+enum Delivery {
+    Sent,
+    /// Every attempt failed; the last error.
+    GaveUp(String),
+    /// Shutdown began while waiting to retry: the batch goes to the flush.
+    Interrupted,
+}
+
+impl Worker {
+    pub fn new(
+        endpoint: NotificationEndpoint,
+        queue: mpsc::Receiver<Event>,
+        overflowing: Arc<AtomicBool>,
+        metrics: EndpointMetrics,
+    ) -> Result<Worker, String> {
+        let fail = |what: String| format!("notifications endpoint {}: {what}", endpoint.name);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = reqwest::Url::parse(&endpoint.url).map_err(|e| fail(format!("url: {e}")))?;
+        // No redirects: a redirect could carry the configured headers to another host.
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
+        // A proxy from the environment is for the internet, never for this machine.
+        if is_loopback(&url) {
+            builder = builder.no_proxy();
+        }
+        let client = builder
+            .build()
+            .map_err(|e| fail(format!("cannot build an HTTP client: {e}")))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &endpoint.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| fail(format!("header name {name:?} is not valid")))?;
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| fail(format!("the value of header {name} is not valid")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        Ok(Worker {
+            endpoint,
+            client,
+            headers,
+            queue,
+            overflowing,
+            metrics,
+        })
+    }
+
+    /// Delivers until shutdown, then flushes.
+    pub async fn run(mut self, mut shutdown: ShutdownWatch) {
+        let unsent = loop {
+            let first = tokio::select! {
+                _ = shutdown.changed() => break None,
+                event = self.queue.recv() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+            };
+            let batch = self.take_batch(first);
+            match self.deliver(&batch, &mut shutdown).await {
+                Delivery::Sent => {}
+                Delivery::GaveUp(error) => {
+                    self.metrics.retries_exhausted.inc_by(batch.len() as u64);
+                    tracing::warn!(
+                        endpoint = %self.endpoint.name,
+                        events = batch.len(),
+                        attempts = self.endpoint.retries + 1,
+                        "notifications dropped: every attempt failed (last: {error})"
+                    );
+                }
+                Delivery::Interrupted => break Some(batch),
+            }
+        };
+        self.flush(unsent).await;
+    }
+
+    /// `first` and whatever else is queued, up to [`MAX_BATCH`].
+    fn take_batch(&mut self, first: Event) -> Vec<Event> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match self.queue.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        self.metrics.queued.sub(batch.len() as i64);
+        self.overflowing.store(false, Ordering::Relaxed);
+        batch
+    }
+
+    /// The first attempt and up to `retries` more, backing off between them.
+    async fn deliver(&self, batch: &[Event], shutdown: &mut ShutdownWatch) -> Delivery {
+        let body = envelope(batch);
+        let mut attempt = 0;
+        loop {
+            let error = match self.post(body.clone(), self.endpoint.timeout).await {
+                Ok(()) => return Delivery::Sent,
+                Err(error) => error,
+            };
+            attempt += 1;
+            if attempt > self.endpoint.retries {
+                return Delivery::GaveUp(error);
+            }
+            let wait = backoff_before_retry(self.endpoint.backoff, attempt);
+            tracing::warn!(
+                endpoint = %self.endpoint.name,
+                events = batch.len(),
+                "notification POST failed ({error}); retry {attempt} of {} in {wait:?}",
+                self.endpoint.retries
+            );
+            // A POST under way is never cut off (bounded by its timeout); only the
+            // wait for the next one ends early at shutdown.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return Delivery::Interrupted,
+            }
+        }
+    }
+
+    /// One POST within `timeout`: delivered on a 2xx answer, else the reason.
+    async fn post(&self, body: Bytes, timeout: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let sent = self
+            .client
+            .post(&self.endpoint.url)
+            .headers(self.headers.clone())
+            .header(http::header::CONTENT_TYPE, ENVELOPE_MEDIA_TYPE)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await;
+        let outcome = match sent {
+            Ok(answer) if answer.status().is_success() => {
+                // Read (a bounded part of) the answer so the connection can be reused.
+                let _ = read_limited(answer, MAX_ANSWER_BYTES).await;
+                Ok(())
+            }
+            Ok(answer) if answer.status().is_redirection() => Err(format!(
+                "answered {}; redirects are not followed, so point url at where it leads",
+                answer.status()
+            )),
+            Ok(answer) => Err(format!("answered {}", answer.status())),
+            // Without the URL: its path or query may hold a token.
+            Err(e) => Err(describe(e.without_url())),
+        };
+        self.metrics
+            .seconds
+            .observe(started.elapsed().as_secs_f64());
+        match &outcome {
+            Ok(()) => self.metrics.sent.inc(),
+            Err(_) => self.metrics.failed.inc(),
+        }
+        outcome
+    }
+
+    /// After shutdown: one attempt per batch for what is queued, within [`FLUSH_BOUND`].
+    /// The queue is closed first, so events of requests still finishing are counted as
+    /// dropped at once instead of waiting where nobody reads.
+    async fn flush(mut self, unsent: Option<Vec<Event>>) {
+        self.queue.close();
+        let deadline = Instant::now() + FLUSH_BOUND;
+        let mut pending = unsent;
+        let mut dropped = 0;
+        loop {
+            let batch = match pending.take() {
+                Some(batch) => batch,
+                None => match self.queue.try_recv() {
+                    Ok(first) => self.take_batch(first),
+                    Err(_) => break,
+                },
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = left.min(self.endpoint.timeout);
+            if timeout.is_zero() || self.post(envelope(&batch), timeout).await.is_err() {
+                dropped += batch.len();
+            }
+        }
+        if dropped > 0 {
+            self.metrics.shutdown.inc_by(dropped as u64);
+            tracing::warn!(
+                endpoint = %self.endpoint.name,
+                events = dropped,
+                "notifications dropped: not delivered before shutdown"
+            );
+        }
+    }
+}
+
+fn envelope(batch: &[Event]) -> Bytes {
+    let body = serde_json::to_vec(&Envelope { events: batch }).expect("events serialize");
+    Bytes::from(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_up_to_the_cap() {
+        let second = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=8)
+            .map(|retry| backoff_before_retry(second, retry).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff_before_retry(Duration::ZERO, 5), Duration::ZERO);
+        assert_eq!(backoff_before_retry(second, 100), MAX_NOTIFICATION_BACKOFF);
+        assert_eq!(
+            backoff_before_retry(second, u32::MAX),
+            MAX_NOTIFICATION_BACKOFF
+        );
+    }
+}
