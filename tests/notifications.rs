@@ -8,6 +8,8 @@
 //! * A receiver that answers 500, or nothing listening: exactly 1 + `retries` POSTs,
 //!   then the batch is given up (logged).
 //! * A small queue behind a stalled receiver: overflow is dropped and logged.
+//! * The same push, pull and delete against Debian's `docker-registry` (registry:2)
+//!   give events of the same shape, but for the gaps named in that test.
 //!
 //! Drops are asserted on the server's log lines; once the metrics listener serves
 //! `/metrics`, `portcullis_notifications_dropped_total{reason=...}` is the better witness.
@@ -16,7 +18,7 @@
 #[allow(dead_code)]
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -25,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::distribution::Distribution;
 use common::{
     htpasswd_add, portcullis, raw_exchange, run_ok, sha256_digest, ContainersEnv, ImageFixture,
     Server, OCI_MANIFEST_TYPE,
@@ -662,4 +665,104 @@ fn endpoints_get_only_the_events_and_repositories_they_ask_for() {
     assert_eq!(events[0]["action"], "delete");
     assert_eq!(events[0]["target"]["repository"], "team/app");
     assert_eq!(events[0]["target"]["digest"], digest.as_str());
+}
+
+/// Every key path of a JSON value (`target.mediaType`, ...).
+fn key_paths(value: &Value, prefix: &str, paths: &mut BTreeSet<String>) {
+    match value.as_object() {
+        Some(object) => {
+            for (key, inner) in object {
+                key_paths(inner, &format!("{prefix}{key}."), paths);
+            }
+        }
+        None => {
+            paths.insert(prefix.trim_end_matches('.').to_string());
+        }
+    }
+}
+
+/// The key paths of each kind of event: (action, method, what it names).
+fn shapes(events: &[Value], manifest_digest: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut shapes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for event in events {
+        let target = &event["target"];
+        let names = if target["digest"].is_null() {
+            "tag"
+        } else if target["digest"] == manifest_digest {
+            "manifest"
+        } else {
+            "blob"
+        };
+        let kind = format!("{} {} {names}", event["action"], event["request"]["method"]);
+        key_paths(event, "", shapes.entry(kind).or_default());
+    }
+    shapes
+}
+
+#[test]
+fn events_have_the_shape_registry_2_sends() {
+    let from_registry = Receiver::start(Answer::Status(200));
+    let from_portcullis = Receiver::start(Answer::Status(200));
+    let registry = Distribution::start_notifying(&from_registry.url());
+    let dir = tempfile::tempdir().unwrap();
+    let server = plain_server(dir.path(), &from_portcullis.url(), "");
+    let env = ContainersEnv::new();
+    let img = ImageFixture::small("1.0");
+    let src = format!("oci:{}:{}", img.layout.display(), img.tag);
+    for (host, receiver) in [
+        (registry.host_port(), &from_registry),
+        (server.host_port(), &from_portcullis),
+    ] {
+        let remote = format!("docker://{host}/team/app:1.0");
+        let push = ["copy", "--preserve-digests", "--dest-tls-verify=false"];
+        run_ok(
+            &mut env.skopeo(&[&push[..], &[&src, &remote]].concat()),
+            SKOPEO_TIMEOUT,
+        );
+        let out = dir
+            .path()
+            .join(format!("pulled-{}", host.replace(':', "-")));
+        let dest = format!("oci:{}:1.0", out.display());
+        let pull = [
+            "copy",
+            "--src-tls-verify=false",
+            remote.as_str(),
+            dest.as_str(),
+        ];
+        run_ok(&mut env.skopeo(&pull), SKOPEO_TIMEOUT);
+        let port: u16 = host.rsplit(':').next().unwrap().parse().unwrap();
+        let request = format!(
+            "DELETE /v2/team/app/manifests/{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            img.manifest_digest
+        );
+        let (status, _, body) = raw_exchange(port, request.as_bytes(), RAW_TIMEOUT);
+        assert!(status.contains(" 202 "), "{host}: {status}: {body}");
+        receiver.wait_for_events("the delete", |events| {
+            events.iter().any(|e| e["action"] == "delete")
+        });
+    }
+    // registry:2 sends a tag's delete after the manifest's; wait for it too.
+    let registry_events = from_registry.wait_for_events("the tag delete", |events| {
+        events
+            .iter()
+            .any(|e| e["action"] == "delete" && e["target"]["tag"] == "1.0")
+    });
+    let mut expected = shapes(&registry_events, &img.manifest_digest);
+    let got = shapes(&from_portcullis.events(), &img.manifest_digest);
+    // The known gaps: a closing PUT does not show a blob's size, and a manifest's
+    // delete does not list the tags it took along.
+    let blob_push = expected
+        .get_mut("\"push\" \"PUT\" blob")
+        .expect("blob pushes");
+    blob_push.remove("target.size");
+    blob_push.remove("target.length");
+    expected.remove("\"delete\" \"DELETE\" tag");
+    assert_eq!(got, expected);
+    for post in from_registry.posts() {
+        assert_eq!(
+            post.header("content-type"),
+            Some(EVENTS_TYPE),
+            "registry:2's type"
+        );
+    }
 }

@@ -19,6 +19,20 @@ pub struct Distribution {
 impl Distribution {
     /// Starts an empty registry on a free loopback port (plain HTTP, no auth).
     pub fn start() -> Distribution {
+        Distribution::launch("")
+    }
+
+    /// [`Distribution::start`] with deletes enabled and every event POSTed to `url`
+    /// (registry:2's notifications, one attempt per second while the endpoint fails).
+    pub fn start_notifying(url: &str) -> Distribution {
+        Distribution::launch(&format!(
+            "  delete:\n    enabled: true\nnotifications:\n  endpoints:\n    - name: test\n      \
+             url: {url}\n      timeout: 5s\n      threshold: 1\n      backoff: 1s\n"
+        ))
+    }
+
+    /// `extra` follows the `storage` keys in the configuration (indented to continue it).
+    fn launch(extra: &str) -> Distribution {
         assert!(
             std::path::Path::new(BINARY).exists(),
             "ENVIRONMENT: {BINARY} is missing; install Debian's docker-registry package"
@@ -32,8 +46,8 @@ impl Distribution {
             fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                     http:\n  addr: 127.0.0.1:{port}\n",
+                    "version: 0.1\nhttp:\n  addr: 127.0.0.1:{port}\n\
+                     storage:\n  filesystem:\n    rootdirectory: {}\n{extra}",
                     storage.display()
                 ),
             )
