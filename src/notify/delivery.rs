@@ -242,6 +242,160 @@ fn envelope(batch: &[Event]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::event::{Action, Actor, RequestRecord, Source, Target};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    /// A loopback endpoint answering every POST with `status`; counts the POSTs.
+    async fn endpoint_answering(status: u16) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = posts.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let posts = counted.clone();
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(value) = lower.strip_prefix("content-length:") {
+                                length = value.trim().parse().unwrap();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        stream.read_exact(&mut body).await.unwrap();
+                        posts.fetch_add(1, Ordering::SeqCst);
+                        let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, posts)
+    }
+
+    fn worker(url: &str, keys: &str, label: &str) -> (Worker, mpsc::Sender<Event>) {
+        let text = format!("[[notifications]]\nname = \"{label}\"\nurl = \"{url}\"\n{keys}");
+        let config =
+            crate::config::from_text(&text, "t.toml", Vec::new(), Default::default()).unwrap();
+        let endpoint = config.notifications[0].clone();
+        let (sender, receiver) = mpsc::channel(endpoint.queue);
+        let metrics = EndpointMetrics::for_endpoint(label);
+        let worker = Worker::new(endpoint, receiver, Default::default(), metrics).unwrap();
+        (worker, sender)
+    }
+
+    fn event() -> Event {
+        Event {
+            id: "e".into(),
+            timestamp: "1970-01-01T00:00:00Z".into(),
+            action: Action::Push,
+            target: Target {
+                repository: "a".into(),
+                ..Target::default()
+            },
+            request: RequestRecord {
+                id: "r".into(),
+                addr: None,
+                host: None,
+                method: "PUT".into(),
+                useragent: String::new(),
+            },
+            actor: Actor::default(),
+            source: Source {
+                addr: "h:1".into(),
+                instance_id: "i".into(),
+            },
+        }
+    }
+
+    /// Polls `done` for up to 10 s.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "not within 10 s: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_given_up_after_the_retries_and_counted() {
+        let (url, posts) = endpoint_answering(500).await;
+        let (worker, sender) = worker(&url, "retries = 2\nbackoff_secs = 0\n", "unit-retries");
+        let metrics = worker.metrics.clone();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(worker.run(shutdown));
+        metrics.queued.inc();
+        sender.send(event()).await.unwrap();
+        eventually("the give-up", || metrics.retries_exhausted.get() == 1).await;
+        assert_eq!(posts.load(Ordering::SeqCst), 3);
+        assert_eq!((metrics.failed.get(), metrics.sent.get()), (3, 0));
+        assert_eq!(metrics.queued.get(), 0);
+        assert_eq!(metrics.seconds.get_sample_count(), 3);
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        assert_eq!(metrics.shutdown.get(), 0, "nothing was left at shutdown");
+    }
+
+    #[tokio::test]
+    async fn what_is_queued_at_shutdown_gets_one_more_try() {
+        let (url, posts) = endpoint_answering(204).await;
+        let (worker, sender) = worker(&url, "", "unit-flush");
+        let metrics = worker.metrics.clone();
+        for _ in 0..(MAX_BATCH + 1) {
+            metrics.queued.inc();
+            sender.try_send(event()).unwrap();
+        }
+        // Shut down before the worker ever ran: everything goes in the flush.
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        stop.send(true).unwrap();
+        worker.run(shutdown).await;
+        assert_eq!(
+            posts.load(Ordering::SeqCst),
+            2,
+            "{MAX_BATCH} events per POST"
+        );
+        assert_eq!((metrics.sent.get(), metrics.shutdown.get()), (2, 0));
+        assert_eq!(metrics.queued.get(), 0);
+        // The queue is closed now: later events are refused at once.
+        assert!(sender.try_send(event()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_dead_endpoint_at_shutdown_loses_its_events_counted() {
+        let url = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}/", listener.local_addr().unwrap())
+        };
+        let (worker, sender) = worker(&url, "backoff_secs = 60\n", "unit-dead");
+        let metrics = worker.metrics.clone();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(worker.run(shutdown));
+        metrics.queued.inc();
+        sender.send(event()).await.unwrap();
+        // The first attempt failed; the worker waits 60 s to retry...
+        eventually("the first failure", || metrics.failed.get() == 1).await;
+        metrics.queued.inc();
+        sender.send(event()).await.unwrap();
+        // ...until shutdown cuts the wait short: one last try each, then counted.
+        let started = Instant::now();
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        assert!(started.elapsed() < FLUSH_BOUND + Duration::from_secs(1));
+        assert_eq!(metrics.shutdown.get(), 2);
+        assert_eq!(metrics.retries_exhausted.get(), 0);
+    }
 
     #[test]
     fn back_off_doubles_up_to_the_cap() {
