@@ -1175,6 +1175,12 @@ fn resolve_notification(
         )
     })?;
     check_url(&url, &at("url"), "https://hooks.lan/registry")?;
+    if let Err(e) = reqwest::Url::parse(&url) {
+        return Err(ConfigError::new(
+            at("url"),
+            format!("{url:?} is not a valid URL ({e}); write it as https://HOST[:PORT]/PATH"),
+        ));
+    }
     let authority = url
         .split("://")
         .nth(1)
@@ -1640,7 +1646,7 @@ mod tests {
         let endpoint = |extra: &str| {
             format!("[[notifications]]\nname = \"hook\"\nurl = \"http://h/\"\n{extra}")
         };
-        let cases: [(String, &[&str]); 11] = [
+        let cases: [(String, &[&str]); 12] = [
             (
                 "[[notifications]]\nurl = \"http://h/\"\n".into(),
                 &["notifications[0].name", "name = "],
@@ -1674,6 +1680,10 @@ mod tests {
                 &["notifications[0].events", "\"tag\"", "\"pull\""],
             ),
             (endpoint("queue = 0\n"), &["notifications[0].queue"]),
+            (
+                "[[notifications]]\nname = \"hook\"\nurl = \"http://bad host/\"\n".into(),
+                &["notifications[0].url", "not a valid URL"],
+            ),
             (
                 endpoint("backoff_secs = 61\n"),
                 &["notifications[0].backoff_secs", "60"],

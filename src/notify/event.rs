@@ -159,9 +159,13 @@ pub struct Occurrence<'a> {
 
 /// The event an answered request makes, if any: successful (2xx) manifest and blob
 /// pushes (a closed upload, a monolithic `POST`), mounts, `GET`s (pulls; `HEAD`s are
-/// not pulls) and deletes.
-pub fn event_for(exchange: &Exchange, occurrence: Occurrence) -> Option<Event> {
+/// not pulls) and deletes. `occurrence` is asked for only when there is an event.
+pub fn event_for<'s>(
+    exchange: &Exchange,
+    occurrence: impl FnOnce() -> Occurrence<'s>,
+) -> Option<Event> {
     let (action, target) = action_and_target(exchange)?;
+    let occurrence = occurrence();
     Some(Event {
         id: occurrence.event_id,
         timestamp: humantime::format_rfc3339_nanos(occurrence.at).to_string(),
@@ -390,15 +394,12 @@ mod tests {
             response,
         };
         let source = source();
-        event_for(
-            &exchange,
-            Occurrence {
-                event_id: "event-1".into(),
-                request_id: "request-1".into(),
-                at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1500),
-                source: &source,
-            },
-        )
+        event_for(&exchange, || Occurrence {
+            event_id: "event-1".into(),
+            request_id: "request-1".into(),
+            at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1500),
+            source: &source,
+        })
     }
 
     fn digest_answer(status: u16) -> Response {

@@ -85,13 +85,12 @@ impl Queue {
     fn offer(&self, event: Event) {
         // Counted before the worker can take it, so the gauge never goes below zero.
         self.metrics.queued.inc();
-        let refused = self.sender.try_send(event);
-        if refused.is_err() {
-            self.metrics.queued.dec();
-        }
+        let Err(refused) = self.sender.try_send(event) else {
+            return;
+        };
+        self.metrics.queued.dec();
         match refused {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+            TrySendError::Full(_) => {
                 self.metrics.queue_full.inc();
                 if !self.overflowing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -101,7 +100,7 @@ impl Queue {
                     );
                 }
             }
-            Err(TrySendError::Closed(_)) => self.metrics.shutdown.inc(),
+            TrySendError::Closed(_) => self.metrics.shutdown.inc(),
         }
     }
 }
@@ -145,7 +144,7 @@ impl Notifier {
         if self.queues.is_empty() {
             return;
         }
-        let occurrence = Occurrence {
+        let occurrence = || Occurrence {
             event_id: uuid::Uuid::new_v4().to_string(),
             request_id: uuid::Uuid::new_v4().to_string(),
             at: SystemTime::now(),
