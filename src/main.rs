@@ -732,6 +732,8 @@ fn import_distribution(config: &Config, tree: &Path) -> Result<(), String> {
 /// Room after `server.shutdown_grace_secs` for the drain's last steps, before pingora
 /// drops what still runs.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+// The drain's last steps include the notifications' flush.
+const _: () = assert!(portcullis::notify::FLUSH_BOUND.as_secs() < SHUTDOWN_MARGIN.as_secs());
 
 /// Opens the store and runs the pingora server until a signal stops it. With
 /// `upgrade`, first takes the listening sockets over from the server running on the
@@ -792,7 +794,7 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
     let (notifier, delivery) = Notifier::new(&config)?;
     let api = Arc::new(Api {
         collector: collector.clone(),
-        notifier,
+        notifier: notifier.clone(),
         registry: registry.clone(),
         mirror: mirror.clone(),
         auth: auth.clone(),
@@ -854,14 +856,21 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         "drain at shutdown",
         Drain {
             grace: config.shutdown_grace,
-            finishers: vec![Box::new(move || {
-                let registry = flush.clone();
-                Box::pin(async move {
-                    if let Err(e) = registry.flush_access().await {
-                        tracing::warn!("access times not saved at shutdown: {e}");
-                    }
-                })
-            })],
+            finishers: vec![
+                Box::new(move || {
+                    let registry = flush.clone();
+                    Box::pin(async move {
+                        if let Err(e) = registry.flush_access().await {
+                            tracing::warn!("access times not saved at shutdown: {e}");
+                        }
+                    })
+                }),
+                // No request can make another event now: deliver what is queued.
+                Box::new(move || {
+                    let notifier = notifier.clone();
+                    Box::pin(async move { notifier.flush().await })
+                }),
+            ],
         },
     ));
     server.add_service(background_service(

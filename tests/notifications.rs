@@ -6,13 +6,11 @@
 //!   repositories, digests, tags, media types, actor, host and URLs.
 //! * A receiver that is down at first gets the event once it is back (retries).
 //! * A receiver that answers 500, or nothing listening: exactly 1 + `retries` POSTs,
-//!   then the batch is given up (logged).
-//! * A small queue behind a stalled receiver: overflow is dropped and logged.
+//!   then the batch is given up: `/metrics` counts it, the log says so.
+//! * A small queue behind a stalled receiver: overflow is dropped and counted.
+//! * SIGTERM while an event waits to be retried: it is delivered before the exit.
 //! * The same push, pull and delete against Debian's `docker-registry` (registry:2)
 //!   give events of the same shape, but for the gaps named in that test.
-//!
-//! Drops are asserted on the server's log lines; once the metrics listener serves
-//! `/metrics`, `portcullis_notifications_dropped_total{reason=...}` is the better witness.
 
 // This suite uses only part of the shared harness.
 #[allow(dead_code)]
@@ -29,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use common::distribution::Distribution;
 use common::{
-    htpasswd_add, portcullis, raw_exchange, run_ok, sha256_digest, ContainersEnv, ImageFixture,
-    Server, OCI_MANIFEST_TYPE,
+    htpasswd_add, metric, portcullis, raw_exchange, run_ok, scrape_metrics, sha256_digest,
+    ContainersEnv, ImageFixture, Server, METRICS_PORT, OCI_MANIFEST_TYPE,
 };
 use serde_json::Value;
 
@@ -254,16 +252,64 @@ fn closed_port() -> u16 {
 // The server
 // ---------------------------------------------------------------------------
 
-/// A plain-HTTP server without authentication notifying one endpoint, `sync`, at
-/// `url`; `extra` adds keys to its [[notifications]] table.
+/// A plain-HTTP server without authentication, with a metrics listener, notifying
+/// one endpoint, `sync`, at `url`; `extra` adds keys to its [[notifications]] table.
 fn plain_server(dir: &Path, url: &str, extra: &str) -> Server {
     Server::start_with_config(
         &format!(
             "[server]\nlisten = \"127.0.0.1:{{PLAIN_PORT}}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n\
              [[notifications]]\nname = \"sync\"\nurl = \"{url}\"\n{extra}"
         ),
         dir,
     )
+}
+
+/// The endpoint `sync`'s notification metrics: POSTs by result, drops by reason,
+/// and what waits in its queue.
+#[derive(Debug, PartialEq)]
+struct Counts {
+    sent: f64,
+    failed: f64,
+    queue_full: f64,
+    retries_exhausted: f64,
+    queued: f64,
+}
+
+fn counts(server: &Server) -> Counts {
+    let scrape = scrape_metrics(server);
+    let posts = |result| {
+        let labels = [("endpoint", "sync"), ("result", result)];
+        metric(&scrape, "portcullis_notifications_total", &labels)
+    };
+    let dropped = |reason| {
+        let labels = [("endpoint", "sync"), ("reason", reason)];
+        metric(&scrape, "portcullis_notifications_dropped_total", &labels)
+    };
+    let queued = [("endpoint", "sync")];
+    Counts {
+        sent: posts("sent"),
+        failed: posts("failed"),
+        queue_full: dropped("queue_full"),
+        retries_exhausted: dropped("retries_exhausted"),
+        queued: metric(&scrape, "portcullis_notifications_queued", &queued),
+    }
+}
+
+/// Polls `/metrics` until `done` holds, within [`DEADLINE`].
+fn wait_for_counts(server: &Server, what: &str, done: impl Fn(&Counts) -> bool) -> Counts {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let counts = counts(server);
+        if done(&counts) {
+            return counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {DEADLINE:?}: {counts:?}"
+        );
+        thread::sleep(POLL);
+    }
 }
 
 /// Pushes a small blob in one POST (one push event) and returns its digest.
@@ -553,6 +599,10 @@ fn events_wait_for_a_receiver_that_comes_back() {
             .any(|e| e["target"]["digest"] == second.as_str())
     });
     assert_eq!(log_lines_with(&server, "every attempt failed"), 0);
+    let counts = wait_for_counts(&server, "two sent POSTs", |c| c.sent == 2.0);
+    assert!(counts.failed >= 1.0, "{counts:?}");
+    assert_eq!(counts.retries_exhausted + counts.queue_full, 0.0);
+    assert_eq!(counts.queued, 0.0);
 }
 
 #[test]
@@ -565,21 +615,21 @@ fn a_failing_receiver_gets_exactly_one_try_plus_the_retries() {
         "retries = 3\nbackoff_secs = 0\n",
     );
     push_blob(&server, "team/app", b"never accepted");
+    let counts = wait_for_counts(&server, "the give-up", |c| c.retries_exhausted == 1.0);
+    assert_eq!((counts.failed, counts.sent, counts.queued), (4.0, 0.0, 0.0));
+    assert_eq!(receiver.posts().len(), 4);
     let gave_up = wait_for_log_line(&server, &["every attempt failed", "answered 500"]);
     assert!(
         gave_up.contains("attempts=4") && gave_up.contains("events=1"),
         "{gave_up}"
     );
-    assert_eq!(receiver.posts().len(), 4);
     assert_eq!(log_lines_with(&server, "notification POST failed"), 3);
     // The next event is a new batch with its own attempts.
     push_blob(&server, "team/app", b"also never accepted");
-    receiver.wait_for_posts(8);
-    let deadline = Instant::now() + DEADLINE;
-    while log_lines_with(&server, "every attempt failed") < 2 {
-        assert!(Instant::now() < deadline, "second give-up not logged");
-        thread::sleep(POLL);
-    }
+    let counts = wait_for_counts(&server, "the second give-up", |c| {
+        c.retries_exhausted == 2.0
+    });
+    assert_eq!(counts.failed, 8.0);
     assert_eq!(receiver.posts().len(), 8);
 }
 
@@ -589,6 +639,8 @@ fn nothing_listening_is_given_up_after_the_retries() {
     let dir = tempfile::tempdir().unwrap();
     let server = plain_server(dir.path(), &url, "retries = 2\nbackoff_secs = 0\n");
     push_blob(&server, "team/app", b"refused");
+    let counts = wait_for_counts(&server, "the give-up", |c| c.retries_exhausted == 1.0);
+    assert_eq!((counts.failed, counts.sent), (3.0, 0.0));
     let gave_up = wait_for_log_line(&server, &["every attempt failed", "endpoint=sync"]);
     assert!(gave_up.contains("attempts=3"), "{gave_up}");
     assert_eq!(log_lines_with(&server, "notification POST failed"), 2);
@@ -612,6 +664,8 @@ fn a_full_queue_drops_new_events() {
     for i in 2..5 {
         push_blob(&server, "team/app", format!("event {i}").as_bytes());
     }
+    let counts = counts(&server);
+    assert_eq!((counts.queue_full, counts.queued), (3.0, 1.0), "{counts:?}");
     let full = wait_for_log_line(&server, &["notification queue full", "endpoint=sync"]);
     assert!(full.contains("queue=1"), "{full}");
     assert_eq!(
@@ -634,6 +688,44 @@ fn a_full_queue_drops_new_events() {
             .any(|e| e["target"]["digest"] == later.as_str())
     });
     assert_eq!(receiver.events().len(), 3);
+    let counts = wait_for_counts(&server, "three sent POSTs", |c| c.sent == 3.0);
+    assert_eq!(
+        (counts.queue_full, counts.queued, counts.failed),
+        (3.0, 0.0, 0.0)
+    );
+}
+
+#[test]
+fn sigterm_delivers_what_waits_for_a_retry() {
+    let port = closed_port();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/events");
+    let mut server = plain_server(dir.path(), &url, "backoff_secs = 60\n");
+    let digest = push_blob(&server, "team/app", b"waiting at shutdown");
+    wait_for_log_line(
+        &server,
+        &["notification POST failed", "retry 1 of 5 in 60s"],
+    );
+    let receiver = Receiver::start_on(port, Answer::Status(200));
+    // The next try would be a minute away; the shutdown's flush does not wait for it.
+    let started = Instant::now();
+    run_ok(
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(server.pid().to_string()),
+        Duration::from_secs(10),
+    );
+    let status = server.wait_exit(DEADLINE).expect("the server exits");
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let events = receiver.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["target"]["digest"], digest.as_str());
+    assert_eq!(log_lines_with(&server, "not delivered before shutdown"), 0);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! One endpoint's worker: takes what is queued (up to [`MAX_BATCH`] events), POSTs it
 //! as one envelope, retries with a doubling back-off, and gives the batch up after
-//! `retries` more attempts. At shutdown it tries once more for everything queued,
-//! within [`FLUSH_BOUND`].
+//! `retries` more attempts. When the shutdown's flush begins it tries once more for
+//! everything queued, until the flush's deadline.
 
 use super::event::{Envelope, Event, ENVELOPE_MEDIA_TYPE};
 use super::EndpointMetrics;
@@ -9,18 +9,17 @@ use crate::config::{NotificationEndpoint, MAX_NOTIFICATION_BACKOFF};
 use crate::mirror::upstream::{describe, is_loopback, read_limited};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pingora::server::ShutdownWatch;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Events in one envelope at most. registry:2 sends one per request; batching what
 /// has queued up lets a slow endpoint catch up (and bounds the body to ~100 KiB).
 pub const MAX_BATCH: usize = 100;
-/// At shutdown, how long the worker keeps delivering what is queued. It stays under
-/// the time pingora gives background services to end (grace period plus shutdown
-/// timeout), so the last attempts are not cut off mid-request.
+/// At shutdown, how long the workers keep delivering what is queued. The drain waits
+/// for them before the process exits, within the margin the server leaves after
+/// `server.shutdown_grace_secs`.
 pub const FLUSH_BOUND: Duration = Duration::from_secs(3);
 /// What is read of an endpoint's answer (for the connection's reuse); the rest is dropped.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -34,6 +33,16 @@ pub fn backoff_before_retry(base: Duration, retry: u32) -> Duration {
     base.saturating_mul(factor).min(MAX_NOTIFICATION_BACKOFF)
 }
 
+/// The shutdown's flush as workers see it: `None` until it begins, then its deadline.
+pub type FlushSignal = watch::Receiver<Option<Instant>>;
+
+/// Waits for the flush to begin and returns its deadline (a notifier that went away
+/// means: flush now).
+async fn flush_begins(signal: &mut FlushSignal) -> Instant {
+    let deadline = signal.wait_for(Option::is_some).await.ok().and_then(|d| *d);
+    deadline.unwrap_or_else(|| Instant::now() + FLUSH_BOUND)
+}
+
 pub struct Worker {
     endpoint: NotificationEndpoint,
     client: reqwest::Client,
@@ -43,6 +52,9 @@ pub struct Worker {
     /// once per overflow); cleared here whenever events are taken out.
     overflowing: Arc<AtomicBool>,
     metrics: EndpointMetrics,
+    flush: FlushSignal,
+    /// Counts the workers whose flush is over, for the notifier to wait on.
+    flushed: Arc<watch::Sender<usize>>,
 }
 
 /// How delivering one batch ended.
@@ -50,8 +62,8 @@ enum Delivery {
     Sent,
     /// Every attempt failed; the last error.
     GaveUp(String),
-    /// Shutdown began while waiting to retry: the batch goes to the flush.
-    Interrupted,
+    /// The flush began while waiting to retry (its deadline): the batch goes to it.
+    Interrupted(Instant),
 }
 
 impl Worker {
@@ -60,6 +72,8 @@ impl Worker {
         queue: mpsc::Receiver<Event>,
         overflowing: Arc<AtomicBool>,
         metrics: EndpointMetrics,
+        flush: FlushSignal,
+        flushed: Arc<watch::Sender<usize>>,
     ) -> Result<Worker, String> {
         let fail = |what: String| format!("notifications endpoint {}: {what}", endpoint.name);
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -91,21 +105,24 @@ impl Worker {
             queue,
             overflowing,
             metrics,
+            flush,
+            flushed,
         })
     }
 
-    /// Delivers until shutdown, then flushes.
-    pub async fn run(mut self, mut shutdown: ShutdownWatch) {
-        let unsent = loop {
+    /// Delivers until the flush begins, then flushes.
+    pub async fn run(mut self) {
+        let mut signal = self.flush.clone();
+        let (unsent, deadline) = loop {
             let first = tokio::select! {
-                _ = shutdown.changed() => break None,
+                deadline = flush_begins(&mut signal) => break (None, deadline),
                 event = self.queue.recv() => match event {
                     Some(event) => event,
                     None => return,
                 },
             };
             let batch = self.take_batch(first);
-            match self.deliver(&batch, &mut shutdown).await {
+            match self.deliver(&batch).await {
                 Delivery::Sent => {}
                 Delivery::GaveUp(error) => {
                     self.metrics.retries_exhausted.inc_by(batch.len() as u64);
@@ -116,10 +133,12 @@ impl Worker {
                         "notifications dropped: every attempt failed (last: {error})"
                     );
                 }
-                Delivery::Interrupted => break Some(batch),
+                Delivery::Interrupted(deadline) => break (Some(batch), deadline),
             }
         };
-        self.flush(unsent).await;
+        let flushed = self.flushed.clone();
+        self.flush(unsent, deadline).await;
+        flushed.send_modify(|done| *done += 1);
     }
 
     /// `first` and whatever else is queued, up to [`MAX_BATCH`].
@@ -137,8 +156,9 @@ impl Worker {
     }
 
     /// The first attempt and up to `retries` more, backing off between them.
-    async fn deliver(&self, batch: &[Event], shutdown: &mut ShutdownWatch) -> Delivery {
+    async fn deliver(&self, batch: &[Event]) -> Delivery {
         let body = envelope(batch);
+        let mut signal = self.flush.clone();
         let mut attempt = 0;
         loop {
             let error = match self.post(body.clone(), self.endpoint.timeout).await {
@@ -157,10 +177,10 @@ impl Worker {
                 self.endpoint.retries
             );
             // A POST under way is never cut off (bounded by its timeout); only the
-            // wait for the next one ends early at shutdown.
+            // wait for the next one ends early when the flush begins.
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return Delivery::Interrupted,
+                deadline = flush_begins(&mut signal) => return Delivery::Interrupted(deadline),
             }
         }
     }
@@ -201,12 +221,11 @@ impl Worker {
         outcome
     }
 
-    /// After shutdown: one attempt per batch for what is queued, within [`FLUSH_BOUND`].
-    /// The queue is closed first, so events of requests still finishing are counted as
-    /// dropped at once instead of waiting where nobody reads.
-    async fn flush(mut self, unsent: Option<Vec<Event>>) {
+    /// The shutdown's flush: one attempt per batch for what is queued, until `deadline`.
+    /// The queue is closed first, so an event that still comes is counted as dropped at
+    /// once instead of waiting where nobody reads.
+    async fn flush(mut self, unsent: Option<Vec<Event>>, deadline: Instant) {
         self.queue.close();
-        let deadline = Instant::now() + FLUSH_BOUND;
         let mut pending = unsent;
         let mut dropped = 0;
         loop {
@@ -285,15 +304,51 @@ mod tests {
         (url, posts)
     }
 
-    fn worker(url: &str, keys: &str, label: &str) -> (Worker, mpsc::Sender<Event>) {
+    /// What the notifier holds of one worker: its queue, metrics and flush handles.
+    struct Harness {
+        metrics: EndpointMetrics,
+        sender: mpsc::Sender<Event>,
+        flush: watch::Sender<Option<Instant>>,
+        flushed: watch::Receiver<usize>,
+    }
+
+    fn harness(url: &str, keys: &str, label: &str) -> (Worker, Harness) {
         let text = format!("[[notifications]]\nname = \"{label}\"\nurl = \"{url}\"\n{keys}");
         let config =
             crate::config::from_text(&text, "t.toml", Vec::new(), Default::default()).unwrap();
         let endpoint = config.notifications[0].clone();
         let (sender, receiver) = mpsc::channel(endpoint.queue);
+        let (flush, signal) = watch::channel(None);
+        let (flushed_by, flushed) = watch::channel(0);
         let metrics = EndpointMetrics::for_endpoint(label);
-        let worker = Worker::new(endpoint, receiver, Default::default(), metrics).unwrap();
-        (worker, sender)
+        let worker = Worker::new(
+            endpoint,
+            receiver,
+            Default::default(),
+            metrics.clone(),
+            signal,
+            Arc::new(flushed_by),
+        )
+        .unwrap();
+        let harness = Harness {
+            metrics,
+            sender,
+            flush,
+            flushed,
+        };
+        (worker, harness)
+    }
+
+    impl Harness {
+        /// Queues an event as the notifier does (counted in the gauge).
+        async fn send(&self) {
+            self.metrics.queued.inc();
+            self.sender.send(event()).await.unwrap();
+        }
+    }
+
+    fn start_flush(flush: &watch::Sender<Option<Instant>>) {
+        flush.send_replace(Some(Instant::now() + FLUSH_BOUND));
     }
 
     fn event() -> Event {
@@ -332,44 +387,38 @@ mod tests {
     #[tokio::test]
     async fn a_batch_is_given_up_after_the_retries_and_counted() {
         let (url, posts) = endpoint_answering(500).await;
-        let (worker, sender) = worker(&url, "retries = 2\nbackoff_secs = 0\n", "unit-retries");
-        let metrics = worker.metrics.clone();
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let running = tokio::spawn(worker.run(shutdown));
-        metrics.queued.inc();
-        sender.send(event()).await.unwrap();
+        let (worker, h) = harness(&url, "retries = 2\nbackoff_secs = 0\n", "unit-retries");
+        let metrics = &h.metrics;
+        h.send().await;
+        let running = tokio::spawn(worker.run());
         eventually("the give-up", || metrics.retries_exhausted.get() == 1).await;
         assert_eq!(posts.load(Ordering::SeqCst), 3);
         assert_eq!((metrics.failed.get(), metrics.sent.get()), (3, 0));
         assert_eq!(metrics.queued.get(), 0);
         assert_eq!(metrics.seconds.get_sample_count(), 3);
-        stop.send(true).unwrap();
+        start_flush(&h.flush);
         running.await.unwrap();
+        assert_eq!(*h.flushed.borrow(), 1, "the worker says it is done");
         assert_eq!(metrics.shutdown.get(), 0, "nothing was left at shutdown");
     }
 
     #[tokio::test]
-    async fn what_is_queued_at_shutdown_gets_one_more_try() {
+    async fn what_is_queued_when_the_flush_begins_gets_one_more_try() {
         let (url, posts) = endpoint_answering(204).await;
-        let (worker, sender) = worker(&url, "", "unit-flush");
-        let metrics = worker.metrics.clone();
+        let (worker, h) = harness(&url, "", "unit-flush");
+        let metrics = &h.metrics;
         for _ in 0..(MAX_BATCH + 1) {
-            metrics.queued.inc();
-            sender.try_send(event()).unwrap();
+            h.send().await;
         }
-        // Shut down before the worker ever ran: everything goes in the flush.
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        stop.send(true).unwrap();
-        worker.run(shutdown).await;
-        assert_eq!(
-            posts.load(Ordering::SeqCst),
-            2,
-            "{MAX_BATCH} events per POST"
-        );
+        // The flush begins before the worker ever ran: everything goes in it.
+        start_flush(&h.flush);
+        worker.run().await;
+        let posted = posts.load(Ordering::SeqCst);
+        assert_eq!(posted, 2, "{MAX_BATCH} events per POST");
         assert_eq!((metrics.sent.get(), metrics.shutdown.get()), (2, 0));
         assert_eq!(metrics.queued.get(), 0);
         // The queue is closed now: later events are refused at once.
-        assert!(sender.try_send(event()).is_err());
+        assert!(h.sender.try_send(event()).is_err());
     }
 
     #[tokio::test]
@@ -378,19 +427,16 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}/", listener.local_addr().unwrap())
         };
-        let (worker, sender) = worker(&url, "backoff_secs = 60\n", "unit-dead");
-        let metrics = worker.metrics.clone();
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let running = tokio::spawn(worker.run(shutdown));
-        metrics.queued.inc();
-        sender.send(event()).await.unwrap();
+        let (worker, h) = harness(&url, "backoff_secs = 60\n", "unit-dead");
+        let metrics = &h.metrics;
+        h.send().await;
+        let running = tokio::spawn(worker.run());
         // The first attempt failed; the worker waits 60 s to retry...
         eventually("the first failure", || metrics.failed.get() == 1).await;
-        metrics.queued.inc();
-        sender.send(event()).await.unwrap();
-        // ...until shutdown cuts the wait short: one last try each, then counted.
+        h.send().await;
+        // ...until the flush cuts the wait short: one last try each, then counted.
         let started = Instant::now();
-        stop.send(true).unwrap();
+        start_flush(&h.flush);
         running.await.unwrap();
         assert!(started.elapsed() < FLUSH_BOUND + Duration::from_secs(1));
         assert_eq!(metrics.shutdown.get(), 2);

@@ -7,8 +7,10 @@
 //! pure [`event::event_for`] decides whether that answer is an event, and the event
 //! goes into each interested endpoint's bounded queue with `try_send` (a full queue
 //! drops it and counts it). One worker per endpoint (`delivery.rs`), run by the
-//! [`Delivery`] background service, POSTs what is queued, retries with back-off, and
-//! at shutdown tries once more within a short bound. Handlers know nothing of this.
+//! [`Delivery`] background service, POSTs what is queued and retries with back-off.
+//! At shutdown the drain calls [`Notifier::flush`] once no connection is left (so no
+//! request can make another event): every worker tries once more for what is queued,
+//! within [`FLUSH_BOUND`], before the process exits. Handlers know nothing of this.
 //!
 //! Header values from the configuration (tokens) are never logged, nor is the URL
 //! (it may hold a token too); log lines and metric labels name the endpoint.
@@ -16,21 +18,27 @@
 mod delivery;
 pub mod event;
 
+pub use delivery::FLUSH_BOUND;
 pub use event::{Action, Event, EventKind, Exchange};
 
 use crate::auth::access::glob_match;
 use crate::config::{Config, NotificationEndpoint};
 use crate::metrics;
 use async_trait::async_trait;
-use delivery::Worker;
+use delivery::{FlushSignal, Worker};
 use event::{Occurrence, Source};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::watch;
+
+/// How long past the flush's deadline [`Notifier::flush`] waits for the workers'
+/// bookkeeping (their last POSTs end at the deadline).
+const FLUSH_MARGIN: Duration = Duration::from_millis(250);
 
 /// One endpoint's metrics, with its label already applied.
 #[derive(Clone)]
@@ -109,6 +117,10 @@ impl Queue {
 pub struct Notifier {
     queues: Vec<Queue>,
     source: Source,
+    /// Set to the deadline when the shutdown's flush begins.
+    flush: watch::Sender<Option<Instant>>,
+    /// How many workers have finished their flush.
+    flushed: watch::Receiver<usize>,
 }
 
 impl Notifier {
@@ -117,6 +129,9 @@ impl Notifier {
     pub fn new(config: &Config) -> Result<(Arc<Notifier>, Delivery), String> {
         let mut queues = Vec::new();
         let mut workers = Vec::new();
+        let (flush, signal): (_, FlushSignal) = watch::channel(None);
+        let (flushed_by, flushed) = watch::channel(0);
+        let flushed_by = Arc::new(flushed_by);
         for endpoint in &config.notifications {
             let (sender, receiver) = mpsc::channel(endpoint.queue);
             let overflowing = Arc::new(AtomicBool::new(false));
@@ -126,6 +141,8 @@ impl Notifier {
                 receiver,
                 overflowing.clone(),
                 metrics.clone(),
+                signal.clone(),
+                flushed_by.clone(),
             )?);
             queues.push(queue_for(endpoint, sender, overflowing, metrics));
         }
@@ -134,8 +151,29 @@ impl Notifier {
             addr: format!("{}:{}", hostname(), port.map_or(0, |a| a.port())),
             instance_id: uuid::Uuid::new_v4().to_string(),
         };
-        let notifier = Arc::new(Notifier { queues, source });
+        let notifier = Arc::new(Notifier {
+            queues,
+            source,
+            flush,
+            flushed,
+        });
         Ok((notifier, Delivery(Mutex::new(workers))))
+    }
+
+    /// The shutdown's last step for notifications, once no request can make another
+    /// event: every worker stops waiting to retry and tries once more for what is
+    /// queued; returns when all are done, at most [`FLUSH_BOUND`] (and a moment) later.
+    /// Events still undelivered then are counted as dropped (`reason="shutdown"`).
+    pub async fn flush(&self) {
+        if self.queues.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + FLUSH_BOUND;
+        self.flush.send_replace(Some(deadline));
+        let workers = self.queues.len();
+        let mut flushed = self.flushed.clone();
+        let all_done = flushed.wait_for(|done| *done >= workers);
+        let _ = tokio::time::timeout_at((deadline + FLUSH_MARGIN).into(), all_done).await;
     }
 
     /// Queues the event this answered request makes, if any, for every endpoint that
@@ -189,16 +227,18 @@ fn hostname() -> String {
     }
 }
 
-/// The background service running one delivery worker per endpoint.
+/// The background service running one delivery worker per endpoint. It does not
+/// watch pingora's shutdown: the workers keep delivering while connections drain, and
+/// [`Notifier::flush`] ends them.
 pub struct Delivery(Mutex<Vec<Worker>>);
 
 #[async_trait]
 impl BackgroundService for Delivery {
-    async fn start(&self, shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let workers = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
         let mut running = tokio::task::JoinSet::new();
         for worker in workers {
-            running.spawn(worker.run(shutdown.clone()));
+            running.spawn(worker.run());
         }
         while running.join_next().await.is_some() {}
     }
