@@ -50,7 +50,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         .unwrap();
     Harness {
         runtime,
-        app: Arc::new(HttpApp::new(Arc::new(api), config.limits)),
+        app: Arc::new(HttpApp::new(Arc::new(api), config.limits, false)),
         _dir: dir,
     }
 });
