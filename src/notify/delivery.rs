@@ -43,6 +43,7 @@ async fn flush_begins(signal: &mut FlushSignal) -> Instant {
     deadline.unwrap_or_else(|| Instant::now() + FLUSH_BOUND)
 }
 
+/// Delivers one endpoint's events; owns the receiving end of its queue.
 pub struct Worker {
     endpoint: NotificationEndpoint,
     client: reqwest::Client,
