@@ -728,7 +728,6 @@ fn import_distribution(config: &Config, tree: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens the store and runs the pingora server until a signal stops it.
 /// Room after `server.shutdown_grace_secs` for the drain's last steps, before pingora
 /// drops what still runs.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);

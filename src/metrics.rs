@@ -332,11 +332,6 @@ impl Metrics {
         self.repository_requests.get()
     }
 
-    /// Registers a metric defined elsewhere (notifications keep theirs beside the queue).
-    pub fn register(&self, metric: Box<dyn prometheus::core::Collector>) {
-        self.registry.register(metric).expect("unique metric");
-    }
-
     /// Every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
