@@ -59,8 +59,11 @@ impl Write for RedactingStderr {
 }
 
 /// Where pingora logs what a client did rather than what went wrong here (a client
-/// that hung up mid-handshake is an `error!` there): shown only when `RUST_LOG` asks.
-const DEFAULT_FILTER: &str = "info,pingora_core::apps=off,pingora_core::protocols=off";
+/// that hung up mid-handshake is an `error!` there), and the retries of an upgrade's
+/// socket hand-over (an `error!` while the old server has yet to answer; a failed
+/// hand-over is still reported by the bootstrap): shown only when `RUST_LOG` asks.
+const DEFAULT_FILTER: &str = "info,pingora_core::apps=off,pingora_core::protocols=off,\
+                              pingora_core::server::transfer_fd=off";
 
 /// Installs the subscriber: `RUST_LOG` filters (default [`DEFAULT_FILTER`]), lines to
 /// stderr as text or as one JSON object per line with the fields at the top level.

@@ -869,6 +869,11 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
                     let notifier = notifier.clone();
                     Box::pin(async move { notifier.flush().await })
                 }),
+                // Last: a stale pid file would name whatever process gets the number next.
+                Box::new(move || {
+                    let pid_file = pid_file.clone();
+                    Box::pin(async move { remove_own_pid_file(&pid_file) })
+                }),
             ],
         },
     ));
@@ -890,6 +895,16 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         "portcullis serving"
     );
     server.run_forever()
+}
+
+/// Removes the pid file if it still names this process (after an upgrade it names
+/// the new server).
+fn remove_own_pid_file(pid_file: &Path) {
+    let ours = std::fs::read_to_string(pid_file)
+        .is_ok_and(|text| text.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(pid_file);
+    }
 }
 
 /// The first half of `serve --upgrade`: finds the running server by its pid file and
@@ -914,6 +929,16 @@ fn take_over(pid_file: &Path, upgrade_sock: &Path) -> Result<i32, String> {
         return Err(format!(
             "--upgrade: process {pid} from {} is not running; start without --upgrade",
             pid_file.display()
+        ));
+    }
+    // A pid file left by a server that did not stop cleanly may name another program.
+    let program = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if !program.trim().starts_with("portcullis") {
+        return Err(format!(
+            "--upgrade: {} names process {pid}, which is {:?}, not a portcullis server; \
+             remove the stale file and start without --upgrade",
+            pid_file.display(),
+            program.trim()
         ));
     }
     // A socket file left by an earlier upgrade would make the signal go out too early.

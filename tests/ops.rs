@@ -409,6 +409,10 @@ fn sigterm_finishes_the_download_in_flight_then_exits() {
     let log = server.full_log();
     assert!(log.contains("shutdown complete"), "{log}");
     assert!(
+        !server.data_dir().join("portcullis.pid").exists(),
+        "a clean stop removes its pid file"
+    );
+    assert!(
         !log.contains("closing connections still open"),
         "the idle connection held the shutdown up:\n{log}"
     );
@@ -598,4 +602,29 @@ fn upgrade_under_load_fails_no_request() {
         "the new server answered requests:\n{new_text}"
     );
     assert!(old.full_log().contains("shutdown complete"));
+    assert!(
+        !old.full_log().contains("ERROR") && !new_text.contains("ERROR"),
+        "an upgrade is no error:\n{}\n{new_text}",
+        old.full_log()
+    );
+    // A pid file naming another program is refused, not signalled.
+    std::fs::write(
+        dir.path().join("data/portcullis.pid"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    let refused = run_with_timeout(
+        portcullis()
+            .args(["serve", "--upgrade", "--config"])
+            .arg(dir.path().join("portcullis.toml"))
+            .arg("--data")
+            .arg(dir.path().join("data")),
+        ANSWER_TIMEOUT,
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("not a portcullis server"),
+        "{}",
+        refused.stderr
+    );
 }

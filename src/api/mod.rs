@@ -186,7 +186,7 @@ impl Api {
         let ns = route::query_value(&pairs, "ns");
         let target = required_action(&route, &req.method)
             .map(|(repo, action)| (self.mirror.target(repo, ns), action));
-        self.authorize(&principal, &route, target.as_ref())?;
+        self.authorize(&principal, target.as_ref())?;
         if let Some((target, action)) = &target {
             refuse_writes_to_mirrored(target, *action)?;
         }
@@ -270,18 +270,16 @@ impl Api {
     fn authorize(
         &self,
         principal: &Principal,
-        route: &Route,
         target: Option<&(Target, Action)>,
     ) -> Result<(), ApiError> {
         let anonymous = *principal == Principal::Anonymous;
         let Some((repo, action)) = target.map(|(t, a)| (t.stored_as(), *a)) else {
             // `/v2/` is how clients find out that they should log in; the catalog
-            // challenges too, so clients that log in only when asked can list. Where
-            // anonymous callers may pull, `/v2/` welcomes them: Docker asked to log in
-            // there gives up without credentials (or sends its Docker Hub ones to a
-            // mirror); pushes and private pulls still get their challenge.
-            let welcome = *route == Route::Base && self.access.pulls_somewhere(principal);
-            return if anonymous && self.auth.enabled() && !welcome {
+            // challenges too, so clients that log in only when asked can list. (Not
+            // even where anonymous callers may pull: Docker and containers/image learn
+            // from this answer whether to send credentials at all, and a 200 here
+            // would leave their logins unused.)
+            return if anonymous && self.auth.enabled() {
                 Err(self.challenge("authentication required"))
             } else {
                 Ok(())

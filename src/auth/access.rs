@@ -232,7 +232,6 @@ mod tests {
     fn first_matching_rule_decides() {
         let r = rules();
         assert!(r.allows(&Principal::Anonymous, "public/nginx", Action::Pull));
-        assert!(r.pulls_somewhere(&Principal::Anonymous));
         assert!(!r.allows(&Principal::Anonymous, "public/nginx", Action::Push));
         assert!(r.allows(&user("bob"), "public/nginx", Action::Push));
         assert!(!r.allows(&user("carol"), "public/nginx", Action::Push));
@@ -271,7 +270,6 @@ mod tests {
         assert!(!closed.allows(&Principal::Anonymous, "a", Action::Pull));
         assert!(closed.allows(&user("u"), "a", Action::Push));
         assert!(!closed.pulls_everything(&Principal::Anonymous));
-        assert!(!closed.pulls_somewhere(&Principal::Anonymous));
         assert!(closed.pulls_everything(&user("u")));
         assert!(!rules().pulls_everything(&user("alice")));
     }
