@@ -628,3 +628,43 @@ fn upgrade_under_load_fails_no_request() {
         refused.stderr
     );
 }
+
+#[test]
+fn a_collection_is_counted_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{PLAIN_PORT}\"\n[metrics]\nlisten = \"127.0.0.1:{METRICS_PORT}\"\n"
+    );
+    let server = Server::start_with_config(&config, dir.path());
+    // A blob no manifest references: what a collection without grace deletes.
+    let blob = common::pseudo_random(300 * 1024, 9);
+    push_blob(server.port(), "gc/orphan", &blob);
+    let before = scrape_metrics(&server);
+    assert!(
+        metric(&before, "portcullis_store_bytes", &[("origin", "pushed")]) >= blob.len() as f64,
+        "{before}"
+    );
+    let request = b"POST /admin/gc?grace=0s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let (status, _, body) = raw_exchange(server.port(), request, Duration::from_secs(60));
+    assert!(status.contains(" 200 "), "{status} {body}");
+    let after = scrape_metrics(&server);
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        metric(&after, name, labels) - metric(&before, name, labels)
+    };
+    assert_eq!(
+        delta("portcullis_gc_runs_total", &[("result", "ok")]),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(delta("portcullis_gc_deleted_blobs_total", &[]), 1.0);
+    assert_eq!(
+        delta("portcullis_gc_freed_bytes_total", &[]),
+        blob.len() as f64
+    );
+    assert_eq!(delta("portcullis_gc_duration_seconds_count", &[]), 1.0);
+    assert_eq!(
+        metric(&after, "portcullis_store_bytes", &[("origin", "pushed")]),
+        0.0,
+        "measured again by the collection"
+    );
+}
