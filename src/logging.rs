@@ -10,6 +10,8 @@ use regex::Regex;
 use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 use std::sync::LazyLock;
+use std::sync::Mutex;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// A header that carries a credential (also `Proxy-Authorization`, `Set-Cookie`), up
 /// to the end of its value. No word boundary
@@ -43,20 +45,38 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// Standard error, through [`redact`]. The fmt layer writes each event with one call.
-struct RedactingStderr;
+/// Standard error, through [`redact`]. Every `write` is one whole event (the fmt layer
+/// writes each with one call), redacted before it is kept: a secret is never split
+/// across two writes. Events are kept until `flush` or until `BATCH_BYTES` wait.
+struct RedactingStderr {
+    pending: Vec<u8>,
+    batch_bytes: usize,
+}
+
+/// What the server's log writer gathers before one write to stderr; it also writes
+/// whenever no event waits (see [`init_server`]).
+const BATCH_BYTES: usize = 64 * 1024;
 
 impl Write for RedactingStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        std::io::stderr().write_all(redact(&text).as_bytes())?;
+        self.pending.extend_from_slice(redact(&text).as_bytes());
+        if self.pending.len() >= self.batch_bytes {
+            self.flush()?;
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+        let mut stderr = std::io::stderr().lock();
+        stderr.write_all(&self.pending)?;
+        self.pending.clear();
+        stderr.flush()
     }
 }
+
+/// The server's log thread; dropping it writes what waits and stops the thread.
+static SERVER_WRITER: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = Mutex::new(None);
 
 /// Where pingora logs what a client did rather than what went wrong here (a client
 /// that hung up mid-handshake is an `error!` there), and the retries of an upgrade's
@@ -65,15 +85,53 @@ impl Write for RedactingStderr {
 const DEFAULT_FILTER: &str = "info,pingora_core::apps=off,pingora_core::protocols=off,\
                               pingora_core::server::transfer_fd=off";
 
-/// Installs the subscriber: `RUST_LOG` filters (default [`DEFAULT_FILTER`]), lines to
-/// stderr as text or as one JSON object per line with the fields at the top level.
+/// Installs the subscriber for a command: `RUST_LOG` filters (default
+/// [`DEFAULT_FILTER`]), each line to stderr as it comes, as text or as one JSON object
+/// per line with the fields at the top level.
 pub fn init(config: &LogConfig) {
+    install(
+        config,
+        BoxMakeWriter::new(|| RedactingStderr {
+            pending: Vec::new(),
+            batch_bytes: 0,
+        }),
+    );
+}
+
+/// [`init`] for the server: lines are formatted where they happen, then redacted and
+/// written by a thread of their own, many to a write under load (one access line per
+/// request would otherwise cost a system call each). Nothing is dropped: a full queue
+/// makes the caller wait. [`flush_server`] writes what waits before the process exits.
+pub fn init_server(config: &LogConfig) {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("portcullis-log")
+        .finish(RedactingStderr {
+            pending: Vec::with_capacity(BATCH_BYTES),
+            batch_bytes: BATCH_BYTES,
+        });
+    *SERVER_WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+    install(config, BoxMakeWriter::new(writer));
+}
+
+/// Writes the server's waiting log lines and stops its log thread (the last step of a
+/// shutdown, and before exiting on an error).
+pub fn flush_server() {
+    drop(
+        SERVER_WRITER
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(),
+    );
+}
+
+fn install(config: &LogConfig, writer: BoxMakeWriter) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(|| RedactingStderr);
+        .with_writer(writer);
     match config.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder

@@ -253,8 +253,10 @@ fn main() {
             },
         )
         .and_then(|config| {
-            portcullis::logging::init(&config.log);
-            serve(config, upgrade)
+            portcullis::logging::init_server(&config.log);
+            let served = serve(config, upgrade);
+            portcullis::logging::flush_server();
+            served
         }),
         // Unhealthy is exit 1 (as fsck's problems), usage errors 2.
         Command::Health { url } => health(&url).or_else(|message| {
@@ -869,11 +871,13 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
                     let notifier = notifier.clone();
                     Box::pin(async move { notifier.flush().await })
                 }),
-                // Last: a stale pid file would name whatever process gets the number next.
+                // A stale pid file would name whatever process gets the number next.
                 Box::new(move || {
                     let pid_file = pid_file.clone();
                     Box::pin(async move { remove_own_pid_file(&pid_file) })
                 }),
+                // Last: the log lines still waiting, those of the steps above too.
+                Box::new(|| Box::pin(async { portcullis::logging::flush_server() })),
             ],
         },
     ));

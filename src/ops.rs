@@ -184,10 +184,10 @@ impl BackgroundService for Drain {
                 "server.shutdown_grace_secs passed; closing connections still open"
             );
         }
+        tracing::info!("shutdown complete");
         for finish in &self.finishers {
             finish().await;
         }
-        tracing::info!("shutdown complete");
         std::process::exit(0);
     }
 }
