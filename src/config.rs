@@ -44,6 +44,8 @@ pub struct RawConfig {
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
+    accounts: RawAccounts,
+    #[serde(default)]
     groups: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     access: Vec<RawAccess>,
@@ -201,6 +203,18 @@ struct RawAuth {
     cache_capacity: Option<u64>,
     max_failures: Option<u32>,
     failure_window_secs: Option<u64>,
+    token: Option<bool>,
+    token_ttl_secs: Option<u64>,
+    token_realm: Option<String>,
+    token_service: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccounts {
+    enabled: Option<bool>,
+    global_visibility: Option<String>,
+    bcrypt_cost: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,6 +259,7 @@ pub struct Config {
     pub min_free_bytes: u64,
     pub tls: Option<TlsConfig>,
     pub auth: AuthConfig,
+    pub accounts: AccountsConfig,
     pub access: AccessRules,
     pub limits: Limits,
     pub mirror: MirrorConfig,
@@ -498,6 +513,39 @@ pub struct AuthConfig {
     /// Failed logins allowed per client address and per user within `failure_window`.
     pub max_failures: u32,
     pub failure_window: Duration,
+    /// Docker token authentication (`auth.token`): challenges say `Bearer`, and
+    /// `/token` issues signed tokens. Basic credentials keep working either way.
+    pub token: Option<TokenConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenConfig {
+    /// How long an access token is good for.
+    pub ttl: Duration,
+    /// The token endpoint's URL as clients reach it; `None`: built from each request's
+    /// scheme and `Host` (`https://HOST/token`).
+    pub realm: Option<String>,
+    /// The `service` (and the tokens' audience).
+    pub service: String,
+}
+
+/// `[accounts]`: users, teams, namespaces and tokens in `DATA/accounts.redb`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountsConfig {
+    pub enabled: bool,
+    /// Who may pull from the global namespace until an admin changes it.
+    pub global_visibility: crate::accounts::Visibility,
+    pub bcrypt_cost: u32,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> AccountsConfig {
+        AccountsConfig {
+            enabled: false,
+            global_visibility: crate::accounts::Visibility::Protected,
+            bcrypt_cost: crate::auth::htpasswd::DEFAULT_BCRYPT_COST,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -716,11 +764,12 @@ impl RawConfig {
             ));
         }
         let auth = resolve_auth(self.auth, origin)?;
+        let accounts = resolve_accounts(self.accounts, &auth, &self.access, &self.admin, origin)?;
         let access = resolve_access(
             self.access,
             self.groups,
             self.admin,
-            auth.htpasswd.is_some(),
+            auth.htpasswd.is_some() || accounts.enabled,
             origin,
         )?;
         let gc = resolve_gc(self.gc, self.retention, origin)?;
@@ -791,6 +840,7 @@ impl RawConfig {
                 .unwrap_or(DEFAULT_MIN_FREE_BYTES),
             tls,
             auth,
+            accounts,
             access,
             limits,
             mirror,
@@ -927,6 +977,79 @@ fn resolve_auth(raw: RawAuth, origin: &str) -> Result<AuthConfig, ConfigError> {
             60,
             "auth.failure_window_secs",
         )?),
+        token: match raw.token {
+            Some(true) => Some(TokenConfig {
+                ttl: Duration::from_secs(positive(raw.token_ttl_secs, 300, "auth.token_ttl_secs")?),
+                realm: raw
+                    .token_realm
+                    .map(|realm| match realm.starts_with("https://") || realm.starts_with("http://") {
+                        true => Ok(realm),
+                        false => Err(ConfigError::new(
+                            format!("{origin}: auth.token_realm"),
+                            format!("{realm:?} is not a URL; write the token endpoint as clients reach it, e.g. \"https://registry.example.com/token\""),
+                        )),
+                    })
+                    .transpose()?,
+                service: raw.token_service.unwrap_or_else(|| "portcullis".to_string()),
+            }),
+            _ => None,
+        },
+    })
+}
+
+fn resolve_accounts(
+    raw: RawAccounts,
+    auth: &AuthConfig,
+    access: &[RawAccess],
+    admin: &RawAdmin,
+    origin: &str,
+) -> Result<AccountsConfig, ConfigError> {
+    let defaults = AccountsConfig::default();
+    let enabled = raw.enabled.unwrap_or(false);
+    let refuse = |key: &str, fix: &str| {
+        Err(ConfigError::new(
+            format!("{origin}: {key}"),
+            format!("accounts.enabled replaces it: {fix}"),
+        ))
+    };
+    if enabled && auth.htpasswd.is_some() {
+        return refuse(
+            "auth.htpasswd",
+            "remove it (`portcullis user import FILE` copies its users into the accounts)",
+        );
+    }
+    if enabled && !access.is_empty() {
+        return refuse(
+            "access",
+            "remove the [[access]] rules; namespaces, teams and visibility decide instead",
+        );
+    }
+    if enabled && admin.users.is_some() {
+        return refuse(
+            "admin.users",
+            "remove it; admins are accounts (`portcullis user add NAME --admin`)",
+        );
+    }
+    let global_visibility = match raw.global_visibility.as_deref() {
+        None => defaults.global_visibility,
+        Some(text) => text.parse().map_err(|e: String| {
+            ConfigError::new(format!("{origin}: accounts.global_visibility"), e)
+        })?,
+    };
+    let bcrypt_cost = match raw.bcrypt_cost {
+        None => defaults.bcrypt_cost,
+        Some(cost @ 4..=31) => cost,
+        Some(cost) => {
+            return Err(ConfigError::new(
+                format!("{origin}: accounts.bcrypt_cost"),
+                format!("{cost} is outside bcrypt's 4 to 31; 10 to 12 suits most servers"),
+            ))
+        }
+    };
+    Ok(AccountsConfig {
+        enabled,
+        global_visibility,
+        bcrypt_cost,
     })
 }
 

@@ -8,6 +8,7 @@
 //! A library so that the fuzz targets in `fuzz/` reach the parsers; the binary in
 //! `main.rs` is the only other user.
 
+pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod certs;

@@ -8,6 +8,8 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use portcullis::api::Api;
+use portcullis::accounts::{self, Accounts};
+use portcullis::auth::policy::Policy;
 use portcullis::auth::{self, Authenticator};
 use portcullis::certs;
 use portcullis::config::{self, Config, Overrides};
@@ -447,6 +449,28 @@ fn open_registry(config: &Config) -> Result<Arc<Registry>, String> {
 
 /// [`open_registry`], waiting up to `wait` for another process to let go of the
 /// metadata database (an upgrade: the old server still drains).
+/// With `[accounts]`: the directory, in `DATA/accounts.redb` (opened after the
+/// metadata store, whose lock says no other server runs here).
+fn open_accounts(config: &Config) -> Result<Option<Arc<Accounts>>, String> {
+    if !config.accounts.enabled {
+        return Ok(None);
+    }
+    let defaults = accounts::Settings {
+        global_visibility: config.accounts.global_visibility,
+        mirror_visibility: Default::default(),
+    };
+    let mirrors = config.mirror.upstreams.iter().map(|u| u.name.clone()).collect();
+    let accounts = Accounts::open(&config.data_dir, defaults, mirrors, config.accounts.bcrypt_cost)
+        .map_err(|e| format!("{e}; stop the server that uses {}", config.data_dir.display()))?;
+    if accounts.directory().users.values().all(|u| !u.admin) {
+        tracing::warn!(
+            "no admin account yet: stop the server and run `portcullis user add NAME --admin --data {}`",
+            config.data_dir.display()
+        );
+    }
+    Ok(Some(Arc::new(accounts)))
+}
+
 fn open_registry_within(config: &Config, wait: Duration) -> Result<Arc<Registry>, String> {
     let data = &config.data_dir;
     std::fs::create_dir_all(data).map_err(|e| {
@@ -780,6 +804,14 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         None => Duration::ZERO,
     };
     let registry = open_registry_within(&config, wait)?;
+    let accounts = open_accounts(&config)?;
+    let (auth, policy) = match &accounts {
+        Some(accounts) => (
+            Arc::new(Authenticator::with_accounts(&config.auth, Some(accounts.clone()))?),
+            Policy::Accounts(accounts.clone()),
+        ),
+        None => (auth, Policy::Rules(config.access.clone())),
+    };
     // pingora writes its pid file only when it daemonizes; operators need it for SIGHUP.
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .map_err(|e| format!("cannot write {} ({e})", pid_file.display()))?;
@@ -799,7 +831,7 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         registry: registry.clone(),
         mirror: mirror.clone(),
         auth: auth.clone(),
-        access: config.access.clone(),
+        policy,
         read_only: config.read_only,
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_slots: Arc::new(tokio::sync::Semaphore::new(

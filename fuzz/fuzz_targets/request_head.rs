@@ -10,6 +10,7 @@ use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
 use portcullis::api::Api;
 use portcullis::auth::access::AccessRules;
+use portcullis::auth::policy::Policy;
 use portcullis::auth::Authenticator;
 use portcullis::config::{self, Overrides};
 use portcullis::edge::HttpApp;
@@ -39,7 +40,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
             .unwrap(),
         registry,
         auth: Arc::new(Authenticator::new(&config.auth).unwrap()),
-        access: AccessRules::default_for(false, Default::default()),
+        policy: Policy::Rules(AccessRules::default_for(false, Default::default())),
         read_only: false,
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_slots: Arc::new(tokio::sync::Semaphore::new(4)),

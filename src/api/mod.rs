@@ -24,7 +24,8 @@ pub use errors::{ApiError, ErrorCode};
 pub use response::{Body, Request, Response};
 pub use route::Route;
 
-use crate::auth::access::{AccessRules, Action};
+use crate::auth::access::Action;
+use crate::auth::policy::Policy;
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::metrics;
 use crate::mirror::{Mirror, Target};
@@ -42,7 +43,8 @@ pub struct Api {
     /// repositories that an upstream serves.
     pub mirror: Arc<Mirror>,
     pub auth: Arc<Authenticator>,
-    pub access: AccessRules,
+    /// Who may do what: the access rules, or the accounts.
+    pub policy: Policy,
     /// Maintenance mode: pulls work, pushes and deletes are refused.
     pub read_only: bool,
     pub max_manifest_bytes: usize,
@@ -57,22 +59,22 @@ pub struct Api {
 /// The authenticated caller, as handlers see it.
 pub struct Caller<'a> {
     pub principal: Principal,
-    rules: &'a AccessRules,
+    policy: &'a Policy,
 }
 
 impl Caller<'_> {
     pub fn may(&self, repo: &RepoName, action: Action) -> bool {
-        self.rules.allows(&self.principal, repo.as_str(), action)
+        self.policy.allows(&self.principal, repo.as_str(), action)
     }
 
     /// The maintenance endpoints (`admin.users`).
     pub fn may_administer(&self) -> bool {
-        self.rules.allows_admin(&self.principal)
+        self.policy.allows_admin(&self.principal)
     }
 
     /// Automatic mounts take a blob from any repository, so they need pull rights on all.
     pub fn may_pull_everything(&self) -> bool {
-        self.rules.pulls_everything(&self.principal)
+        self.policy.pulls_everything(&self.principal)
     }
 }
 
@@ -194,7 +196,7 @@ impl Api {
         let _slot = self.upload_slot(&route, &req.method)?;
         let caller = Caller {
             principal,
-            rules: &self.access,
+            policy: &self.policy,
         };
         let response = self
             .dispatch(&caller, req, &route, target.as_ref(), body)
@@ -204,10 +206,7 @@ impl Api {
                 route: &route,
                 request: req,
                 client,
-                user: match &caller.principal {
-                    Principal::User(name) => Some(&**name),
-                    Principal::Anonymous => None,
-                },
+                user: caller.principal.name(),
                 repository: target.stored_as(),
                 response: answer,
             });
@@ -230,11 +229,10 @@ impl Api {
         let header = req.header("authorization");
         let outcome = self.auth.authenticate(header, client).await;
         let result = match &outcome {
-            Ok(Principal::User(name)) => {
-                metrics::note(|n| n.user = Some(name.clone()));
-                Some("success")
-            }
-            Ok(Principal::Anonymous) => None,
+            Ok(principal) => principal.name().map(|name| {
+                metrics::note(|n| n.user = Some(Arc::from(name)));
+                "success"
+            }),
             Err(AuthError::InvalidCredentials) => Some("failure"),
             Err(AuthError::TooManyAttempts) => Some("rate_limited"),
         };
@@ -285,7 +283,7 @@ impl Api {
                 Ok(())
             };
         };
-        if !self.access.allows(principal, repo.as_str(), action) {
+        if !self.policy.allows(principal, repo.as_str(), action) {
             return Err(if anonymous {
                 self.challenge("authentication required")
             } else {

@@ -10,7 +10,9 @@
 
 pub mod access;
 pub mod htpasswd;
+pub mod policy;
 
+use crate::accounts::Accounts;
 use crate::config::AuthConfig;
 use base64::Engine as _;
 use htpasswd::{Htpasswd, PasswordHash};
@@ -25,7 +27,77 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Anonymous,
+    /// A user: from the htpasswd file, or an account.
     User(Arc<str>),
+    /// A namespace's robot account, by login (`<namespace>+<name>`).
+    Robot(Arc<str>),
+    /// A user's application token (CI): the user, and the token's id.
+    Token { user: Arc<str>, id: Arc<str> },
+    /// A bearer token from the token endpoint, verified: what it grants.
+    Bearer(Arc<Grant>),
+}
+
+impl Principal {
+    /// The name it signed in as, for the access log, events and the activity log.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::User(name) | Principal::Robot(name) | Principal::Token { user: name, .. } => {
+                Some(name)
+            }
+            Principal::Bearer(grant) => match grant.kind {
+                GrantKind::Anonymous => None,
+                _ => Some(&grant.subject),
+            },
+        }
+    }
+}
+
+/// Who a bearer token was issued to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantKind {
+    Anonymous,
+    User,
+    Robot,
+    /// An application token of the subject's, by id.
+    Token(Arc<str>),
+}
+
+/// What a verified bearer token allows: checked on the request path as it is, with
+/// no lookup, so a token is good for what it says until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub subject: Arc<str>,
+    pub kind: GrantKind,
+    /// Repository (as stored) -> actions.
+    pub repositories: Vec<(String, crate::accounts::Actions)>,
+}
+
+impl Grant {
+    pub fn allows(&self, repo: &str, action: access::Action) -> bool {
+        self.repositories.iter().any(|(name, actions)| {
+            name == repo
+                && match action {
+                    access::Action::Pull => actions.pull,
+                    access::Action::Push => actions.push,
+                    access::Action::Delete => actions.delete,
+                }
+        })
+    }
+
+    /// The principal it was issued to, for checks a grant does not carry (the
+    /// catalog, the admin endpoints).
+    pub fn subject(&self) -> Principal {
+        match &self.kind {
+            GrantKind::Anonymous => Principal::Anonymous,
+            GrantKind::User => Principal::User(self.subject.clone()),
+            GrantKind::Robot => Principal::Robot(self.subject.clone()),
+            GrantKind::Token(id) => Principal::Token {
+                user: self.subject.clone(),
+                id: id.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,8 +119,10 @@ pub struct Authenticator {
     path: Option<PathBuf>,
     realm: String,
     users: RwLock<Arc<Users>>,
-    /// Salted credential hash -> user name, for recently verified logins.
-    verified: Cache<[u8; 32], Arc<str>>,
+    /// With `[accounts]`: users, robots and tokens come from there, not htpasswd.
+    accounts: Option<Arc<Accounts>>,
+    /// Salted credential hash -> who, and the accounts generation it was checked in.
+    verified: Cache<[u8; 32], (Principal, u64)>,
     /// "ip:<addr>" or "user:<name>" -> failures in the current window.
     failures: Cache<String, Arc<AtomicU32>>,
     max_failures: u32,
@@ -76,17 +150,26 @@ fn load_users(path: &PathBuf) -> Result<Users, String> {
 
 impl Authenticator {
     pub fn new(config: &AuthConfig) -> Result<Authenticator, String> {
-        let users = match &config.htpasswd {
-            Some(path) => load_users(path)?,
-            None => Users {
+        Authenticator::with_accounts(config, None)
+    }
+
+    /// With `accounts`, logins are checked against them (the htpasswd file is not read).
+    pub fn with_accounts(
+        config: &AuthConfig,
+        accounts: Option<Arc<Accounts>>,
+    ) -> Result<Authenticator, String> {
+        let users = match (&config.htpasswd, &accounts) {
+            (Some(path), None) => load_users(path)?,
+            _ => Users {
                 file: Htpasswd::default(),
                 decoy: PasswordHash::Sha1([0; 20]),
             },
         };
         Ok(Authenticator {
-            path: config.htpasswd.clone(),
+            path: config.htpasswd.clone().filter(|_| accounts.is_none()),
             realm: config.realm.clone(),
             users: RwLock::new(Arc::new(users)),
+            accounts,
             verified: Cache::builder()
                 .max_capacity(config.cache_capacity)
                 .time_to_live(config.cache_ttl)
@@ -103,7 +186,23 @@ impl Authenticator {
 
     /// Whether requests can log in at all (an htpasswd file is configured).
     pub fn enabled(&self) -> bool {
-        self.path.is_some()
+        self.path.is_some() || self.accounts.is_some()
+    }
+
+    /// Whether a principal that signed in earlier still may (for refresh tokens):
+    /// the user is still in the htpasswd file or the accounts.
+    pub fn still_valid(&self, principal: &Principal) -> bool {
+        match (&self.accounts, principal) {
+            (Some(accounts), p) => accounts.still_valid(p),
+            (None, Principal::User(name)) => self
+                .users
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .file
+                .get(name)
+                .is_some(),
+            (None, p) => *p == Principal::Anonymous,
+        }
     }
 
     pub fn realm(&self) -> &str {
@@ -140,13 +239,27 @@ impl Authenticator {
             return Ok(Principal::Anonymous);
         }
         let (user, password) = parse_basic(header).ok_or(AuthError::InvalidCredentials)?;
+        self.login(&user, password, client).await
+    }
+
+    /// Checks a user name and password (or robot secret, or application token), within
+    /// the failure limits: for Basic headers and for the token endpoint alike.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: String,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, AuthError> {
         // containers/image sends `Basic Og==` (":") when it has no login for the host.
         if user.is_empty() && password.is_empty() {
             return Ok(Principal::Anonymous);
         }
-        let key = self.cache_key(&user, &password);
-        if let Some(name) = self.verified.get(&key) {
-            return Ok(Principal::User(name));
+        let key = self.cache_key(user, &password);
+        let generation = self.accounts.as_ref().map_or(0, |a| a.generation());
+        if let Some((principal, at)) = self.verified.get(&key) {
+            if at == generation {
+                return Ok(principal);
+            }
         }
         let counters = [
             client.map(|ip| format!("ip:{ip}")),
@@ -161,20 +274,26 @@ impl Authenticator {
             return Err(AuthError::TooManyAttempts);
         }
         let users = self.users.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let check_user = user.clone();
-        let valid = tokio::task::spawn_blocking(move || match users.file.get(&check_user) {
-            Some(hash) => hash.verify(&password),
+        let accounts = self.accounts.clone();
+        let check_user = user.to_string();
+        let verified = tokio::task::spawn_blocking(move || match accounts {
+            Some(accounts) => accounts.verify(&check_user, &password),
             None => {
-                users.decoy.verify(&password);
-                false
+                let valid = match users.file.get(&check_user) {
+                    Some(hash) => hash.verify(&password),
+                    None => {
+                        users.decoy.verify(&password);
+                        false
+                    }
+                };
+                valid.then(|| Principal::User(Arc::from(check_user.as_str())))
             }
         })
         .await
-        .unwrap_or(false);
-        if valid {
-            let name: Arc<str> = Arc::from(user.as_str());
-            self.verified.insert(key, name.clone());
-            return Ok(Principal::User(name));
+        .unwrap_or(None);
+        if let Some(principal) = verified {
+            self.verified.insert(key, (principal.clone(), generation));
+            return Ok(principal);
         }
         for k in counters.into_iter().flatten() {
             self.failures
@@ -231,6 +350,7 @@ mod tests {
             cache_capacity: 100,
             max_failures,
             failure_window: Duration::from_secs(60),
+            token: None,
         })
         .unwrap()
     }

@@ -52,7 +52,7 @@ impl RepoName {
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn is_name_component(c: &str) -> bool {
+pub(crate) fn is_name_component(c: &str) -> bool {
     let bytes = c.as_bytes();
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
