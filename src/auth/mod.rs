@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod htpasswd;
+pub mod token;
 
 use crate::config::AuthConfig;
 use base64::Engine as _;
