@@ -11,6 +11,7 @@
 pub mod access;
 pub mod htpasswd;
 pub mod policy;
+pub mod token;
 
 use crate::accounts::Accounts;
 use crate::config::AuthConfig;
