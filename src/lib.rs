@@ -23,5 +23,7 @@ pub mod notify;
 pub mod oci;
 pub mod ops;
 pub mod progress;
+pub mod rest;
 pub mod store;
 pub mod transfer;
+pub mod ui;

@@ -9,6 +9,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use portcullis::api::Api;
 use portcullis::accounts::{self, Accounts};
+use portcullis::api::token::TokenAuth;
 use portcullis::auth::policy::Policy;
 use portcullis::auth::{self, Authenticator};
 use portcullis::certs;
@@ -182,6 +183,44 @@ enum Command {
         #[command(subcommand)]
         action: HtpasswdAction,
     },
+    /// Manage accounts ([accounts] enabled) in the data directory of a stopped server;
+    /// while it runs, use the web UI or the REST API instead.
+    User {
+        /// TOML configuration file (for storage.data_dir and the accounts settings).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory; overrides storage.data_dir.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user (with a private personal namespace of the same name).
+    Add {
+        name: String,
+        /// May manage every namespace, user and setting.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a user's password.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user, their tokens, memberships and personal namespace.
+    Remove { name: String },
+    /// List the users.
+    List,
+    /// Copy the users of an htpasswd file (bcrypt entries) into the accounts.
+    Import { htpasswd: PathBuf },
 }
 
 /// Pull-through cache switches, for `serve` and `fetch`.
@@ -279,6 +318,18 @@ fn main() {
         })
         .map(|text| print!("{text}")),
         Command::Htpasswd { action } => htpasswd(action),
+        Command::User {
+            config,
+            data,
+            action,
+        } => load_config(
+            config.as_deref(),
+            Overrides {
+                data_dir: data,
+                ..Overrides::default()
+            },
+        )
+        .and_then(|config| user(&config, action)),
         Command::Gc {
             config,
             data,
@@ -401,24 +452,7 @@ fn htpasswd(action: HtpasswdAction) -> Result<(), String> {
                     "--cost {cost}: bcrypt cost must be between 4 and 31 (10-12 is usual)"
                 ));
             }
-            let password = if password_stdin {
-                let mut line = String::new();
-                std::io::stdin()
-                    .read_line(&mut line)
-                    .map_err(|e| format!("reading stdin: {e}"))?;
-                line.trim_end_matches(['\r', '\n']).to_string()
-            } else {
-                let first = rpassword::prompt_password(format!("Password for {user}: "))
-                    .map_err(|e| format!("no terminal to prompt on ({e}); use --password-stdin"))?;
-                let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
-                if first != again {
-                    return Err("the passwords differ; nothing changed".into());
-                }
-                first
-            };
-            if password.is_empty() {
-                return Err("empty password; nothing changed".into());
-            }
+            let password = read_password(&user, password_stdin)?;
             let replaced = add_user(&file, &user, &password, cost).map_err(|e| e.to_string())?;
             println!(
                 "{} {user} in {}",
@@ -442,6 +476,103 @@ fn htpasswd(action: HtpasswdAction) -> Result<(), String> {
     Ok(())
 }
 
+/// A new password: the first line of stdin, or typed twice at a prompt.
+fn read_password(user: &str, from_stdin: bool) -> Result<String, String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading stdin: {e}"))?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let first = rpassword::prompt_password(format!("Password for {user}: "))
+            .map_err(|e| format!("no terminal to prompt on ({e}); use --password-stdin"))?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords differ; nothing changed".into());
+        }
+        first
+    };
+    if password.is_empty() {
+        return Err("empty password; nothing changed".into());
+    }
+    Ok(password)
+}
+
+fn user(config: &Config, action: UserAction) -> Result<(), String> {
+    if !config.accounts.enabled {
+        tracing::warn!(
+            "accounts.enabled is not set: the server will not use these accounts until it is"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create {} ({e})", config.data_dir.display()))?;
+    let accounts = match open_accounts_at(config) {
+        Err(e) if e.contains("open in another process") => {
+            return Err(format!(
+                "{e}: a server is running on {}; stop it, or manage accounts in its web UI (/ui/) or REST API (/api/v1/)",
+                config.data_dir.display()
+            ))
+        }
+        other => other?,
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let done = |e: accounts::AccountError| e.to_string();
+    runtime.block_on(async {
+        match action {
+            UserAction::Add {
+                name,
+                admin,
+                password_stdin,
+            } => {
+                let password = read_password(&name, password_stdin)?;
+                accounts.add_user(&name, &password, admin).await.map_err(done)?;
+                println!("added {name}{}", if admin { " (admin)" } else { "" });
+            }
+            UserAction::Passwd {
+                name,
+                password_stdin,
+            } => {
+                let password = read_password(&name, password_stdin)?;
+                accounts.set_password(&name, &password).await.map_err(done)?;
+                println!("changed the password of {name}");
+            }
+            UserAction::Remove { name } => {
+                accounts.change(|d| d.remove_user(&name)).await.map_err(done)?;
+                println!("removed {name}");
+            }
+            UserAction::List => {
+                for user in accounts.directory().users.values() {
+                    println!("{}{}", user.name, if user.admin { " (admin)" } else { "" });
+                }
+            }
+            UserAction::Import { htpasswd } => {
+                let text = std::fs::read_to_string(&htpasswd)
+                    .map_err(|e| format!("{}: cannot read ({e})", htpasswd.display()))?;
+                let file = auth::htpasswd::Htpasswd::parse(&text, &htpasswd.display().to_string());
+                let (mut added, mut skipped) = (0, 0);
+                for (name, hash) in file.users() {
+                    let auth::htpasswd::PasswordHash::Bcrypt(hash) = hash else {
+                        eprintln!("{name}: not a bcrypt entry; skipped (set a password with `portcullis user add {name}`)");
+                        skipped += 1;
+                        continue;
+                    };
+                    let now = accounts::now_ms();
+                    match accounts.change(|d| d.add_user(name, hash.clone(), false, now)).await {
+                        Ok(()) => added += 1,
+                        Err(e) => {
+                            eprintln!("{name}: {e}; skipped");
+                            skipped += 1;
+                        }
+                    }
+                }
+                println!("imported {added} users from {} ({skipped} skipped)", htpasswd.display());
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Opens (creating if needed) the store in the configured data directory.
 fn open_registry(config: &Config) -> Result<Arc<Registry>, String> {
     open_registry_within(config, Duration::ZERO)
@@ -455,12 +586,7 @@ fn open_accounts(config: &Config) -> Result<Option<Arc<Accounts>>, String> {
     if !config.accounts.enabled {
         return Ok(None);
     }
-    let defaults = accounts::Settings {
-        global_visibility: config.accounts.global_visibility,
-        mirror_visibility: Default::default(),
-    };
-    let mirrors = config.mirror.upstreams.iter().map(|u| u.name.clone()).collect();
-    let accounts = Accounts::open(&config.data_dir, defaults, mirrors, config.accounts.bcrypt_cost)
+    let accounts = open_accounts_at(config)
         .map_err(|e| format!("{e}; stop the server that uses {}", config.data_dir.display()))?;
     if accounts.directory().users.values().all(|u| !u.admin) {
         tracing::warn!(
@@ -469,6 +595,16 @@ fn open_accounts(config: &Config) -> Result<Option<Arc<Accounts>>, String> {
         );
     }
     Ok(Some(Arc::new(accounts)))
+}
+
+fn open_accounts_at(config: &Config) -> Result<Accounts, String> {
+    let defaults = accounts::Settings {
+        global_visibility: config.accounts.global_visibility,
+        mirror_visibility: Default::default(),
+    };
+    let mirrors = config.mirror.upstreams.iter().map(|u| u.name.clone()).collect();
+    Accounts::open(&config.data_dir, defaults, mirrors, config.accounts.bcrypt_cost)
+        .map_err(|e| e.to_string())
 }
 
 fn open_registry_within(config: &Config, wait: Duration) -> Result<Arc<Registry>, String> {
@@ -805,6 +941,12 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
     };
     let registry = open_registry_within(&config, wait)?;
     let accounts = open_accounts(&config)?;
+    let tokens = config
+        .auth
+        .token
+        .clone()
+        .map(|t| TokenAuth::open(&config.data_dir, t).map(Arc::new))
+        .transpose()?;
     let (auth, policy) = match &accounts {
         Some(accounts) => (
             Arc::new(Authenticator::with_accounts(&config.auth, Some(accounts.clone()))?),
@@ -832,6 +974,8 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         mirror: mirror.clone(),
         auth: auth.clone(),
         policy,
+        accounts,
+        tokens,
         read_only: config.read_only,
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_slots: Arc::new(tokio::sync::Semaphore::new(

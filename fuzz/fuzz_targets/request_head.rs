@@ -41,6 +41,8 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         registry,
         auth: Arc::new(Authenticator::new(&config.auth).unwrap()),
         policy: Policy::Rules(AccessRules::default_for(false, Default::default())),
+        accounts: None,
+        tokens: None,
         read_only: false,
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_slots: Arc::new(tokio::sync::Semaphore::new(4)),

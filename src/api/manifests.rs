@@ -2,12 +2,12 @@
 //!
 //! Bytes are served exactly as pushed, with the digest of those bytes.
 
-use super::{ApiError, Body, ErrorCode, Request, Response};
+use super::{ApiError, Body, Request, Response};
 use crate::mirror::policy::Accept;
 use crate::mirror::{Mirror, Target};
 use crate::oci::{Reference, RepoName};
 use crate::store::{ByteSource, Registry};
-use bytes::BytesMut;
+use super::response::read_limited;
 
 /// Spec: "GET /v2/<name>/manifests/<reference>" returns the manifest with its
 /// `Content-Type` and `Docker-Content-Digest`; HEAD the same headers without body.
@@ -38,33 +38,6 @@ pub async fn get(
 }
 
 /// Reads a whole request body of at most `limit` bytes.
-async fn read_limited(
-    req: &Request,
-    body: &mut dyn ByteSource,
-    limit: usize,
-) -> Result<BytesMut, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::TooLarge,
-            format!("manifests are limited to {limit} bytes"),
-        )
-    };
-    let declared = req
-        .header("content-length")
-        .and_then(|l| l.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(too_large());
-    }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = body.next_chunk().await? {
-        if buf.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
-}
-
 /// Spec: "PUT /v2/<name>/manifests/<reference>" stores the manifest once everything it
 /// references is in the repository: 201 with `Location`, `Docker-Content-Digest` and,
 /// for a manifest with a `subject`, `OCI-Subject`.
@@ -76,7 +49,7 @@ pub async fn put(
     body: &mut dyn ByteSource,
     max_bytes: usize,
 ) -> Result<Response, ApiError> {
-    let bytes = read_limited(req, body, max_bytes).await?.freeze();
+    let bytes = read_limited(req, body, max_bytes, "manifests").await?.freeze();
     let content_type = req.header("content-type");
     let outcome = registry
         .put_manifest(name, reference, content_type, bytes)

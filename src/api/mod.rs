@@ -18,12 +18,14 @@ mod referrers;
 pub mod response;
 pub mod route;
 mod tags;
+pub mod token;
 mod uploads;
 
 pub use errors::{ApiError, ErrorCode};
 pub use response::{Body, Request, Response};
 pub use route::Route;
 
+use crate::accounts::Accounts;
 use crate::auth::access::Action;
 use crate::auth::policy::Policy;
 use crate::auth::{AuthError, Authenticator, Principal};
@@ -54,6 +56,34 @@ pub struct Api {
     pub collector: Arc<crate::gc::Collector>,
     /// Webhook endpoints told of pushes, pulls and deletes (`[[notifications]]`).
     pub notifier: Arc<Notifier>,
+    /// Users, teams, namespaces and tokens (`[accounts]`); `None`: htpasswd and rules.
+    pub accounts: Option<Arc<Accounts>>,
+    /// Docker token authentication (`auth.token`): the signing key and its settings.
+    pub tokens: Option<Arc<token::TokenAuth>>,
+}
+
+/// Which application a path belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// `/v2/...` and the maintenance endpoints: the distribution API.
+    Registry,
+    /// `/token`: Docker token authentication's endpoint.
+    Token,
+    /// `/api/...`: the REST API for accounts, repositories and activity.
+    Rest,
+    /// `/` and `/ui/...`: the web UI.
+    Ui,
+}
+
+/// Pure: the first path segment decides.
+pub fn front(path: &str) -> Front {
+    match path {
+        "/token" => Front::Token,
+        "/" | "/ui" => Front::Ui,
+        _ if path.starts_with("/ui/") => Front::Ui,
+        _ if path.starts_with("/api/") || path == "/api" => Front::Rest,
+        _ => Front::Registry,
+    }
 }
 
 /// The authenticated caller, as handlers see it.
@@ -116,6 +146,35 @@ pub fn required_action<'r>(
     }
 }
 
+/// The token of an `Authorization: Bearer ...` header.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn has_bearer(req: &Request) -> bool {
+    req.header("authorization").and_then(bearer_token).is_some()
+}
+
+/// Counts a login's outcome (`portcullis_auth_attempts_total`) and notes the user
+/// for the access log: for Basic headers and the token endpoint alike.
+pub(crate) fn count_login(outcome: &Result<Principal, AuthError>) {
+    let result = match outcome {
+        Ok(principal) => principal.name().map(|name| {
+            metrics::note(|n| n.user = Some(Arc::from(name)));
+            "success"
+        }),
+        Err(AuthError::InvalidCredentials) => Some("failure"),
+        Err(AuthError::TooManyAttempts) => Some("rate_limited"),
+    };
+    if let Some(result) = result {
+        metrics::get()
+            .auth_attempts
+            .with_label_values(&[result])
+            .inc();
+    }
+}
+
 /// A malformed tag names a manifest that cannot exist: reading or deleting it is a 404
 /// (as the conformance suite expects); only a PUT, which would create it, gets 400.
 fn not_found_for_reads(err: ApiError, method: &http::Method) -> ApiError {
@@ -161,8 +220,22 @@ impl Api {
         client: Option<IpAddr>,
         body: &mut dyn ByteSource,
     ) -> Response {
-        self.serve(req, client, body)
-            .await
+        let answer = match front(&req.path) {
+            Front::Registry => self.serve(req, client, body).await,
+            Front::Token => {
+                metrics::note(|n| n.route = Some("token"));
+                token::answer(self, req, client, body).await
+            }
+            Front::Rest => {
+                metrics::note(|n| n.route = Some("rest"));
+                crate::rest::answer(self, req, client, body).await
+            }
+            Front::Ui => {
+                metrics::note(|n| n.route = Some("ui"));
+                crate::ui::answer(self, req, client, body).await
+            }
+        };
+        answer
             .unwrap_or_else(ApiError::into_response)
             .header("Docker-Distribution-API-Version", "registry/2.0")
     }
@@ -187,12 +260,12 @@ impl Api {
         let pairs = route::query_pairs(req.query.as_deref());
         let ns = route::query_value(&pairs, "ns");
         let target = required_action(&route, &req.method)
-            .map(|(repo, action)| (self.mirror.target(repo, ns), action));
-        self.authorize(&principal, target.as_ref())?;
-        if let Some((target, action)) = &target {
+            .map(|(repo, action)| (repo, self.mirror.target(repo, ns), action));
+        self.authorize(req, &principal, target.as_ref())?;
+        if let Some((_, target, action)) = &target {
             refuse_writes_to_mirrored(target, *action)?;
         }
-        let target = target.map(|(target, _)| target);
+        let target = target.map(|(_, target, _)| target);
         let _slot = self.upload_slot(&route, &req.method)?;
         let caller = Caller {
             principal,
@@ -220,41 +293,51 @@ impl Api {
         }
     }
 
-    /// Who is calling; counts logins and notes the user for the access log.
+    /// Who is calling; counts logins and notes the user for the access log. With
+    /// token authentication, a bearer token is checked by its signature alone.
     async fn authenticate(
         &self,
         req: &Request,
         client: Option<IpAddr>,
     ) -> Result<Principal, ApiError> {
         let header = req.header("authorization");
-        let outcome = self.auth.authenticate(header, client).await;
-        let result = match &outcome {
-            Ok(principal) => principal.name().map(|name| {
+        if let (Some(tokens), Some(token)) = (&self.tokens, header.and_then(bearer_token)) {
+            let grant = tokens.verify(token).map_err(|e| {
+                ApiError::new(ErrorCode::Unauthorized, format!("bearer token refused: {e}"))
+                    .with_header(
+                        "WWW-Authenticate",
+                        tokens.challenge(req, None, Some("invalid_token")),
+                    )
+            })?;
+            let principal = Principal::Bearer(Arc::new(grant));
+            if let Some(name) = principal.name() {
                 metrics::note(|n| n.user = Some(Arc::from(name)));
-                "success"
-            }),
-            Err(AuthError::InvalidCredentials) => Some("failure"),
-            Err(AuthError::TooManyAttempts) => Some("rate_limited"),
-        };
-        if let Some(result) = result {
-            metrics::get()
-                .auth_attempts
-                .with_label_values(&[result])
-                .inc();
+            }
+            return Ok(principal);
         }
-        outcome.map_err(|e| self.auth_error(e))
+        let outcome = self.auth.authenticate(header, client).await;
+        count_login(&outcome);
+        outcome.map_err(|e| self.auth_error(req, e))
     }
 
-    fn challenge(&self, detail: &str) -> ApiError {
-        ApiError::new(ErrorCode::Unauthorized, detail).with_header(
-            "WWW-Authenticate",
-            format!("Basic realm=\"{}\"", self.auth.realm()),
-        )
+    /// A 401 that tells the client how to authenticate: where to get a token for
+    /// `scope` with token authentication, else Basic.
+    fn challenge(&self, req: &Request, scope: Option<crate::auth::token::Scope>, detail: &str) -> ApiError {
+        let challenge = match &self.tokens {
+            Some(tokens) => {
+                let error = scope.as_ref().map(|_| "insufficient_scope");
+                tokens.challenge(req, scope.clone(), error.filter(|_| has_bearer(req)))
+            }
+            None => format!("Basic realm=\"{}\"", self.auth.realm()),
+        };
+        ApiError::new(ErrorCode::Unauthorized, detail).with_header("WWW-Authenticate", challenge)
     }
 
-    fn auth_error(&self, err: AuthError) -> ApiError {
+    fn auth_error(&self, req: &Request, err: AuthError) -> ApiError {
         match err {
-            AuthError::InvalidCredentials => self.challenge("invalid username or password"),
+            AuthError::InvalidCredentials => {
+                self.challenge(req, None, "invalid username or password")
+            }
             AuthError::TooManyAttempts => {
                 ApiError::new(ErrorCode::TooManyRequests, err.to_string())
                     .with_header("Retry-After", self.auth.retry_after_secs().to_string())
@@ -267,30 +350,38 @@ impl Api {
     /// it (`nginx`, `library/nginx?ns=docker.io`), so no spelling gets around a rule.
     fn authorize(
         &self,
+        req: &Request,
         principal: &Principal,
-        target: Option<&(Target, Action)>,
+        target: Option<&(&RepoName, Target, Action)>,
     ) -> Result<(), ApiError> {
         let anonymous = *principal == Principal::Anonymous;
-        let Some((repo, action)) = target.map(|(t, a)| (t.stored_as(), *a)) else {
+        let Some((asked, repo, action)) = target.map(|(n, t, a)| (*n, t.stored_as(), *a)) else {
             // `/v2/` is how clients find out that they should log in; the catalog
             // challenges too, so clients that log in only when asked can list. (Not
             // even where anonymous callers may pull: Docker and containers/image learn
             // from this answer whether to send credentials at all, and a 200 here
             // would leave their logins unused.)
             return if anonymous && self.auth.enabled() {
-                Err(self.challenge("authentication required"))
+                Err(self.challenge(req, None, "authentication required"))
             } else {
                 Ok(())
             };
         };
         if !self.policy.allows(principal, repo.as_str(), action) {
-            return Err(if anonymous {
-                self.challenge("authentication required")
-            } else {
-                ApiError::new(
+            // A bearer token that lacks the scope is answered with a challenge for it,
+            // as distribution does: the client asks the token endpoint again.
+            let scope = Some(token::scope_for(asked.as_str(), action));
+            return Err(match principal {
+                Principal::Anonymous => self.challenge(req, scope, "authentication required"),
+                Principal::Bearer(_) => self.challenge(
+                    req,
+                    scope,
+                    &format!("no {action:?} access to repository {repo}"),
+                ),
+                _ => ApiError::new(
                     ErrorCode::Denied,
                     format!("no {action:?} access to repository {repo}"),
-                )
+                ),
             });
         }
         if self.read_only && action != Action::Pull {
@@ -368,7 +459,7 @@ impl Api {
             (Route::AdminGc, "GET" | "POST") => {
                 if !caller.may_administer() {
                     return Err(if caller.principal == Principal::Anonymous {
-                        self.challenge("authentication required")
+                        self.challenge(req, None, "authentication required")
                     } else {
                         ApiError::new(
                             ErrorCode::Denied,
@@ -418,6 +509,24 @@ mod tests {
             &Method::POST
         ));
         assert!(!writes_blob_data(&manifest, &Method::PUT));
+    }
+
+    #[test]
+    fn paths_find_their_application() {
+        for (path, want) in [
+            ("/v2/", Front::Registry),
+            ("/v2/a/manifests/1", Front::Registry),
+            ("/admin/gc", Front::Registry),
+            ("/token", Front::Token),
+            ("/tokens", Front::Registry),
+            ("/api/v1/users", Front::Rest),
+            ("/apiary", Front::Registry),
+            ("/", Front::Ui),
+            ("/ui/repositories", Front::Ui),
+            ("/uix", Front::Registry),
+        ] {
+            assert_eq!(front(path), want, "{path}");
+        }
     }
 
     #[test]

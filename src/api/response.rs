@@ -1,8 +1,9 @@
 //! The request and response shapes handlers see: plain data, no server types, so the
 //! edge can change without touching handlers.
 
+use super::errors::{ApiError, ErrorCode};
 use crate::store::ByteSource;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// A request as handlers see it; the body arrives separately as a `ByteSource`.
 pub struct Request {
@@ -82,4 +83,34 @@ impl Response {
         };
         self.header("Content-Type", content_type).body(body)
     }
+}
+
+/// Reads a whole body that must stay small (a manifest, a form, a JSON document):
+/// refused with 413 as soon as it passes `limit`, declared or not.
+pub async fn read_limited(
+    req: &Request,
+    body: &mut dyn ByteSource,
+    limit: usize,
+    what: &str,
+) -> Result<BytesMut, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("{what} are limited to {limit} bytes"),
+        )
+    };
+    let declared = req
+        .header("content-length")
+        .and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = body.next_chunk().await? {
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }

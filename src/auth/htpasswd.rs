@@ -185,6 +185,10 @@ impl Htpasswd {
         self.users.get(user)
     }
 
+    pub fn users(&self) -> impl Iterator<Item = (&str, &PasswordHash)> {
+        self.users.iter().map(|(name, hash)| (name.as_str(), hash))
+    }
+
     pub fn user_count(&self) -> usize {
         self.users.len()
     }

@@ -1,0 +1,18 @@
+//! The REST API under `/api/v1/`: accounts, namespaces, repositories and activity,
+//! for scripts and for everything the web UI does.
+
+use crate::api::{Api, ApiError, ErrorCode, Request, Response};
+use crate::store::ByteSource;
+use std::net::IpAddr;
+
+pub async fn answer(
+    _api: &Api,
+    req: &Request,
+    _client: Option<IpAddr>,
+    _body: &mut dyn ByteSource,
+) -> Result<Response, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::NoSuchEndpoint,
+        format!("no such endpoint: {}", req.path),
+    ))
+}
