@@ -3,7 +3,7 @@
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_DEPS := cmake
-TEST_DEPS := skopeo podman curl tar gzip docker.io containerd iproute2 buildah debootstrap
+TEST_DEPS := skopeo podman curl tar gzip docker.io containerd iproute2 buildah debootstrap chromium nodejs npm
 
 .PHONY: run test build-deps test-deps
 

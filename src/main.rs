@@ -976,6 +976,7 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         policy,
         accounts,
         tokens,
+        sessions: portcullis::ui::Sessions::default(),
         read_only: config.read_only,
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_slots: Arc::new(tokio::sync::Semaphore::new(

@@ -60,6 +60,8 @@ pub struct Api {
     pub accounts: Option<Arc<Accounts>>,
     /// Docker token authentication (`auth.token`): the signing key and its settings.
     pub tokens: Option<Arc<token::TokenAuth>>,
+    /// Who is signed in to the web UI (`/ui/`).
+    pub sessions: crate::ui::Sessions,
 }
 
 /// Which application a path belongs to.

@@ -57,6 +57,7 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh, empty data directory that is removed when
     /// the server is dropped.
+    #[allow(dead_code)]
     pub fn start() -> Server {
         let scratch = scratch_dir("portcullis-server-");
         let data_dir = scratch.path().join("data");
@@ -396,6 +397,7 @@ pub struct ImageFixture {
     pub manifest: Vec<u8>,
     pub manifest_digest: String,
     pub config: Vec<u8>,
+    #[allow(dead_code)]
     pub config_digest: String,
     /// Digests of the compressed layer blobs, in manifest order.
     pub layer_digests: Vec<String>,
@@ -544,6 +546,7 @@ impl ImageFixture {
     }
 
     /// Manifest, config and layer digests.
+    #[allow(dead_code)]
     pub fn blob_digests(&self) -> Vec<String> {
         let mut all = vec![self.manifest_digest.clone(), self.config_digest.clone()];
         all.extend(self.layer_digests.iter().cloned());
@@ -863,6 +866,7 @@ impl ContainersEnv {
     }
 
     /// `podman` with private storage and headless-friendly settings.
+    #[allow(dead_code)]
     pub fn podman(&self, args: &[&str]) -> Command {
         let mut cmd = self.command("podman");
         cmd.arg("--root")
@@ -890,18 +894,25 @@ const SKOPEO_PUSH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pushes the fixture image to `docker://HOST/<repo_tag>` with skopeo.
 #[allow(dead_code)]
 pub fn skopeo_push(env: &ContainersEnv, img: &ImageFixture, server: &Server, repo_tag: &str) {
+    skopeo_push_as(env, img, server, repo_tag, None);
+}
+
+/// [`skopeo_push`] signed in with `user:password` (`--dest-creds`).
+#[allow(dead_code)]
+pub fn skopeo_push_as(
+    env: &ContainersEnv,
+    img: &ImageFixture,
+    server: &Server,
+    repo_tag: &str,
+    creds: Option<&str>,
+) {
     let src = format!("oci:{}:{}", img.layout.display(), img.tag);
     let dest = format!("docker://{}/{repo_tag}", server.host_port());
-    run_ok(
-        &mut env.skopeo(&[
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &src,
-            &dest,
-        ]),
-        SKOPEO_PUSH_TIMEOUT,
-    );
+    let mut args = vec!["copy", "--preserve-digests", "--dest-tls-verify=false"];
+    let creds_arg = creds.map(|c| format!("--dest-creds={c}"));
+    args.extend(creds_arg.as_deref());
+    args.extend([src.as_str(), dest.as_str()]);
+    run_ok(&mut env.skopeo(&args), SKOPEO_PUSH_TIMEOUT);
 }
 
 /// Removes every proxy variable from `cmd`'s environment, so a client tool
@@ -922,6 +933,7 @@ pub fn remove_proxy_env(cmd: &mut Command) {
 /// Runs `podman info` and asserts that it succeeds, so that a podman that
 /// cannot run on this machine is reported as an environment problem instead of
 /// being blamed on the registry.  Returns the output (stdout: the storage driver).
+#[allow(dead_code)]
 pub fn assert_podman_usable(env: &ContainersEnv, timeout: Duration) -> CmdOutput {
     let probe = run_with_timeout(
         &mut env.podman(&["info", "--format", "{{.Store.GraphDriverName}}"]),
@@ -941,6 +953,7 @@ pub fn assert_podman_usable(env: &ContainersEnv, timeout: Duration) -> CmdOutput
 /// `podman pull ARGS... REFERENCE`: asserts that the pull succeeds (showing the
 /// server log otherwise) and that the image ID podman prints is the hex part of
 /// `config_digest`.
+#[allow(dead_code)]
 pub fn podman_pull_checked(
     env: &ContainersEnv,
     server: &Server,
@@ -970,6 +983,7 @@ pub fn podman_pull_checked(
 }
 
 /// `podman image inspect REFERENCE`, parsed as JSON (an array of images).
+#[allow(dead_code)]
 pub fn podman_inspect(
     env: &ContainersEnv,
     reference: &str,

@@ -1,0 +1,246 @@
+// Browser test of the Portcullis web UI, run by tests/ui.rs (which starts the server,
+// creates the admin, and pushes an image between the two phases):
+//
+//   node tests/ui/e2e.mjs before-push|after-push
+//
+// Environment: UI_URL (the server), UI_ADMIN_USER and UI_ADMIN_PASSWORD, UI_STATE (a
+// JSON file the phases hand on: the users made and the CI token), UI_SCREENSHOTS (a
+// directory for PNGs), UI_CHROMIUM (Debian's chromium; no browser is downloaded).
+//
+// Every page visited is checked with axe-core (violations of impact serious or
+// critical fail the run, all are printed), for Content-Security-Policy violations and
+// script errors, and photographed.
+
+import { chromium } from "playwright-core";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const require = createRequire(import.meta.url);
+const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+
+function setting(name) {
+  const value = process.env[name];
+  if (!value) {
+    throw new Error(`${name} is not set (tests/ui.rs sets it)`);
+  }
+  return value;
+}
+
+const BASE = setting("UI_URL");
+const ADMIN = { name: setting("UI_ADMIN_USER"), password: setting("UI_ADMIN_PASSWORD") };
+const STATE_FILE = setting("UI_STATE");
+const SHOTS = setting("UI_SCREENSHOTS");
+const CHROMIUM = setting("UI_CHROMIUM");
+
+const ALICE = { name: "alice", password: "alice-password-1" };
+const BOB = { name: "bob", password: "bob-password-1" };
+const PHONE = { width: 375, height: 812 };
+const DESKTOP = { width: 1280, height: 900 };
+
+const FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/** Problems that fail the run at its end, after every page has been looked at. */
+const problems = [];
+
+function check(condition, message) {
+  if (!condition) {
+    throw new Error(`check failed: ${message}`);
+  }
+}
+
+function step(text) {
+  console.log(`- ${text}`);
+}
+
+/** A fresh browser profile each phase; the page watches for CSP violations and errors. */
+async function openBrowser() {
+  const profile = mkdtempSync(join(tmpdir(), "portcullis-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: FLAGS,
+    viewport: DESKTOP,
+  });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: BASE });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.on("console", (message) => {
+    const text = message.text();
+    if (message.type() === "error" && /Content Security Policy|Refused to/.test(text)) {
+      problems.push(`CSP on ${page.url()}: ${text}`);
+    }
+  });
+  page.on("pageerror", (error) => problems.push(`script error on ${page.url()}: ${error}`));
+  page.on("response", (response) => {
+    const url = response.url();
+    if (url.includes("/ui/assets/") && response.status() !== 200) {
+      problems.push(`asset ${url} answered ${response.status()}`);
+    }
+  });
+  return {
+    context,
+    page,
+    async close() {
+      await context.close();
+      rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Runs axe-core on the page; prints every violation, keeps the serious ones. */
+async function audit(page, name) {
+  await page.evaluate(AXE_SOURCE);
+  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  for (const violation of result.violations) {
+    const where = violation.nodes.map((n) => n.target.join(" ")).join(", ");
+    const line = `axe ${name}: [${violation.impact}] ${violation.id}: ${violation.help} at ${where}`;
+    console.log(line);
+    if (violation.impact === "serious" || violation.impact === "critical") {
+      problems.push(line);
+    }
+  }
+  return result.violations.length;
+}
+
+const audited = [];
+
+/** Checks and photographs the page now shown, as `name`. */
+async function look(page, name) {
+  const count = await audit(page, name);
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+  audited.push(`${name} (${count} axe findings)`);
+}
+
+async function heading(page) {
+  return (await page.locator("h1").textContent()).trim();
+}
+
+/** Clicks something that submits a form or follows a link, and waits for the next page. */
+async function follow(page, locator) {
+  const [response] = await Promise.all([page.waitForNavigation(), locator.click()]);
+  return response;
+}
+
+async function signIn(page, user, { next } = {}) {
+  const url = next ? `${BASE}/ui/login?next=${encodeURIComponent(next)}` : `${BASE}/ui/login`;
+  await page.goto(url);
+  await page.getByLabel("User name").fill(user.name);
+  await page.getByLabel("Password").fill(user.password);
+  const response = await follow(page, page.getByRole("button", { name: "Sign in" }));
+  check(response.status() === 200, `signing in as ${user.name} answered ${response.status()}`);
+  check(
+    (await page.locator(".who strong").textContent()) === user.name,
+    `the header names ${user.name} after signing in`,
+  );
+}
+
+async function signOut(page) {
+  await follow(page, page.getByRole("button", { name: "Sign out" }));
+  check(new URL(page.url()).pathname === "/ui/login", "signing out leads to the sign-in page");
+}
+
+// ---------------------------------------------------------------------------------
+// Phases
+// ---------------------------------------------------------------------------------
+
+async function sessionsAndSafety(page, context) {
+  step("signed out, / leads to the sign-in page and remembers where to go");
+  const first = await page.goto(`${BASE}/`);
+  check(new URL(page.url()).pathname === "/ui/login", `/ ends at ${page.url()}`);
+  check(new URL(page.url()).searchParams.get("next") === "/ui/", "the sign-in page knows the way back");
+  const headers = first.headers();
+  check(/frame-ancestors 'none'/.test(headers["content-security-policy"] ?? ""), "CSP with frame-ancestors");
+  check(!/unsafe-inline/.test(headers["content-security-policy"]), "no inline script or style allowed");
+  check(headers["x-content-type-options"] === "nosniff", "nosniff");
+  check(headers["referrer-policy"] === "same-origin", "referrer policy");
+  await look(page, "sign-in");
+
+  step("a wrong password is refused with 401 and a message");
+  await page.getByLabel("User name").fill(ADMIN.name);
+  await page.getByLabel("Password").fill("not-the-password");
+  const wrong = await follow(page, page.getByRole("button", { name: "Sign in" }));
+  check(wrong.status() === 401, `wrong password answered ${wrong.status()}`);
+  check((await page.getByRole("alert").textContent()).includes("Wrong user name or password"), "says why");
+
+  step("sign in as the admin; the session cookie is HttpOnly and SameSite=Strict");
+  await signIn(page, ADMIN);
+  const cookie = (await context.cookies(BASE)).find((c) => c.name === "portcullis_session");
+  check(cookie, "a portcullis_session cookie");
+  check(cookie.httpOnly && cookie.sameSite === "Strict" && cookie.path === "/", "cookie flags");
+  check(!cookie.secure, "not Secure over plain HTTP");
+
+  step("a POST without the CSRF token, or from another site, is refused with 403");
+  const withoutToken = await page.request.post(`${BASE}/ui/logout`, { form: { csrf: "guess" } });
+  check(withoutToken.status() === 403, `a wrong CSRF token answered ${withoutToken.status()}`);
+  const csrf = await page.locator('input[name="csrf"]').first().getAttribute("value");
+  const crossSite = await page.request.post(`${BASE}/ui/logout`, {
+    form: { csrf },
+    headers: { Origin: "http://evil.example" },
+  });
+  check(crossSite.status() === 403, `a cross-site POST answered ${crossSite.status()}`);
+  const assetUrl = await page.locator('link[rel="stylesheet"]').getAttribute("href");
+  const asset = await page.request.get(`${BASE}${assetUrl}`);
+  check(/immutable/.test(asset.headers()["cache-control"] ?? ""), "assets are cached for long");
+
+  step("signing out ends the session on the server");
+  await signOut(page);
+  const replay = await page.request.get(`${BASE}/ui/`, {
+    headers: { Cookie: `portcullis_session=${cookie.value}` },
+    maxRedirects: 0,
+  });
+  check(replay.status() === 303, `the old session id still works (${replay.status()})`);
+}
+
+async function beforePush() {
+  const browser = await openBrowser();
+  const state = {};
+  try {
+    await sessionsAndSafety(browser.page, browser.context);
+  } finally {
+    await browser.close();
+  }
+  writeFileSync(STATE_FILE, JSON.stringify(state, null, 2));
+}
+
+async function afterPush() {
+  const state = existsSync(STATE_FILE) ? JSON.parse(readFileSync(STATE_FILE, "utf8")) : {};
+  const browser = await openBrowser();
+  try {
+    await signIn(browser.page, ADMIN);
+    await look(browser.page, "start");
+    void state;
+  } finally {
+    await browser.close();
+  }
+}
+
+const phases = { "before-push": beforePush, "after-push": afterPush };
+const phase = phases[process.argv[2]];
+if (!phase) {
+  console.error(`usage: node e2e.mjs ${Object.keys(phases).join("|")}`);
+  process.exit(2);
+}
+try {
+  await phase();
+} catch (error) {
+  problems.push(String(error.stack ?? error));
+}
+console.log(`pages checked: ${audited.join(", ")}`);
+if (problems.length > 0) {
+  console.error(`${problems.length} problem(s):\n${problems.join("\n")}`);
+  process.exit(1);
+}
+console.log(`${process.argv[2]}: all checks passed`);
+void PHONE;
+void ALICE;
+void BOB;
