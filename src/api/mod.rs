@@ -9,7 +9,7 @@
 
 mod admin;
 mod blobs;
-mod catalog;
+pub(crate) mod catalog;
 pub mod errors;
 mod manifests;
 mod pagination;
@@ -189,7 +189,7 @@ fn not_found_for_reads(err: ApiError, method: &http::Method) -> ApiError {
 
 /// Mirrored repositories hold what their upstream has: pushes and deletes there
 /// would be lost or fight the cache, so they are refused with the setting to change.
-fn refuse_writes_to_mirrored(target: &Target, action: Action) -> Result<(), ApiError> {
+pub(crate) fn refuse_writes_to_mirrored(target: &Target, action: Action) -> Result<(), ApiError> {
     let repo = target.stored_as();
     match target.upstream_name() {
         Some(upstream) if action != Action::Pull => Err(ApiError::new(
