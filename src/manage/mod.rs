@@ -21,7 +21,7 @@ mod teams;
 mod tokens;
 mod users;
 
-pub use namespaces::{NamespaceKind, NamespaceView, GLOBAL};
+pub use namespaces::{namespace_arg, NamespaceKind, NamespaceView, GLOBAL};
 pub use repositories::{
     ManifestView, RepositoryPage, RepositoryView, TagPage, TagView, DEFAULT_PAGE, MAX_PAGE,
 };
@@ -258,6 +258,7 @@ pub(crate) mod tests {
             policy,
             accounts,
             tokens: None,
+            sessions: crate::ui::Sessions::default(),
             read_only: false,
             max_manifest_bytes: config.limits.max_manifest_bytes,
             upload_slots: Arc::new(tokio::sync::Semaphore::new(4)),

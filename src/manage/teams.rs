@@ -113,6 +113,15 @@ impl Manager<'_> {
         }
     }
 
+    /// Whether the caller may change `team` (members, namespaces, removal): for front
+    /// ends that offer those forms only where they would work.
+    pub fn may_manage_team(&self, team: &str) -> bool {
+        let (Ok(dir), Ok(user)) = (self.directory(), self.person()) else {
+            return false;
+        };
+        manages(&dir, user, team)
+    }
+
     /// A team owned by the caller, with a private namespace of the same name.
     pub async fn create_team(
         &self,
