@@ -7,6 +7,8 @@
 //! Where chromium, node or the npm packages are missing, the test says why and passes,
 //! unless `REQUIRE_UI_TEST=1` (set by `.ci/run`, which installs them).
 
+// This test uses a small part of the shared harness.
+#[allow(dead_code)]
 mod common;
 
 use common::{portcullis, run_with_timeout, skopeo_push_as, ContainersEnv, ImageFixture, Server};

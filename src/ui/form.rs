@@ -1,5 +1,8 @@
 //! Submitted fields: an `application/x-www-form-urlencoded` body or a query string.
 
+use crate::accounts::Actions;
+use crate::manage::ManageError;
+
 pub struct Fields {
     pairs: Vec<(String, String)>,
 }
@@ -36,6 +39,16 @@ impl Fields {
             .map(|(_, value)| value.trim())
             .collect()
     }
+
+    /// The ticked `action` boxes (pull, push, delete) of a robot or token form.
+    pub fn actions(&self) -> Result<Actions, ManageError> {
+        Actions::parse(&self.all("action").join(",")).map_err(ManageError::Invalid)
+    }
+
+    /// A field that names one of a fixed set of words (a role, a visibility).
+    pub fn choice<T: std::str::FromStr<Err = String>>(&self, name: &str) -> Result<T, ManageError> {
+        self.text(name).parse().map_err(ManageError::Invalid)
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +64,8 @@ mod tests {
         assert_eq!(fields.all("action"), ["pull", "push"]);
         assert_eq!(fields.text("missing"), "");
         assert_eq!(Fields::of_query(None).raw("x"), None);
+        let actions = fields.actions().unwrap();
+        assert!(actions.pull && actions.push && !actions.delete);
+        assert!(Fields::parse(b"action=fly").actions().is_err());
     }
 }

@@ -151,6 +151,37 @@ pub fn copyable(id: &str, label: &str, value: &str) -> Markup {
     }
 }
 
+/// The pull/push/delete boxes of a robot or token form.
+pub fn actions_fieldset(legend: &str) -> Markup {
+    html! {
+        fieldset {
+            legend { (legend) }
+            label class="check" { input type="checkbox" name="action" value="pull" checked; "Pull" }
+            label class="check" { input type="checkbox" name="action" value="push"; "Push" }
+            label class="check" { input type="checkbox" name="action" value="delete"; "Delete" }
+        }
+    }
+}
+
+/// A new secret (a robot's or a token's), shown this once with a copy button and how
+/// to log in with it.
+pub fn secret_shown_once(login: &str, secret: &str, host: &str) -> Markup {
+    html! {
+        section class="secret" aria-labelledby="secret-title" {
+            h2 id="secret-title" { "Copy the secret now: it is not shown again" }
+            dl class="facts" {
+                dt { "User name" } dd class="mono" { (login) }
+            }
+            p { "Secret:" }
+            (copyable("new-secret", "Secret", secret))
+            p { "Log in with it:" }
+            (copyable("login-command", "Login command",
+                &format!("docker login {host} --username {login} --password-stdin")))
+            p class="muted" { "Then paste the secret and press Enter (or pipe it in, in CI)." }
+        }
+    }
+}
+
 /// `1.5 MiB`: sizes in binary units, one decimal beyond bytes.
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];

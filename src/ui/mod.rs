@@ -9,21 +9,28 @@
 //! would refuse. Forms answer with a redirect and a notice (post/redirect/get), except
 //! those that create a secret: its page is shown once, in the answer to the POST.
 
+mod admin;
 mod assets;
 mod form;
 mod guard;
 mod layout;
+mod namespaces;
+mod repositories;
 mod session;
 mod signin;
+mod teams;
+mod tokens;
 
 pub use session::Sessions;
 
 use crate::api::{Api, ApiError, Request, Response};
 use crate::auth::Principal;
+use crate::manage::{ManageError, Manager};
 use crate::store::ByteSource;
 use form::Fields;
-use layout::Frame;
-use maud::html;
+use layout::{Frame, Section};
+use maud::{html, Markup};
+use session::NoticeKind;
 use session::{Session, COOKIE_NAME};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -85,6 +92,12 @@ impl Refusal {
     }
 }
 
+impl From<ManageError> for Refusal {
+    fn from(e: ManageError) -> Refusal {
+        Refusal::new(e.status(), capitalized(&e.to_string()))
+    }
+}
+
 impl From<ApiError> for Refusal {
     fn from(e: ApiError) -> Refusal {
         Refusal::new(e.code.status(), e.detail)
@@ -98,6 +111,15 @@ fn see_other(location: &str) -> Response {
     Response::new(303)
         .header("Location", location.to_string())
         .header("Cache-Control", "no-store")
+}
+
+/// Messages from the manage layer are sentences without their first capital.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 /// One request to the UI, with its session when signed in.
@@ -118,6 +140,7 @@ impl<'a> Visit<'a> {
                 api.sessions.end(id);
                 return None;
             }
+            crate::metrics::note(|n| n.user = Some(session.user.clone()));
             Some((id.to_string(), session))
         });
         Visit {
@@ -172,21 +195,94 @@ impl<'a> Visit<'a> {
         }
     }
 
-    /// The pages behind sign-in.
+    /// The pages behind sign-in, by path and method (GET: no fields).
     async fn page(&self, path: &str, fields: Option<Fields>) -> Answer {
-        match (path, fields) {
-            ("/ui/", None) => Ok(layout::html_response(
-                200,
-                self.frame().page(
-                    None,
-                    "Portcullis",
-                    html! {
-                        p { "Choose a part of the registry above." }
-                    },
-                ),
-            )),
+        let Some(rest) = path.strip_prefix("/ui/") else {
+            return Err(Refusal::not_found(self.req));
+        };
+        let segments: Vec<&str> = rest.split('/').collect();
+        match (segments.as_slice(), fields) {
+            ([""] | ["repositories"], None) => repositories::list(self).await,
+            (["repositories", ..], fields) => {
+                let rest = &rest["repositories/".len()..];
+                repositories::repository(self, rest, fields).await
+            }
+            (["namespaces"], None) => namespaces::list(self),
+            (["namespaces"], Some(f)) => namespaces::create(self, &f).await,
+            (["namespaces", ns], None) => namespaces::show(self, ns),
+            (["namespaces", ns, "visibility"], Some(f)) => {
+                namespaces::set_visibility(self, ns, &f).await
+            }
+            (["namespaces", ns, "remove"], Some(_)) => namespaces::remove(self, ns).await,
+            (["namespaces", ns, "robots"], Some(f)) => namespaces::add_robot(self, ns, &f).await,
+            (["namespaces", ns, "robots", login, "remove"], Some(_)) => {
+                namespaces::remove_robot(self, ns, login).await
+            }
+            (["teams"], None) => teams::list(self),
+            (["teams"], Some(f)) => teams::create(self, &f).await,
+            (["teams", team], None) => teams::show(self, team),
+            (["teams", team, "remove"], Some(_)) => teams::remove(self, team).await,
+            (["teams", team, "members"], Some(f)) => teams::set_member(self, team, &f).await,
+            (["teams", team, "members", user, "remove"], Some(_)) => {
+                teams::remove_member(self, team, user).await
+            }
+            (["tokens"], None) => tokens::list(self),
+            (["tokens"], Some(f)) => tokens::create(self, &f).await,
+            (["tokens", id, "revoke"], Some(_)) => tokens::revoke(self, id).await,
+            (["admin", "users"], None) => admin::users(self),
+            (["admin", "users"], Some(f)) => admin::add_user(self, &f).await,
+            (["admin", "users", user, "admin"], Some(f)) => admin::set_admin(self, user, &f).await,
+            (["admin", "users", user, "remove"], Some(_)) => admin::remove_user(self, user).await,
+            (["admin", "system"], None) => admin::system(self),
+            (["admin", "gc"], Some(_)) => admin::run_gc(self).await,
             _ => Err(Refusal::not_found(self.req)),
         }
+    }
+
+    /// What the signed-in user may see and do, with the same checks as the REST API.
+    fn manager(&self) -> Manager<'_> {
+        Manager::new(self.api, self.principal(), self.client)
+    }
+
+    /// A page of `section`.
+    fn show(&self, section: Section, title: &str, content: Markup) -> Answer {
+        let page = self.frame().page(Some(section), title, content);
+        Ok(layout::html_response(200, page))
+    }
+
+    /// After a form: a notice of what happened (or why not), then back to `location`.
+    fn after<T>(
+        &self,
+        location: &str,
+        outcome: Result<T, ManageError>,
+        done: impl FnOnce(T) -> String,
+    ) -> Answer {
+        match outcome {
+            Ok(value) => self.done(location, done(value)),
+            Err(e) => self.failed(location, e),
+        }
+    }
+
+    fn done(&self, location: &str, text: String) -> Answer {
+        self.back(location, NoticeKind::Done, text)
+    }
+
+    /// After a form that failed: why, then back to `location`.
+    fn failed(&self, location: &str, e: ManageError) -> Answer {
+        self.back(location, NoticeKind::Failed, capitalized(&e.to_string()))
+    }
+
+    fn back(&self, location: &str, kind: NoticeKind, text: String) -> Answer {
+        let Some((_, session)) = &self.session else {
+            return Err(self.session_ended());
+        };
+        session.notify(kind, text);
+        Ok(see_other(location))
+    }
+
+    /// The registry's address as the browser reached it, for pull commands.
+    fn host(&self) -> &str {
+        self.req.header("host").unwrap_or("REGISTRY")
     }
 
     fn session_ended(&self) -> Refusal {

@@ -57,7 +57,6 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh, empty data directory that is removed when
     /// the server is dropped.
-    #[allow(dead_code)]
     pub fn start() -> Server {
         let scratch = scratch_dir("portcullis-server-");
         let data_dir = scratch.path().join("data");
@@ -397,7 +396,6 @@ pub struct ImageFixture {
     pub manifest: Vec<u8>,
     pub manifest_digest: String,
     pub config: Vec<u8>,
-    #[allow(dead_code)]
     pub config_digest: String,
     /// Digests of the compressed layer blobs, in manifest order.
     pub layer_digests: Vec<String>,
@@ -546,7 +544,6 @@ impl ImageFixture {
     }
 
     /// Manifest, config and layer digests.
-    #[allow(dead_code)]
     pub fn blob_digests(&self) -> Vec<String> {
         let mut all = vec![self.manifest_digest.clone(), self.config_digest.clone()];
         all.extend(self.layer_digests.iter().cloned());
@@ -866,7 +863,6 @@ impl ContainersEnv {
     }
 
     /// `podman` with private storage and headless-friendly settings.
-    #[allow(dead_code)]
     pub fn podman(&self, args: &[&str]) -> Command {
         let mut cmd = self.command("podman");
         cmd.arg("--root")
@@ -933,7 +929,6 @@ pub fn remove_proxy_env(cmd: &mut Command) {
 /// Runs `podman info` and asserts that it succeeds, so that a podman that
 /// cannot run on this machine is reported as an environment problem instead of
 /// being blamed on the registry.  Returns the output (stdout: the storage driver).
-#[allow(dead_code)]
 pub fn assert_podman_usable(env: &ContainersEnv, timeout: Duration) -> CmdOutput {
     let probe = run_with_timeout(
         &mut env.podman(&["info", "--format", "{{.Store.GraphDriverName}}"]),
@@ -953,7 +948,6 @@ pub fn assert_podman_usable(env: &ContainersEnv, timeout: Duration) -> CmdOutput
 /// `podman pull ARGS... REFERENCE`: asserts that the pull succeeds (showing the
 /// server log otherwise) and that the image ID podman prints is the hex part of
 /// `config_digest`.
-#[allow(dead_code)]
 pub fn podman_pull_checked(
     env: &ContainersEnv,
     server: &Server,
@@ -983,7 +977,6 @@ pub fn podman_pull_checked(
 }
 
 /// `podman image inspect REFERENCE`, parsed as JSON (an array of images).
-#[allow(dead_code)]
 pub fn podman_inspect(
     env: &ContainersEnv,
     reference: &str,

@@ -12,7 +12,7 @@
 // script errors, and photographed.
 
 import { chromium } from "playwright-core";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -74,6 +74,7 @@ async function openBrowser() {
   });
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: BASE });
   const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(10000);
   page.on("console", (message) => {
     const text = message.text();
     if (message.type() === "error" && /Content Security Policy|Refused to/.test(text)) {
@@ -201,26 +202,171 @@ async function sessionsAndSafety(page, context) {
   check(replay.status() === 303, `the old session id still works (${replay.status()})`);
 }
 
+/** The page at `path`, checked and photographed as `name`. */
+async function visit(page, path, name) {
+  const response = await page.goto(`${BASE}${path}`);
+  check(response.status() === 200, `${path} answered ${response.status()}`);
+  await look(page, name);
+}
+
+/** The same page at phone size, photographed as `name`. */
+async function onPhone(page, name) {
+  await page.setViewportSize(PHONE);
+  await look(page, name);
+  // Wide tables scroll inside their box; the page itself must not scroll sideways.
+  const overflow = await page.evaluate(() => {
+    const wide = document.documentElement.scrollWidth;
+    const sticking = [...document.querySelectorAll("body *")]
+      .filter((e) => !e.parentElement.closest(".table-box") && e.getBoundingClientRect().right > window.innerWidth + 1)
+      .map((e) => `${e.tagName.toLowerCase()}.${e.className}`);
+    return { wide, sticking };
+  });
+  check(
+    overflow.wide <= PHONE.width,
+    `${name}: the page is ${overflow.wide} px wide at ${PHONE.width} px (${overflow.sticking.join(", ")})`,
+  );
+  await page.setViewportSize(DESKTOP);
+}
+
+async function notice(page) {
+  return (await page.locator(".notice").allTextContents()).join(" ");
+}
+
+async function createUsers(page) {
+  step("the admin creates alice and bob on the users page");
+  await visit(page, "/ui/admin/users", "users");
+  for (const user of [ALICE, BOB]) {
+    await page.getByLabel("User name").fill(user.name);
+    await page.getByLabel(/^Password/).fill(user.password);
+    await follow(page, page.getByRole("button", { name: "Create user" }));
+    check((await notice(page)).includes(`User ${user.name} created.`), `notice for ${user.name}`);
+  }
+  const rows = await page.locator("tbody th").allTextContents();
+  check(rows.includes("alice") && rows.includes("bob"), `users listed: ${rows}`);
+}
+
+async function teamWork(page) {
+  step("alice creates team web, adds bob as contributor, then makes him a viewer");
+  await visit(page, "/ui/teams", "teams");
+  await page.getByLabel("Name").fill("web");
+  await page.getByLabel("Description").fill("The web site");
+  await follow(page, page.getByRole("button", { name: "Create team" }));
+  check(new URL(page.url()).pathname === "/ui/teams/web", `after creating: ${page.url()}`);
+  await page.getByLabel("User name").fill(BOB.name);
+  await page.getByLabel("Role", { exact: true }).selectOption("contributor");
+  await follow(page, page.getByRole("button", { name: "Add member" }));
+  check((await notice(page)).includes("bob is contributor of web now."), await notice(page));
+  await page.getByLabel("Role of bob").selectOption("viewer");
+  await follow(page, page.getByRole("button", { name: "Change role of bob" }));
+  check((await notice(page)).includes("bob is viewer of web now."), await notice(page));
+  await look(page, "team");
+}
+
+async function namespaceWork(page) {
+  step("alice makes her namespace protected, creates a robot (secret shown once) and removes it");
+  await visit(page, "/ui/namespaces", "namespaces");
+  await follow(page, page.getByRole("link", { name: "alice", exact: true }));
+  await page.getByLabel("Visibility").selectOption("protected");
+  await follow(page, page.getByRole("button", { name: "Change visibility" }));
+  check((await notice(page)).includes("alice is protected now."), await notice(page));
+  await page.getByLabel("Name").fill("deploy");
+  await follow(page, page.getByRole("button", { name: "Create robot" }));
+  const secret = (await page.locator("#new-secret").textContent()).trim();
+  check(secret.length >= 20, "the robot's secret is shown");
+  await look(page, "namespace");
+  await page.reload();
+  check((await page.locator("#new-secret").count()) === 0, "the secret is not shown again");
+  await follow(page, page.getByRole("button", { name: "Remove alice+deploy" }));
+  check((await notice(page)).includes("Robot alice+deploy removed."), await notice(page));
+}
+
+async function tokenWork(page) {
+  step("alice creates a CI token for her namespace and copies it with the copy button");
+  await visit(page, "/ui/tokens", "tokens-empty");
+  await page.getByLabel("Name").fill("ci");
+  await page.getByLabel("alice", { exact: true }).check();
+  await page.getByLabel("Push", { exact: true }).check();
+  await page.getByLabel("Expires after").selectOption("30");
+  await follow(page, page.getByRole("button", { name: "Create token" }));
+  const token = (await page.locator("#new-secret").textContent()).trim();
+  check(token.startsWith("pct_"), `a token is shown: ${token}`);
+  await page.getByRole("button", { name: "Copy secret" }).click();
+  await page.waitForFunction(() => document.getElementById("copy-status").textContent.includes("copied"));
+  const copied = await page.evaluate(() => navigator.clipboard.readText());
+  check(copied === token, "the copy button put the token on the clipboard");
+  const row = page.locator("tbody tr", { hasText: "ci" });
+  check((await row.textContent()).includes("pull, push"), "the token is listed with its actions");
+  await look(page, "tokens");
+  await onPhone(page, "tokens-phone");
+  return token;
+}
+
 async function beforePush() {
-  const browser = await openBrowser();
+  const { page, context, close } = await openBrowser();
   const state = {};
   try {
-    await sessionsAndSafety(browser.page, browser.context);
+    await sessionsAndSafety(page, context);
+    await signIn(page, ADMIN);
+    await createUsers(page);
+    await signOut(page);
+    step("alice signs in and lands on the page she asked for");
+    await signIn(page, ALICE, { next: "/ui/teams" });
+    check(new URL(page.url()).pathname === "/ui/teams", `next was followed: ${page.url()}`);
+    await teamWork(page);
+    await namespaceWork(page);
+    const token = await tokenWork(page);
+    state.push = { user: ALICE.name, token, target: "alice/app:1.0" };
   } finally {
-    await browser.close();
+    await close();
   }
   writeFileSync(STATE_FILE, JSON.stringify(state, null, 2));
 }
 
+async function repositoryWork(page, host) {
+  step("alice finds the pushed repository, its tag, pull commands and manifest");
+  await visit(page, "/ui/repositories?q=app", "repositories");
+  await onPhone(page, "repositories-phone");
+  await follow(page, page.getByRole("link", { name: "alice/app" }));
+  check((await heading(page)) === "alice/app", "the repository page");
+  const commands = await page.locator(".copyable code").allTextContents();
+  check(commands.includes(`docker pull ${host}/alice/app:1.0`), `pull commands: ${commands}`);
+  check(commands.includes(`podman pull --tls-verify=false ${host}/alice/app:1.0`), `podman: ${commands}`);
+  await look(page, "repository");
+  await onPhone(page, "repository-phone");
+  await follow(page, page.locator("tbody td a.mono").first());
+  check((await page.locator("caption").allTextContents()).includes("Layers"), "the manifest lists layers");
+  await look(page, "manifest");
+
+  step("alice deletes the tag after a confirmation page; it is gone");
+  await page.goto(`${BASE}/ui/repositories/alice/app`);
+  await follow(page, page.getByRole("link", { name: "Delete tag 1.0" }));
+  await look(page, "delete-tag");
+  await follow(page, page.getByRole("button", { name: "Delete tag 1.0" }));
+  check((await notice(page)).includes("Tag 1.0 deleted."), await notice(page));
+  check((await page.locator("main").textContent()).includes("This repository has no tags."), "no tags left");
+  const tags = await page.request.get(`${BASE}/v2/alice/app/tags/list`, {
+    headers: { Authorization: `Basic ${Buffer.from(`${ALICE.name}:${ALICE.password}`).toString("base64")}` },
+  });
+  const listed = (await tags.json()).tags ?? [];
+  check(!listed.includes("1.0"), `the registry still lists the tag: ${listed}`);
+}
+
 async function afterPush() {
-  const state = existsSync(STATE_FILE) ? JSON.parse(readFileSync(STATE_FILE, "utf8")) : {};
-  const browser = await openBrowser();
+  const state = JSON.parse(readFileSync(STATE_FILE, "utf8"));
+  check(state.push, "the first phase handed on a token");
+  const { page, close } = await openBrowser();
+  const host = new URL(BASE).host;
   try {
-    await signIn(browser.page, ADMIN);
-    await look(browser.page, "start");
-    void state;
+    await signIn(page, ALICE);
+    await repositoryWork(page, host);
+    await signOut(page);
+    step("the admin sees the system page and runs a garbage collection");
+    await signIn(page, ADMIN);
+    await visit(page, "/ui/admin/system", "system");
+    await follow(page, page.getByRole("button", { name: "Run garbage collection now" }));
+    check((await notice(page)).includes("Garbage collection done"), await notice(page));
   } finally {
-    await browser.close();
+    await close();
   }
 }
 
@@ -241,6 +387,3 @@ if (problems.length > 0) {
   process.exit(1);
 }
 console.log(`${process.argv[2]}: all checks passed`);
-void PHONE;
-void ALICE;
-void BOB;
