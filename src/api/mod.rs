@@ -295,7 +295,7 @@ impl Api {
 
     /// Who is calling; counts logins and notes the user for the access log. With
     /// token authentication, a bearer token is checked by its signature alone.
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         req: &Request,
         client: Option<IpAddr>,

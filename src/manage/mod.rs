@@ -21,7 +21,7 @@ mod teams;
 mod tokens;
 mod users;
 
-pub use namespaces::{NamespaceKind, NamespaceView, GLOBAL};
+pub use namespaces::{namespace_arg, NamespaceKind, NamespaceView, GLOBAL};
 pub use repositories::{
     ManifestView, RepositoryPage, RepositoryView, TagPage, TagView, DEFAULT_PAGE, MAX_PAGE,
 };
