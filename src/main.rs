@@ -7,9 +7,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use portcullis::api::Api;
 use portcullis::accounts::{self, Accounts};
 use portcullis::api::token::TokenAuth;
+use portcullis::api::Api;
 use portcullis::auth::policy::Policy;
 use portcullis::auth::{self, Authenticator};
 use portcullis::certs;
@@ -187,10 +187,10 @@ enum Command {
     /// while it runs, use the web UI or the REST API instead.
     User {
         /// TOML configuration file (for storage.data_dir and the accounts settings).
-        #[arg(long, short)]
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// Data directory; overrides storage.data_dir.
-        #[arg(long)]
+        #[arg(long, global = true)]
         data: Option<PathBuf>,
         #[command(subcommand)]
         action: UserAction,
@@ -586,8 +586,12 @@ fn open_accounts(config: &Config) -> Result<Option<Arc<Accounts>>, String> {
     if !config.accounts.enabled {
         return Ok(None);
     }
-    let accounts = open_accounts_at(config)
-        .map_err(|e| format!("{e}; stop the server that uses {}", config.data_dir.display()))?;
+    let accounts = open_accounts_at(config).map_err(|e| {
+        format!(
+            "{e}; stop the server that uses {}",
+            config.data_dir.display()
+        )
+    })?;
     if accounts.directory().users.values().all(|u| !u.admin) {
         tracing::warn!(
             "no admin account yet: stop the server and run `portcullis user add NAME --admin --data {}`",
@@ -602,9 +606,19 @@ fn open_accounts_at(config: &Config) -> Result<Accounts, String> {
         global_visibility: config.accounts.global_visibility,
         mirror_visibility: Default::default(),
     };
-    let mirrors = config.mirror.upstreams.iter().map(|u| u.name.clone()).collect();
-    Accounts::open(&config.data_dir, defaults, mirrors, config.accounts.bcrypt_cost)
-        .map_err(|e| e.to_string())
+    let mirrors = config
+        .mirror
+        .upstreams
+        .iter()
+        .map(|u| u.name.clone())
+        .collect();
+    Accounts::open(
+        &config.data_dir,
+        defaults,
+        mirrors,
+        config.accounts.bcrypt_cost,
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn open_registry_within(config: &Config, wait: Duration) -> Result<Arc<Registry>, String> {
@@ -949,7 +963,10 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         .transpose()?;
     let (auth, policy) = match &accounts {
         Some(accounts) => (
-            Arc::new(Authenticator::with_accounts(&config.auth, Some(accounts.clone()))?),
+            Arc::new(Authenticator::with_accounts(
+                &config.auth,
+                Some(accounts.clone()),
+            )?),
             Policy::Accounts(accounts.clone()),
         ),
         None => (auth, Policy::Rules(config.access.clone())),

@@ -303,11 +303,14 @@ impl Api {
         let header = req.header("authorization");
         if let (Some(tokens), Some(token)) = (&self.tokens, header.and_then(bearer_token)) {
             let grant = tokens.verify(token).map_err(|e| {
-                ApiError::new(ErrorCode::Unauthorized, format!("bearer token refused: {e}"))
-                    .with_header(
-                        "WWW-Authenticate",
-                        tokens.challenge(req, None, Some("invalid_token")),
-                    )
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    format!("bearer token refused: {e}"),
+                )
+                .with_header(
+                    "WWW-Authenticate",
+                    tokens.challenge(req, None, Some("invalid_token")),
+                )
             })?;
             let principal = Principal::Bearer(Arc::new(grant));
             if let Some(name) = principal.name() {
@@ -322,7 +325,12 @@ impl Api {
 
     /// A 401 that tells the client how to authenticate: where to get a token for
     /// `scope` with token authentication, else Basic.
-    fn challenge(&self, req: &Request, scope: Option<crate::auth::token::Scope>, detail: &str) -> ApiError {
+    fn challenge(
+        &self,
+        req: &Request,
+        scope: Option<crate::auth::token::Scope>,
+        detail: &str,
+    ) -> ApiError {
         let challenge = match &self.tokens {
             Some(tokens) => {
                 let error = scope.as_ref().map(|_| "insufficient_scope");

@@ -7,7 +7,7 @@
 //! stored name. The request path checks that token as it is, with no lookup.
 
 use super::response::read_limited;
-use super::{ApiError, Api, Body, ErrorCode, Request, Response};
+use super::{Api, ApiError, Body, ErrorCode, Request, Response};
 use crate::accounts::Actions;
 use crate::auth::token::{
     bearer_challenge, grant, Claims, Grant as Credentials, Kind, RequestError, ResourceActions,
@@ -277,7 +277,9 @@ async fn issue(
                 };
                 let error = Refusal::new(post, status, "invalid_grant", e.to_string());
                 match status {
-                    429 => error.with_header("Retry-After", api.auth.retry_after_secs().to_string()),
+                    429 => {
+                        error.with_header("Retry-After", api.auth.retry_after_secs().to_string())
+                    }
                     _ if post => error,
                     _ => error.with_header(
                         "WWW-Authenticate",
@@ -289,7 +291,12 @@ async fn issue(
         }
         Credentials::RefreshToken(token) => {
             let claims = tokens.keys.verify_refresh(&token, now).map_err(|e| {
-                Refusal::new(post, 401, "invalid_grant", format!("refresh token refused: {e}"))
+                Refusal::new(
+                    post,
+                    401,
+                    "invalid_grant",
+                    format!("refresh token refused: {e}"),
+                )
             })?;
             let principal = principal_of(&claims);
             if !api.auth.still_valid(&principal) {
@@ -316,7 +323,9 @@ async fn issue(
     let refresh_token = match (request.offline, &principal) {
         (_, Principal::Anonymous) | (false, _) => None,
         (true, _) => Some(refresh.unwrap_or_else(|| {
-            tokens.keys.issue_refresh(subject, kind, tid, REFRESH_TTL, now)
+            tokens
+                .keys
+                .issue_refresh(subject, kind, tid, REFRESH_TTL, now)
         })),
     };
     let answer = TokenResponse::new(token, tokens.config.ttl, now, refresh_token);
@@ -351,7 +360,10 @@ fn granted(api: &Api, principal: &Principal, scopes: &[Scope]) -> Vec<ResourceAc
         "registry" if scope.name == "catalog" => vec!["*".to_string()],
         _ => Vec::new(),
     });
-    for entry in access.iter_mut().filter(|a| a.resource_type == "repository") {
+    for entry in access
+        .iter_mut()
+        .filter(|a| a.resource_type == "repository")
+    {
         if let Some(target) = stored(&entry.name) {
             entry.name = target.stored_as().as_str().to_string();
         }
@@ -366,7 +378,10 @@ mod tests {
 
     #[test]
     fn challenge_scopes_follow_the_action() {
-        assert_eq!(scope_for("a/b", Action::Pull).to_string(), "repository:a/b:pull");
+        assert_eq!(
+            scope_for("a/b", Action::Pull).to_string(),
+            "repository:a/b:pull"
+        );
         assert_eq!(
             scope_for("a/b", Action::Push).to_string(),
             "repository:a/b:pull,push"

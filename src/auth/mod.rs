@@ -33,7 +33,10 @@ pub enum Principal {
     /// A namespace's robot account, by login (`<namespace>+<name>`).
     Robot(Arc<str>),
     /// A user's application token (CI): the user, and the token's id.
-    Token { user: Arc<str>, id: Arc<str> },
+    Token {
+        user: Arc<str>,
+        id: Arc<str>,
+    },
     /// A bearer token from the token endpoint, verified: what it grants.
     Bearer(Arc<Grant>),
 }
@@ -43,9 +46,9 @@ impl Principal {
     pub fn name(&self) -> Option<&str> {
         match self {
             Principal::Anonymous => None,
-            Principal::User(name) | Principal::Robot(name) | Principal::Token { user: name, .. } => {
-                Some(name)
-            }
+            Principal::User(name)
+            | Principal::Robot(name)
+            | Principal::Token { user: name, .. } => Some(name),
             Principal::Bearer(grant) => match grant.kind {
                 GrantKind::Anonymous => None,
                 _ => Some(&grant.subject),
