@@ -309,6 +309,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
     run_with_input(cmd, None, timeout)
 }
 
+#[allow(dead_code)]
 /// [`run_with_timeout`] with `input` and a newline on stdin (a password, say).
 pub fn run_with_stdin(cmd: &mut Command, input: &str, timeout: Duration) -> CmdOutput {
     run_with_input(cmd, Some(input), timeout)
