@@ -3,11 +3,13 @@
 //! Request path (and module tree): `edge` (listeners, TLS, HTTP loop) -> `auth` (who is
 //! calling, what they may do) -> `api` (routing, handlers) -> `store` (content-addressed
 //! blobs + metadata). `oci` holds the vocabulary, `config` the validated settings;
-//! `notify` tells webhook endpoints what was pushed, pulled and deleted.
+//! `notify` tells webhook endpoints what was pushed, pulled and deleted; `activity` keeps
+//! a searchable log of it (and of account changes).
 //!
 //! A library so that the fuzz targets in `fuzz/` reach the parsers; the binary in
 //! `main.rs` is the only other user.
 
+pub mod activity;
 pub mod api;
 pub mod auth;
 pub mod certs;
