@@ -5,7 +5,8 @@
 //! (access rules, read-only mode), take an upload slot, then dispatch to a handler.
 //! Handlers return `Result<Response, ApiError>` and never log or touch files: storage
 //! rules live in [`crate::store::Registry`]. After dispatch, the answer goes to the
-//! notifier (`crate::notify`), which alone decides whether it is an event.
+//! notifier (`crate::notify`), which alone decides whether it is an event, and to the
+//! activity log (`crate::activity`), which keeps the same classification.
 
 mod admin;
 mod blobs;
@@ -24,6 +25,7 @@ pub use errors::{ApiError, ErrorCode};
 pub use response::{Body, Request, Response};
 pub use route::Route;
 
+use crate::activity::{self, ActivityLog};
 use crate::auth::access::{AccessRules, Action};
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::metrics;
@@ -52,6 +54,8 @@ pub struct Api {
     pub collector: Arc<crate::gc::Collector>,
     /// Webhook endpoints told of pushes, pulls and deletes (`[[notifications]]`).
     pub notifier: Arc<Notifier>,
+    /// Who pushed, pulled, deleted or mounted what (`DATA/activity.redb`).
+    pub activity: Arc<ActivityLog>,
 }
 
 /// The authenticated caller, as handlers see it.
@@ -200,7 +204,7 @@ impl Api {
             .dispatch(&caller, req, &route, target.as_ref(), body)
             .await;
         if let (Ok(answer), Some(target)) = (&response, &target) {
-            self.notifier.notify(&Exchange {
+            let exchange = Exchange {
                 route: &route,
                 request: req,
                 client,
@@ -210,7 +214,9 @@ impl Api {
                 },
                 repository: target.stored_as(),
                 response: answer,
-            });
+            };
+            self.notifier.notify(&exchange);
+            self.activity.record_exchange(&exchange, activity::now_ms());
         }
         // The OCI spec's answer to `?ns=`: which registry's content this is.
         match (ns, target.as_ref().and_then(Target::upstream_name)) {
