@@ -681,6 +681,25 @@ mod tests {
         stopped(log, recorder).await;
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn counted_pulls_reach_the_disk_within_a_minute_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, recorder) = started(dir.path());
+        pull(&log, Some("ci"), TEN);
+        pull(&log, Some("ci"), TEN + 1);
+        tokio::time::sleep(FLUSH_EVERY + Duration::from_secs(1)).await;
+        let mut counts = Vec::new();
+        for _ in 0..100 {
+            counts = everything(&log).await.iter().map(|e| e.count).collect();
+            if !counts.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(counts, [2]);
+        stopped(log, recorder).await;
+    }
+
     #[tokio::test]
     async fn retention_removes_what_is_older() {
         let dir = tempfile::tempdir().unwrap();
