@@ -5,7 +5,8 @@
 //! (access rules, read-only mode), take an upload slot, then dispatch to a handler.
 //! Handlers return `Result<Response, ApiError>` and never log or touch files: storage
 //! rules live in [`crate::store::Registry`]. After dispatch, the answer goes to the
-//! notifier (`crate::notify`), which alone decides whether it is an event.
+//! notifier (`crate::notify`), which alone decides whether it is an event, and to the
+//! activity log (`crate::activity`), which keeps the same classification.
 
 mod admin;
 mod blobs;
@@ -26,6 +27,7 @@ pub use response::{Body, Request, Response};
 pub use route::Route;
 
 use crate::accounts::Accounts;
+use crate::activity::{self, ActivityLog};
 use crate::auth::access::Action;
 use crate::auth::policy::Policy;
 use crate::auth::{AuthError, Authenticator, Principal};
@@ -60,6 +62,8 @@ pub struct Api {
     pub accounts: Option<Arc<Accounts>>,
     /// Docker token authentication (`auth.token`): the signing key and its settings.
     pub tokens: Option<Arc<token::TokenAuth>>,
+    /// Who pushed, pulled, deleted or mounted what (`DATA/activity.redb`).
+    pub activity: Arc<ActivityLog>,
 }
 
 /// Which application a path belongs to.
@@ -275,14 +279,16 @@ impl Api {
             .dispatch(&caller, req, &route, target.as_ref(), body)
             .await;
         if let (Ok(answer), Some(target)) = (&response, &target) {
-            self.notifier.notify(&Exchange {
+            let exchange = Exchange {
                 route: &route,
                 request: req,
                 client,
                 user: caller.principal.name(),
                 repository: target.stored_as(),
                 response: answer,
-            });
+            };
+            self.notifier.notify(&exchange);
+            self.activity.record_exchange(&exchange, activity::now_ms());
         }
         // The OCI spec's answer to `?ns=`: which registry's content this is.
         match (ns, target.as_ref().and_then(Target::upstream_name)) {
