@@ -32,7 +32,10 @@ pub struct ClientOptions {
 /// What every request authenticates with.
 #[derive(Clone, Debug)]
 pub enum Credentials {
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     /// A token from the registry's token endpoint, sent as `Authorization: Bearer`.
     Bearer(String),
 }

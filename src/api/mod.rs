@@ -164,8 +164,8 @@ fn has_bearer(req: &Request) -> bool {
 /// for the access log: for Basic headers and the token endpoint alike.
 pub(crate) fn count_login(outcome: &Result<Principal, AuthError>) {
     let result = match outcome {
-        Ok(principal) => principal.name().map(|name| {
-            metrics::note(|n| n.user = Some(Arc::from(name)));
+        Ok(principal) => principal.shared_name().map(|name| {
+            metrics::note(|n| n.user = Some(name.clone()));
             "success"
         }),
         Err(AuthError::InvalidCredentials) => Some("failure"),
@@ -318,9 +318,9 @@ impl Api {
                     tokens.challenge(req, None, Some("invalid_token")),
                 )
             })?;
-            let principal = Principal::Bearer(Arc::new(grant));
-            if let Some(name) = principal.name() {
-                metrics::note(|n| n.user = Some(Arc::from(name)));
+            let principal = Principal::Bearer(grant);
+            if let Some(name) = principal.shared_name() {
+                metrics::note(|n| n.user = Some(name.clone()));
             }
             return Ok(principal);
         }

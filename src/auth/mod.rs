@@ -44,6 +44,11 @@ pub enum Principal {
 impl Principal {
     /// The name it signed in as, for the access log, events and the activity log.
     pub fn name(&self) -> Option<&str> {
+        self.shared_name().map(|name| &**name)
+    }
+
+    /// [`Principal::name`] as the shared string it is held in (no copy per request).
+    pub fn shared_name(&self) -> Option<&Arc<str>> {
         match self {
             Principal::Anonymous => None,
             Principal::User(name)

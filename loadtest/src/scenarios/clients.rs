@@ -229,7 +229,9 @@ fn registry_flags(ctx: &Ctx, certs: &Path, prefix: &str) -> Result<Vec<String>> 
         }
         // skopeo and podman get their own tokens from the realm; a fixed one cannot be given.
         Some(Credentials::Bearer(_)) => {
-            return Err("the client scenarios log in with --user and --password, not --bearer".into())
+            return Err(
+                "the client scenarios log in with --user and --password, not --bearer".into(),
+            )
         }
         None => {}
     }
