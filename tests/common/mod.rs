@@ -306,13 +306,32 @@ impl CmdOutput {
 /// `timeout`. Panics if it cannot be spawned or runs out of time; a non-zero
 /// exit is returned to the caller.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    run_with_input(cmd, None, timeout)
+}
+
+#[allow(dead_code)]
+/// [`run_with_timeout`] with `input` and a newline on stdin (a password, say).
+pub fn run_with_stdin(cmd: &mut Command, input: &str, timeout: Duration) -> CmdOutput {
+    run_with_input(cmd, Some(input), timeout)
+}
+
+fn run_with_input(cmd: &mut Command, input: Option<&str>, timeout: Duration) -> CmdOutput {
     let what = format!("{cmd:?}");
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(format!("{input}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("writing stdin of {what}: {e}"));
+    }
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
 
