@@ -69,6 +69,15 @@ pub struct RawConfig {
     log: RawLog,
     #[serde(default)]
     notifications: Vec<RawNotification>,
+    #[serde(default)]
+    activity: RawActivity,
+}
+
+/// `[activity]`: the activity log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawActivity {
+    retention_days: Option<u64>,
 }
 
 /// `[[notifications]]`: one webhook endpoint.
@@ -274,6 +283,27 @@ pub struct Config {
     pub log: LogConfig,
     /// Webhook endpoints that get registry events (`[[notifications]]`).
     pub notifications: Vec<NotificationEndpoint>,
+    pub activity: ActivityConfig,
+}
+
+/// `[activity]`: the activity log (`DATA/activity.redb`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivityConfig {
+    /// Entries older than this are removed (at start, then daily); `None`: kept forever.
+    pub retention: Option<Duration>,
+}
+
+pub const DEFAULT_ACTIVITY_RETENTION_DAYS: u64 = 90;
+/// A longer retention is a mistake for "forever" (0), or a unit slip.
+const MAX_ACTIVITY_RETENTION_DAYS: u64 = 36_500;
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for ActivityConfig {
+    fn default() -> ActivityConfig {
+        ActivityConfig {
+            retention: Some(DAY * DEFAULT_ACTIVITY_RETENTION_DAYS as u32),
+        }
+    }
 }
 
 /// One `[[notifications]]` endpoint: where events go, which ones, and how hard to try.
@@ -819,6 +849,7 @@ impl RawConfig {
             .map_or(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs);
         let mirror = resolve_mirror(self.mirror, self.upstream, &overrides, env, origin)?;
         let notifications = resolve_notifications(self.notifications, origin)?;
+        let activity = resolve_activity(self.activity, origin)?;
         let threads = match self.server.threads {
             None | Some(0) => std::thread::available_parallelism().map_or(2, |n| n.get()),
             Some(n) => n,
@@ -851,8 +882,27 @@ impl RawConfig {
             metrics,
             log,
             notifications,
+            activity,
         })
     }
+}
+
+fn resolve_activity(raw: RawActivity, origin: &str) -> Result<ActivityConfig, ConfigError> {
+    let retention = match raw.retention_days {
+        None => ActivityConfig::default().retention,
+        Some(0) => None,
+        Some(days) if days > MAX_ACTIVITY_RETENTION_DAYS => {
+            return Err(ConfigError::new(
+                format!("{origin}: activity.retention_days"),
+                format!(
+                    "{days} days is more than {MAX_ACTIVITY_RETENTION_DAYS}; \
+                     write 0 to keep the activity log forever"
+                ),
+            ))
+        }
+        Some(days) => Some(DAY * days as u32),
+    };
+    Ok(ActivityConfig { retention })
 }
 
 fn resolve_gc(raw: RawGc, rules: Vec<RawRetention>, origin: &str) -> Result<GcConfig, ConfigError> {
@@ -1839,6 +1889,32 @@ mod tests {
         assert!(err.contains("notifications[0].repositories"), "{err}");
         let err = parse(&endpoint("bogus = 1\n")).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn activity_retention_in_days_or_forever() {
+        let days = |text: &str| parse(text).map(|c| c.activity.retention);
+        assert_eq!(days("").unwrap(), Some(DAY * 90));
+        assert_eq!(
+            days("[activity]\nretention_days = 7\n").unwrap(),
+            Some(DAY * 7)
+        );
+        assert_eq!(days("[activity]\nretention_days = 0\n").unwrap(), None);
+        let env = [("PORTCULLIS_ACTIVITY__RETENTION_DAYS".into(), "30".into())];
+        let config = from_text("", "t.toml", env, Overrides::default()).unwrap();
+        assert_eq!(config.activity.retention, Some(DAY * 30));
+        let err = days("[activity]\nretention_days = 100000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml: activity.retention_days") && err.contains("write 0"),
+            "{err}"
+        );
+        let err = days("[activity]\nretention = 7\n").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown field") && err.contains("retention_days"),
+            "{err}"
+        );
     }
 
     #[test]

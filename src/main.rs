@@ -7,9 +7,10 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use portcullis::api::Api;
 use portcullis::accounts::{self, Accounts};
+use portcullis::activity::{self, ActivityError, ActivityLog, Filter};
 use portcullis::api::token::TokenAuth;
+use portcullis::api::Api;
 use portcullis::auth::policy::Policy;
 use portcullis::auth::{self, Authenticator};
 use portcullis::certs;
@@ -187,13 +188,19 @@ enum Command {
     /// while it runs, use the web UI or the REST API instead.
     User {
         /// TOML configuration file (for storage.data_dir and the accounts settings).
-        #[arg(long, short)]
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// Data directory; overrides storage.data_dir.
-        #[arg(long)]
+        #[arg(long, global = true)]
         data: Option<PathBuf>,
         #[command(subcommand)]
         action: UserAction,
+    },
+    /// Read the activity log: who pushed, pulled, deleted or mounted what, and who
+    /// changed an account or signed in.
+    Activity {
+        #[command(subcommand)]
+        action: ActivityAction,
     },
 }
 
@@ -221,6 +228,34 @@ enum UserAction {
     List,
     /// Copy the users of an htpasswd file (bcrypt entries) into the accounts.
     Import { htpasswd: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ActivityAction {
+    /// Write the log to standard output as JSON lines, oldest first. Uses the database
+    /// directly: a running server holds it (ask it for GET /api/v1/activity?format=jsonl).
+    Export {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory of a stopped server; overrides storage.data_dir.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Entries from this time on: 2026-11-01T00:00:00Z, or a date (UTC).
+        #[arg(long, value_name = "TIME", value_parser = activity::parse_time)]
+        since: Option<u64>,
+        /// Entries before this time.
+        #[arg(long, value_name = "TIME", value_parser = activity::parse_time)]
+        until: Option<u64>,
+        /// Only this user's (or robot's) entries.
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
+        /// Only repositories (or account objects, such as team:web) starting with this.
+        #[arg(long, value_name = "PREFIX")]
+        repository: Option<String>,
+        /// Only this action: push, pull, delete, mount, login, user.create, ...
+        #[arg(long, value_name = "ACTION")]
+        action: Option<String>,
+    },
 }
 
 /// Pull-through cache switches, for `serve` and `fetch`.
@@ -388,6 +423,28 @@ fn main() {
             (_, Some(tree)) => import_distribution(&config, &tree),
             (Some(path), None) => import_layout(&config, &path, repository.as_deref()),
             (None, None) => Err("give a layout PATH or --from-distribution DIR".into()),
+        }),
+        Command::Activity {
+            action:
+                ActivityAction::Export {
+                    config,
+                    data,
+                    since,
+                    until,
+                    actor,
+                    repository,
+                    action,
+                },
+        } => store_config(config, data).and_then(|config| {
+            let filter = Filter {
+                actor,
+                target_prefix: repository,
+                action,
+                since,
+                until,
+                text: None,
+            };
+            export_activity(&config, &filter)
         }),
     };
     if let Err(message) = result {
@@ -586,8 +643,12 @@ fn open_accounts(config: &Config) -> Result<Option<Arc<Accounts>>, String> {
     if !config.accounts.enabled {
         return Ok(None);
     }
-    let accounts = open_accounts_at(config)
-        .map_err(|e| format!("{e}; stop the server that uses {}", config.data_dir.display()))?;
+    let accounts = open_accounts_at(config).map_err(|e| {
+        format!(
+            "{e}; stop the server that uses {}",
+            config.data_dir.display()
+        )
+    })?;
     if accounts.directory().users.values().all(|u| !u.admin) {
         tracing::warn!(
             "no admin account yet: stop the server and run `portcullis user add NAME --admin --data {}`",
@@ -602,9 +663,19 @@ fn open_accounts_at(config: &Config) -> Result<Accounts, String> {
         global_visibility: config.accounts.global_visibility,
         mirror_visibility: Default::default(),
     };
-    let mirrors = config.mirror.upstreams.iter().map(|u| u.name.clone()).collect();
-    Accounts::open(&config.data_dir, defaults, mirrors, config.accounts.bcrypt_cost)
-        .map_err(|e| e.to_string())
+    let mirrors = config
+        .mirror
+        .upstreams
+        .iter()
+        .map(|u| u.name.clone())
+        .collect();
+    Accounts::open(
+        &config.data_dir,
+        defaults,
+        mirrors,
+        config.accounts.bcrypt_cost,
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn open_registry_within(config: &Config, wait: Duration) -> Result<Arc<Registry>, String> {
@@ -617,13 +688,35 @@ fn open_registry_within(config: &Config, wait: Duration) -> Result<Arc<Registry>
     })?;
     // The metadata first: its lock proves no other process uses the store, before
     // the blob store clears the leftovers of unfinished writes.
+    let meta = open_when_free(
+        wait,
+        data,
+        || RedbMetaStore::open(&data.join("meta.redb")),
+        |e| matches!(e, StoreError::InUse(_)),
+    )?;
+    let blobs = FsBlobStore::open(data).map_err(|e| e.to_string())?;
+    Ok(Arc::new(Registry::new(
+        Arc::new(blobs),
+        Arc::new(meta),
+        config.min_free_bytes,
+    )))
+}
+
+/// Opens a database of the data directory, waiting up to `wait` while another process
+/// holds it (an upgrade: the old server lets go when it exits).
+fn open_when_free<T, E: std::fmt::Display>(
+    wait: Duration,
+    data: &Path,
+    open: impl Fn() -> Result<T, E>,
+    in_use: impl Fn(&E) -> bool,
+) -> Result<T, String> {
     let deadline = std::time::Instant::now() + wait;
-    let meta = loop {
-        match RedbMetaStore::open(&data.join("meta.redb")) {
-            Err(StoreError::InUse(_)) if std::time::Instant::now() < deadline => {
+    loop {
+        match open() {
+            Err(e) if in_use(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Ok(meta) => break meta,
+            Ok(db) => return Ok(db),
             Err(e) => {
                 return Err(format!(
                     "{e}; is a server using {}? stop the server first, or use another --data",
@@ -631,13 +724,7 @@ fn open_registry_within(config: &Config, wait: Duration) -> Result<Arc<Registry>
                 ))
             }
         }
-    };
-    let blobs = FsBlobStore::open(data).map_err(|e| e.to_string())?;
-    Ok(Arc::new(Registry::new(
-        Arc::new(blobs),
-        Arc::new(meta),
-        config.min_free_bytes,
-    )))
+    }
 }
 
 fn fetch(
@@ -890,11 +977,41 @@ fn import_distribution(config: &Config, tree: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `portcullis activity export`: the log of a stopped server as JSON lines on stdout.
+fn export_activity(config: &Config, filter: &Filter) -> Result<(), String> {
+    let data = &config.data_dir;
+    let path = data.join(activity::FILE);
+    if !path.is_file() {
+        return Err(format!(
+            "{} holds no activity log (no {}); give the --data directory of a portcullis",
+            data.display(),
+            activity::FILE
+        ));
+    }
+    let (log, _recorder) = ActivityLog::open(&path, &config.activity).map_err(|e| match e {
+        ActivityError::InUse(_) => format!(
+            "{e}: a server is running on {}; ask it instead with \
+             GET /api/v1/activity?format=jsonl, or stop it first",
+            data.display()
+        ),
+        e => e.to_string(),
+    })?;
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    match log.export(filter, out) {
+        // A reader such as `head` that has seen enough is no failure.
+        Err(ActivityError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map(drop).map_err(|e| e.to_string()),
+    }
+}
+
 /// Room after `server.shutdown_grace_secs` for the drain's last steps, before pingora
 /// drops what still runs.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
-// The drain's last steps include the notifications' flush.
-const _: () = assert!(portcullis::notify::FLUSH_BOUND.as_secs() < SHUTDOWN_MARGIN.as_secs());
+// The drain's last steps include the activity log's and the notifications' flushes.
+const _: () = assert!(
+    activity::FLUSH_BOUND.as_secs() + portcullis::notify::FLUSH_BOUND.as_secs()
+        < SHUTDOWN_MARGIN.as_secs()
+);
 
 /// Opens the store and runs the pingora server until a signal stops it. With
 /// `upgrade`, first takes the listening sockets over from the server running on the
@@ -940,6 +1057,12 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         None => Duration::ZERO,
     };
     let registry = open_registry_within(&config, wait)?;
+    let (activity, recorder) = open_when_free(
+        wait,
+        data,
+        || ActivityLog::open(&data.join(activity::FILE), &config.activity),
+        |e| matches!(e, ActivityError::InUse(_)),
+    )?;
     let accounts = open_accounts(&config)?;
     let tokens = config
         .auth
@@ -949,7 +1072,10 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         .transpose()?;
     let (auth, policy) = match &accounts {
         Some(accounts) => (
-            Arc::new(Authenticator::with_accounts(&config.auth, Some(accounts.clone()))?),
+            Arc::new(Authenticator::with_accounts(
+                &config.auth,
+                Some(accounts.clone()),
+            )?),
             Policy::Accounts(accounts.clone()),
         ),
         None => (auth, Policy::Rules(config.access.clone())),
@@ -970,6 +1096,7 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
     let api = Arc::new(Api {
         collector: collector.clone(),
         notifier: notifier.clone(),
+        activity: activity.clone(),
         registry: registry.clone(),
         mirror: mirror.clone(),
         auth: auth.clone(),
@@ -1043,6 +1170,15 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
                         }
                     })
                 }),
+                // No request can record more now: save what waits.
+                Box::new(move || {
+                    let activity = activity.clone();
+                    Box::pin(async move {
+                        if let Err(e) = activity.flush().await {
+                            tracing::warn!("at shutdown: {e}");
+                        }
+                    })
+                }),
                 // No request can make another event now: deliver what is queued.
                 Box::new(move || {
                     let notifier = notifier.clone();
@@ -1063,6 +1199,7 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         Maintenance(collector),
     ));
     server.add_service(background_service("webhook notifications", delivery));
+    server.add_service(background_service("activity log", recorder));
     tracing::info!(
         listen = ?config.listen,
         tls_listen = ?config.tls_listen,

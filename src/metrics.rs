@@ -80,6 +80,8 @@ pub struct Metrics {
     pub notifications_queued: IntGaugeVec,
     /// Time one POST took, answered or not, by `endpoint`.
     pub notification_seconds: HistogramVec,
+    /// Activity-log entries (and pulls) not recorded: the recorder was behind.
+    pub activity_dropped: IntCounter,
     /// `repository`, `route`, `method`: only with `metrics.repository_label`.
     repository_requests: OnceLock<IntCounterVec>,
 }
@@ -311,6 +313,11 @@ impl Metrics {
                 &["endpoint"],
             ),
             notification_seconds,
+            activity_dropped: counter(
+                &r,
+                "portcullis_activity_dropped_total",
+                "Activity-log entries and pulls not recorded because the recorder was behind.",
+            ),
             repository_requests: OnceLock::new(),
             registry: r,
         }

@@ -8,6 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
+use portcullis::activity::{self, ActivityLog};
 use portcullis::api::Api;
 use portcullis::auth::access::AccessRules;
 use portcullis::auth::policy::Policy;
@@ -33,7 +34,11 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     let blobs = FsBlobStore::open(dir.path()).unwrap();
     let meta = RedbMetaStore::open(&dir.path().join("meta.redb")).unwrap();
     let registry = Arc::new(Registry::new(Arc::new(blobs), Arc::new(meta), 0));
+    // Without its recorder nothing is written: the queue fills, then drops (bounded).
+    let (activity, _recorder) =
+        ActivityLog::open(&dir.path().join(activity::FILE), &config.activity).unwrap();
     let api = Api {
+        activity,
         collector: Collector::new(registry.clone(), &config),
         notifier: Notifier::new(&config).unwrap().0,
         mirror: Mirror::new(registry.clone(), &config.mirror, config.limits.max_manifest_bytes)

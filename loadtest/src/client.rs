@@ -21,12 +21,23 @@ pub type Result<T> = std::result::Result<T, String>;
 pub struct ClientOptions {
     /// PEM CA bundle to trust (only these roots) for https targets.
     pub ca: Option<PathBuf>,
-    /// Basic-auth credentials sent with every request.
-    pub credentials: Option<(String, String)>,
+    /// Credentials sent with every request.
+    pub credentials: Option<Credentials>,
     /// h2 (prior knowledge on http, ALPN h2 only on https) instead of HTTP/1.1.
     pub h2: bool,
     /// Limit for one whole request, body included.
     pub timeout: Duration,
+}
+
+/// What every request authenticates with.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    Basic {
+        user: String,
+        password: String,
+    },
+    /// A token from the registry's token endpoint, sent as `Authorization: Bearer`.
+    Bearer(String),
 }
 
 /// How blobs are uploaded.
@@ -51,7 +62,10 @@ impl Target {
         let auth = options
             .credentials
             .as_ref()
-            .map(|(user, password)| basic_auth_header(user, password))
+            .map(|credentials| match credentials {
+                Credentials::Basic { user, password } => basic_auth_header(user, password),
+                Credentials::Bearer(token) => bearer_header(token),
+            })
             .transpose()?;
         let ca = match &options.ca {
             Some(path) => {
@@ -92,6 +106,13 @@ impl Target {
             "http/1.1"
         }
     }
+}
+
+fn bearer_header(token: &str) -> Result<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the token is not a valid header value".to_string())?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// The `Authorization` value reqwest itself would send for these credentials.
@@ -219,11 +240,8 @@ impl Api {
 
     /// This API with `Authorization: Bearer <token>` on every request.
     pub fn with_bearer(&self, token: &str) -> Result<Api> {
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| "the token is not a valid header value".to_string())?;
-        value.set_sensitive(true);
         Ok(Api {
-            bearer: Some(value),
+            bearer: Some(bearer_header(token)?),
             ..self.clone()
         })
     }

@@ -27,7 +27,7 @@ mod scenarios;
 mod stats;
 
 use clap::{Args, Parser, Subcommand};
-use client::{ClientOptions, Target, UploadMode};
+use client::{ClientOptions, Credentials, Target, UploadMode};
 use scenario::{Ctx, Settings};
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -87,6 +87,10 @@ struct RunArgs {
     /// Basic-auth password.
     #[arg(long, requires = "user")]
     password: Option<String>,
+    /// A token (from the registry's token endpoint) sent as `Authorization: Bearer` with
+    /// every request, instead of Basic credentials.
+    #[arg(long, conflicts_with = "user")]
+    bearer: Option<String>,
     /// Use h2 (prior knowledge on http, ALPN h2 on https) instead of HTTP/1.1.
     #[arg(long)]
     h2: bool,
@@ -319,7 +323,14 @@ fn run(args: RunArgs) -> Result<usize, String> {
     });
     let options = ClientOptions {
         ca: args.ca.clone(),
-        credentials: args.user.clone().zip(args.password.clone()),
+        credentials: match (&args.bearer, &args.user, &args.password) {
+            (Some(token), _, _) => Some(Credentials::Bearer(token.clone())),
+            (None, Some(user), Some(password)) => Some(Credentials::Basic {
+                user: user.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
+        },
         h2: args.h2,
         timeout: Duration::from_secs_f64(args.timeout.max(1.0)),
     };

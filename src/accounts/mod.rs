@@ -92,7 +92,10 @@ impl Accounts {
 
     /// The directory as it is now.
     pub fn directory(&self) -> Arc<Directory> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn generation(&self) -> u64 {
@@ -131,7 +134,12 @@ impl Accounts {
             .map_err(|e| AccountError::Storage(format!("bcrypt: {e}")))
     }
 
-    pub async fn add_user(&self, name: &str, password: &str, admin: bool) -> Result<(), AccountError> {
+    pub async fn add_user(
+        &self,
+        name: &str,
+        password: &str,
+        admin: bool,
+    ) -> Result<(), AccountError> {
         let hash = self.hash_password(password).await?;
         self.change(|d| d.add_user(name, hash, admin, now_ms()))
             .await
@@ -240,7 +248,9 @@ impl Accounts {
             Principal::Anonymous => true,
             Principal::User(name) => dir.users.contains_key(&**name),
             Principal::Robot(login) => dir.robots.contains_key(&**login),
-            Principal::Token { id, .. } => dir.tokens.get(&**id).is_some_and(|t| !t.expired(now_ms())),
+            Principal::Token { id, .. } => {
+                dir.tokens.get(&**id).is_some_and(|t| !t.expired(now_ms()))
+            }
             Principal::Bearer(_) => false,
         }
     }
@@ -313,19 +323,31 @@ mod tests {
     async fn users_robots_and_tokens_sign_in_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let accounts = open(&dir);
-        accounts.add_user("alice", "correct horse", false).await.unwrap();
+        accounts
+            .add_user("alice", "correct horse", false)
+            .await
+            .unwrap();
         assert!(matches!(
             accounts.add_user("bob", "short", false).await,
             Err(AccountError::Invalid(_))
         ));
-        accounts.change(|d| d.create_team("web", "alice", "", 1)).await.unwrap();
+        accounts
+            .change(|d| d.create_team("web", "alice", "", 1))
+            .await
+            .unwrap();
         let (login, robot_secret) = accounts
             .add_robot("web", "ci", Actions::parse("push").unwrap(), "")
             .await
             .unwrap();
         assert_eq!(login, "web+ci");
         let (token, token_secret) = accounts
-            .add_token("alice", "deploy", vec![], Actions::parse("pull").unwrap(), None)
+            .add_token(
+                "alice",
+                "deploy",
+                vec![],
+                Actions::parse("pull").unwrap(),
+                None,
+            )
             .await
             .unwrap();
         assert!(token_secret.starts_with(TOKEN_PREFIX));
@@ -351,7 +373,11 @@ mod tests {
                 id: Arc::from(token.id.as_str())
             }
         );
-        assert_eq!(accounts.verify("bob", &token_secret), None, "another user's token");
+        assert_eq!(
+            accounts.verify("bob", &token_secret),
+            None,
+            "another user's token"
+        );
         assert!(accounts.rights(&as_token, "alice/app").pull);
         assert!(!accounts.rights(&as_token, "alice/app").push);
 
@@ -369,17 +395,26 @@ mod tests {
         let reopened = open(&dir);
         assert!(reopened.verify("alice", "correct horse").is_some());
         assert!(reopened.verify("web+ci", &robot_secret).is_some());
-        assert_eq!(reopened.directory().teams["web"].members["alice"], Role::Owner);
+        assert_eq!(
+            reopened.directory().teams["web"].members["alice"],
+            Role::Owner
+        );
     }
 
     #[tokio::test]
     async fn a_refused_change_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let accounts = open(&dir);
-        accounts.add_user("alice", "correct horse", true).await.unwrap();
+        accounts
+            .add_user("alice", "correct horse", true)
+            .await
+            .unwrap();
         let before = accounts.directory();
         let generation = accounts.generation();
-        let err = accounts.change(|d| d.remove_user("alice")).await.unwrap_err();
+        let err = accounts
+            .change(|d| d.remove_user("alice"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, AccountError::Conflict(_)), "{err}");
         assert_eq!(*accounts.directory(), *before);
         assert_eq!(accounts.generation(), generation);

@@ -19,9 +19,7 @@ pub struct User {
 }
 
 /// A team member's role; each includes the ones before it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Pull.
@@ -41,9 +39,7 @@ pub struct Team {
 }
 
 /// Who may pull from a namespace besides its members.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
     /// Members only.
@@ -236,8 +232,7 @@ pub enum AccountError {
 /// (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`), so a personal or team namespace can hold
 /// repositories.
 pub fn check_name(what: &str, name: &str) -> Result<(), AccountError> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN || !crate::oci::name::is_name_component(name)
-    {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !crate::oci::name::is_name_component(name) {
         return Err(AccountError::Invalid(format!(
             "{what} name {name:?} is not valid: use 1 to {MAX_NAME_LEN} lowercase letters and digits, \
              with '.', '_' or '-' between them"

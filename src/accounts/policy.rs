@@ -99,8 +99,7 @@ impl Rights {
 /// The namespace a repository (as stored) belongs to; `None`: the global one.
 pub fn namespace_of<'r>(dir: &Directory, repo: &'r str) -> Option<&'r str> {
     let (first, _) = repo.split_once('/')?;
-    (dir.namespaces.contains_key(first) || dir.mirrors.iter().any(|m| m == first))
-        .then_some(first)
+    (dir.namespaces.contains_key(first) || dir.mirrors.iter().any(|m| m == first)).then_some(first)
 }
 
 /// What `who` may do with repository `repo` (its stored name) at time `now` (unix ms).
@@ -264,14 +263,29 @@ mod tests {
                 Visibility::Private,
                 "pull,push,delete,manage",
             ),
-            (Identity::Robot("web+ci"), "web/app", Visibility::Private, PP),
+            (
+                Identity::Robot("web+ci"),
+                "web/app",
+                Visibility::Private,
+                PP,
+            ),
             (Identity::Token("fresh"), "web/app", Visibility::Private, P),
             (Identity::Token("stale"), "web/app", Visibility::Private, ""),
-            (Identity::User("mallory"), "web/app", Visibility::Private, ""),
+            (
+                Identity::User("mallory"),
+                "web/app",
+                Visibility::Private,
+                "",
+            ),
             // Protected: any signed-in user pulls; robots of other namespaces do not.
             (Identity::Anonymous, "web/app", Visibility::Protected, ""),
             (Identity::User("bob"), "web/app", Visibility::Protected, P),
-            (Identity::User("admin"), "web/app", Visibility::Protected, "pull,push,delete,manage"),
+            (
+                Identity::User("admin"),
+                "web/app",
+                Visibility::Protected,
+                "pull,push,delete,manage",
+            ),
             // Public: anyone pulls, only members write.
             (Identity::Anonymous, "web/app", Visibility::Public, P),
             (Identity::Token("stale"), "web/app", Visibility::Public, ""),
@@ -289,15 +303,22 @@ mod tests {
         let mut d = directory();
         let r = |d: &Directory, who, repo| text(rights(d, who, repo, 10));
         // Personal: the user owns it; others see it only when it is opened up.
-        assert_eq!(r(&d, Identity::User("bob"), "bob/tool"), "pull,push,delete,manage");
+        assert_eq!(
+            r(&d, Identity::User("bob"), "bob/tool"),
+            "pull,push,delete,manage"
+        );
         assert_eq!(r(&d, Identity::User("alice"), "bob/tool"), "");
-        d.set_visibility(Some("bob"), Visibility::Protected).unwrap();
+        d.set_visibility(Some("bob"), Visibility::Protected)
+            .unwrap();
         assert_eq!(r(&d, Identity::User("alice"), "bob/tool"), P);
         // Global (protected in the sample): admins write, signed-in users pull.
         assert_eq!(r(&d, Identity::User("carol"), "nginx"), P);
         assert_eq!(r(&d, Identity::User("carol"), "unknown/app"), P);
         assert_eq!(r(&d, Identity::Anonymous, "nginx"), "");
-        assert_eq!(r(&d, Identity::User("admin"), "nginx"), "pull,push,delete,manage");
+        assert_eq!(
+            r(&d, Identity::User("admin"), "nginx"),
+            "pull,push,delete,manage"
+        );
         // A robot reaches only its namespace; a token only the namespaces it names.
         assert_eq!(r(&d, Identity::Robot("web+ci"), "nginx"), "");
         assert_eq!(r(&d, Identity::Token("fresh"), "alice/own"), "");
@@ -330,10 +351,7 @@ mod tests {
         .unwrap();
         // bob is a viewer in web: an all-actions token still only pulls there.
         assert_eq!(text(rights(&d, Identity::Token("wide"), "web/app", 10)), P);
-        assert_eq!(
-            text(rights(&d, Identity::Token("wide"), "bob/x", 10)),
-            PPD
-        );
+        assert_eq!(text(rights(&d, Identity::Token("wide"), "bob/x", 10)), PPD);
         assert!(is_admin(&d, Identity::User("admin")));
         assert!(!is_admin(&d, Identity::Token("wide")));
         assert!(!is_admin(&d, Identity::User("bob")));

@@ -29,7 +29,9 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
 }
 
 fn corrupt(table: &str, key: &str, e: serde_json::Error) -> StoreError {
-    StoreError::Meta(format!("accounts database: corrupt {table} record {key:?}: {e}"))
+    StoreError::Meta(format!(
+        "accounts database: corrupt {table} record {key:?}: {e}"
+    ))
 }
 
 fn load_table<T: DeserializeOwned>(
@@ -58,7 +60,9 @@ fn store_diff<T: Serialize + PartialEq>(
     for (key, record) in after {
         if before.get(key) != Some(record) {
             let bytes = serde_json::to_vec(record).map_err(|e| corrupt(def.name(), key, e))?;
-            table.insert(key.as_str(), bytes.as_slice()).map_err(db_err)?;
+            table
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(db_err)?;
         }
     }
     for key in before.keys().filter(|k| !after.contains_key(*k)) {

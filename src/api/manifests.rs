@@ -2,12 +2,12 @@
 //!
 //! Bytes are served exactly as pushed, with the digest of those bytes.
 
+use super::response::read_limited;
 use super::{ApiError, Body, Request, Response};
 use crate::mirror::policy::Accept;
 use crate::mirror::{Mirror, Target};
 use crate::oci::{Reference, RepoName};
 use crate::store::{ByteSource, Registry};
-use super::response::read_limited;
 
 /// Spec: "GET /v2/<name>/manifests/<reference>" returns the manifest with its
 /// `Content-Type` and `Docker-Content-Digest`; HEAD the same headers without body.
@@ -49,7 +49,9 @@ pub async fn put(
     body: &mut dyn ByteSource,
     max_bytes: usize,
 ) -> Result<Response, ApiError> {
-    let bytes = read_limited(req, body, max_bytes, "manifests").await?.freeze();
+    let bytes = read_limited(req, body, max_bytes, "manifests")
+        .await?
+        .freeze();
     let content_type = req.header("content-type");
     let outcome = registry
         .put_manifest(name, reference, content_type, bytes)

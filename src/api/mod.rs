@@ -5,7 +5,8 @@
 //! (access rules, read-only mode), take an upload slot, then dispatch to a handler.
 //! Handlers return `Result<Response, ApiError>` and never log or touch files: storage
 //! rules live in [`crate::store::Registry`]. After dispatch, the answer goes to the
-//! notifier (`crate::notify`), which alone decides whether it is an event.
+//! notifier (`crate::notify`), which alone decides whether it is an event, and to the
+//! activity log (`crate::activity`), which keeps the same classification.
 
 mod admin;
 mod blobs;
@@ -26,6 +27,7 @@ pub use response::{Body, Request, Response};
 pub use route::Route;
 
 use crate::accounts::Accounts;
+use crate::activity::{self, ActivityLog};
 use crate::auth::access::Action;
 use crate::auth::policy::Policy;
 use crate::auth::{AuthError, Authenticator, Principal};
@@ -60,6 +62,8 @@ pub struct Api {
     pub accounts: Option<Arc<Accounts>>,
     /// Docker token authentication (`auth.token`): the signing key and its settings.
     pub tokens: Option<Arc<token::TokenAuth>>,
+    /// Who pushed, pulled, deleted or mounted what (`DATA/activity.redb`).
+    pub activity: Arc<ActivityLog>,
     /// Who is signed in to the web UI (`/ui/`).
     pub sessions: crate::ui::Sessions,
 }
@@ -162,8 +166,8 @@ fn has_bearer(req: &Request) -> bool {
 /// for the access log: for Basic headers and the token endpoint alike.
 pub(crate) fn count_login(outcome: &Result<Principal, AuthError>) {
     let result = match outcome {
-        Ok(principal) => principal.name().map(|name| {
-            metrics::note(|n| n.user = Some(Arc::from(name)));
+        Ok(principal) => principal.shared_name().map(|name| {
+            metrics::note(|n| n.user = Some(name.clone()));
             "success"
         }),
         Err(AuthError::InvalidCredentials) => Some("failure"),
@@ -277,14 +281,16 @@ impl Api {
             .dispatch(&caller, req, &route, target.as_ref(), body)
             .await;
         if let (Ok(answer), Some(target)) = (&response, &target) {
-            self.notifier.notify(&Exchange {
+            let exchange = Exchange {
                 route: &route,
                 request: req,
                 client,
                 user: caller.principal.name(),
                 repository: target.stored_as(),
                 response: answer,
-            });
+            };
+            self.notifier.notify(&exchange);
+            self.activity.record_exchange(&exchange, activity::now_ms());
         }
         // The OCI spec's answer to `?ns=`: which registry's content this is.
         match (ns, target.as_ref().and_then(Target::upstream_name)) {
@@ -297,7 +303,7 @@ impl Api {
 
     /// Who is calling; counts logins and notes the user for the access log. With
     /// token authentication, a bearer token is checked by its signature alone.
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         req: &Request,
         client: Option<IpAddr>,
@@ -305,15 +311,18 @@ impl Api {
         let header = req.header("authorization");
         if let (Some(tokens), Some(token)) = (&self.tokens, header.and_then(bearer_token)) {
             let grant = tokens.verify(token).map_err(|e| {
-                ApiError::new(ErrorCode::Unauthorized, format!("bearer token refused: {e}"))
-                    .with_header(
-                        "WWW-Authenticate",
-                        tokens.challenge(req, None, Some("invalid_token")),
-                    )
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    format!("bearer token refused: {e}"),
+                )
+                .with_header(
+                    "WWW-Authenticate",
+                    tokens.challenge(req, None, Some("invalid_token")),
+                )
             })?;
-            let principal = Principal::Bearer(Arc::new(grant));
-            if let Some(name) = principal.name() {
-                metrics::note(|n| n.user = Some(Arc::from(name)));
+            let principal = Principal::Bearer(grant);
+            if let Some(name) = principal.shared_name() {
+                metrics::note(|n| n.user = Some(name.clone()));
             }
             return Ok(principal);
         }
@@ -324,7 +333,12 @@ impl Api {
 
     /// A 401 that tells the client how to authenticate: where to get a token for
     /// `scope` with token authentication, else Basic.
-    fn challenge(&self, req: &Request, scope: Option<crate::auth::token::Scope>, detail: &str) -> ApiError {
+    fn challenge(
+        &self,
+        req: &Request,
+        scope: Option<crate::auth::token::Scope>,
+        detail: &str,
+    ) -> ApiError {
         let challenge = match &self.tokens {
             Some(tokens) => {
                 let error = scope.as_ref().map(|_| "insufficient_scope");

@@ -7,7 +7,7 @@
 //! stored name. The request path checks that token as it is, with no lookup.
 
 use super::response::read_limited;
-use super::{ApiError, Api, Body, ErrorCode, Request, Response};
+use super::{Api, ApiError, Body, ErrorCode, Request, Response};
 use crate::accounts::Actions;
 use crate::auth::token::{
     bearer_challenge, grant, Claims, Grant as Credentials, Kind, RequestError, ResourceActions,
@@ -30,7 +30,15 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 pub struct TokenAuth {
     keys: TokenKeys,
     config: TokenConfig,
+    /// Tokens already verified -> their grant and expiry (unix seconds): a client sends
+    /// the same token with every request until it expires, and a lookup here costs what
+    /// the Basic path's cached login costs, where decoding and checking it again would
+    /// cost several times that.
+    verified: moka::sync::Cache<String, (Arc<Grant>, u64)>,
 }
+
+/// Verified tokens kept at most; each client holds one or a few at a time.
+const VERIFIED_CAPACITY: u64 = 10_000;
 
 impl TokenAuth {
     /// The signing key is `DATA/token.key`, made on first start.
@@ -40,7 +48,15 @@ impl TokenAuth {
             &config.service,
             &config.service,
         )?;
-        Ok(TokenAuth { keys, config })
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_CAPACITY)
+            .time_to_live(config.ttl + Duration::from_secs(60))
+            .build();
+        Ok(TokenAuth {
+            keys,
+            config,
+            verified,
+        })
     }
 
     /// Where clients get tokens: configured, or this server as the request reached it.
@@ -63,9 +79,19 @@ impl TokenAuth {
     }
 
     /// A bearer token from a request, verified.
-    pub fn verify(&self, token: &str) -> Result<Grant, TokenError> {
-        let claims = self.keys.verify_access(token, unix_now())?;
-        Ok(grant_of(claims))
+    pub fn verify(&self, token: &str) -> Result<Arc<Grant>, TokenError> {
+        let now = unix_now();
+        if let Some((grant, exp)) = self.verified.get(token) {
+            if now < exp {
+                return Ok(grant);
+            }
+        }
+        let claims = self.keys.verify_access(token, now)?;
+        let exp = claims.exp;
+        let grant = Arc::new(grant_of(claims));
+        self.verified
+            .insert(token.to_string(), (grant.clone(), exp));
+        Ok(grant)
     }
 }
 
@@ -277,7 +303,9 @@ async fn issue(
                 };
                 let error = Refusal::new(post, status, "invalid_grant", e.to_string());
                 match status {
-                    429 => error.with_header("Retry-After", api.auth.retry_after_secs().to_string()),
+                    429 => {
+                        error.with_header("Retry-After", api.auth.retry_after_secs().to_string())
+                    }
                     _ if post => error,
                     _ => error.with_header(
                         "WWW-Authenticate",
@@ -289,7 +317,12 @@ async fn issue(
         }
         Credentials::RefreshToken(token) => {
             let claims = tokens.keys.verify_refresh(&token, now).map_err(|e| {
-                Refusal::new(post, 401, "invalid_grant", format!("refresh token refused: {e}"))
+                Refusal::new(
+                    post,
+                    401,
+                    "invalid_grant",
+                    format!("refresh token refused: {e}"),
+                )
             })?;
             let principal = principal_of(&claims);
             if !api.auth.still_valid(&principal) {
@@ -304,8 +337,8 @@ async fn issue(
             (principal, Some(token))
         }
     };
-    if let Some(name) = principal.name() {
-        crate::metrics::note(|n| n.user = Some(Arc::from(name)));
+    if let Some(name) = principal.shared_name() {
+        crate::metrics::note(|n| n.user = Some(name.clone()));
     }
     let access = granted(api, &principal, &request.scopes);
     let (subject, kind, tid) = subject_of(&principal);
@@ -316,7 +349,9 @@ async fn issue(
     let refresh_token = match (request.offline, &principal) {
         (_, Principal::Anonymous) | (false, _) => None,
         (true, _) => Some(refresh.unwrap_or_else(|| {
-            tokens.keys.issue_refresh(subject, kind, tid, REFRESH_TTL, now)
+            tokens
+                .keys
+                .issue_refresh(subject, kind, tid, REFRESH_TTL, now)
         })),
     };
     let answer = TokenResponse::new(token, tokens.config.ttl, now, refresh_token);
@@ -351,7 +386,10 @@ fn granted(api: &Api, principal: &Principal, scopes: &[Scope]) -> Vec<ResourceAc
         "registry" if scope.name == "catalog" => vec!["*".to_string()],
         _ => Vec::new(),
     });
-    for entry in access.iter_mut().filter(|a| a.resource_type == "repository") {
+    for entry in access
+        .iter_mut()
+        .filter(|a| a.resource_type == "repository")
+    {
         if let Some(target) = stored(&entry.name) {
             entry.name = target.stored_as().as_str().to_string();
         }
@@ -366,7 +404,10 @@ mod tests {
 
     #[test]
     fn challenge_scopes_follow_the_action() {
-        assert_eq!(scope_for("a/b", Action::Pull).to_string(), "repository:a/b:pull");
+        assert_eq!(
+            scope_for("a/b", Action::Pull).to_string(),
+            "repository:a/b:pull"
+        );
         assert_eq!(
             scope_for("a/b", Action::Push).to_string(),
             "repository:a/b:pull,push"

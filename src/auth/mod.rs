@@ -33,7 +33,10 @@ pub enum Principal {
     /// A namespace's robot account, by login (`<namespace>+<name>`).
     Robot(Arc<str>),
     /// A user's application token (CI): the user, and the token's id.
-    Token { user: Arc<str>, id: Arc<str> },
+    Token {
+        user: Arc<str>,
+        id: Arc<str>,
+    },
     /// A bearer token from the token endpoint, verified: what it grants.
     Bearer(Arc<Grant>),
 }
@@ -41,11 +44,16 @@ pub enum Principal {
 impl Principal {
     /// The name it signed in as, for the access log, events and the activity log.
     pub fn name(&self) -> Option<&str> {
+        self.shared_name().map(|name| &**name)
+    }
+
+    /// [`Principal::name`] as the shared string it is held in (no copy per request).
+    pub fn shared_name(&self) -> Option<&Arc<str>> {
         match self {
             Principal::Anonymous => None,
-            Principal::User(name) | Principal::Robot(name) | Principal::Token { user: name, .. } => {
-                Some(name)
-            }
+            Principal::User(name)
+            | Principal::Robot(name)
+            | Principal::Token { user: name, .. } => Some(name),
             Principal::Bearer(grant) => match grant.kind {
                 GrantKind::Anonymous => None,
                 _ => Some(&grant.subject),

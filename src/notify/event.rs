@@ -57,6 +57,16 @@ impl std::str::FromStr for EventKind {
 }
 
 impl Action {
+    /// The name events and the activity log use (`"push"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Push => "push",
+            Action::Pull => "pull",
+            Action::Delete => "delete",
+            Action::Mount => "mount",
+        }
+    }
+
     pub fn kind(self) -> EventKind {
         match self {
             Action::Push | Action::Mount => EventKind::Push,
@@ -179,7 +189,9 @@ pub fn event_for<'s>(
     })
 }
 
-fn action_and_target(exchange: &Exchange) -> Option<(Action, Target)> {
+/// The classification behind [`event_for`]; the activity log (`crate::activity`) records
+/// from it too, so the two never disagree about what an answer was.
+pub(crate) fn action_and_target(exchange: &Exchange) -> Option<(Action, Target)> {
     let (req, response) = (exchange.request, exchange.response);
     if !(200..300).contains(&response.status) {
         return None;
@@ -326,17 +338,19 @@ fn bounded(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::route;
     use crate::api::Body;
     use bytes::Bytes;
     use serde_json::json;
 
-    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-    const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub(crate) const D: &str =
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    pub(crate) const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
-    fn request(method: &str, path_and_query: &str, headers: &[(&str, &str)]) -> Request {
+    /// A request as the edge hands it over (the activity log's tests use it too).
+    pub(crate) fn request(method: &str, path_and_query: &str, headers: &[(&str, &str)]) -> Request {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q.to_string())),
             None => (path_and_query, None),
@@ -402,7 +416,7 @@ mod tests {
         })
     }
 
-    fn digest_answer(status: u16) -> Response {
+    pub(crate) fn digest_answer(status: u16) -> Response {
         Response::new(status).header("Docker-Content-Digest", D)
     }
 
@@ -605,6 +619,13 @@ mod tests {
             MAX_CLIENT_TEXT - 1
         );
         assert_eq!(event.request.addr, None);
+    }
+
+    #[test]
+    fn action_names_are_their_json() {
+        for action in [Action::Push, Action::Pull, Action::Delete, Action::Mount] {
+            assert_eq!(serde_json::to_value(action).unwrap(), action.name());
+        }
     }
 
     #[test]

@@ -306,13 +306,32 @@ impl CmdOutput {
 /// `timeout`. Panics if it cannot be spawned or runs out of time; a non-zero
 /// exit is returned to the caller.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    run_with_input(cmd, None, timeout)
+}
+
+#[allow(dead_code)]
+/// [`run_with_timeout`] with `input` and a newline on stdin (a password, say).
+pub fn run_with_stdin(cmd: &mut Command, input: &str, timeout: Duration) -> CmdOutput {
+    run_with_input(cmd, Some(input), timeout)
+}
+
+fn run_with_input(cmd: &mut Command, input: Option<&str>, timeout: Duration) -> CmdOutput {
     let what = format!("{cmd:?}");
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(format!("{input}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("writing stdin of {what}: {e}"));
+    }
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
 
@@ -890,10 +909,17 @@ const SKOPEO_PUSH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pushes the fixture image to `docker://HOST/<repo_tag>` with skopeo.
 #[allow(dead_code)]
 pub fn skopeo_push(env: &ContainersEnv, img: &ImageFixture, server: &Server, repo_tag: &str) {
-    skopeo_push_as(env, img, server, repo_tag, None);
+    let out = skopeo_push_as(env, img, server, repo_tag, None);
+    assert!(
+        out.status.success(),
+        "skopeo push to {repo_tag} failed with {}:\n{}",
+        out.status,
+        out.stderr
+    );
 }
 
-/// [`skopeo_push`] signed in with `user:password` (`--dest-creds`).
+/// Pushes the fixture image to `docker://HOST/<repo_tag>` with skopeo, signed in as
+/// `creds` (`user:password`) if given; the caller judges the outcome.
 #[allow(dead_code)]
 pub fn skopeo_push_as(
     env: &ContainersEnv,
@@ -901,14 +927,15 @@ pub fn skopeo_push_as(
     server: &Server,
     repo_tag: &str,
     creds: Option<&str>,
-) {
+) -> CmdOutput {
     let src = format!("oci:{}:{}", img.layout.display(), img.tag);
     let dest = format!("docker://{}/{repo_tag}", server.host_port());
     let mut args = vec!["copy", "--preserve-digests", "--dest-tls-verify=false"];
-    let creds_arg = creds.map(|c| format!("--dest-creds={c}"));
-    args.extend(creds_arg.as_deref());
+    if let Some(creds) = creds {
+        args.extend(["--dest-creds", creds]);
+    }
     args.extend([src.as_str(), dest.as_str()]);
-    run_ok(&mut env.skopeo(&args), SKOPEO_PUSH_TIMEOUT);
+    run_with_timeout(&mut env.skopeo(&args), SKOPEO_PUSH_TIMEOUT)
 }
 
 /// Removes every proxy variable from `cmd`'s environment, so a client tool
@@ -1056,16 +1083,40 @@ pub fn raw_header(head: &str, name: &str) -> Option<String> {
 #[allow(dead_code)]
 /// `portcullis htpasswd add FILE USER --password-stdin --cost 4`, password on stdin.
 pub fn htpasswd_add(file: &Path, user: &str, password: &str) {
-    let mut child = portcullis()
-        .args(["htpasswd", "add"])
+    let mut cmd = portcullis();
+    cmd.args(["htpasswd", "add"])
         .arg(file)
         .arg(user)
-        .args(["--password-stdin", "--cost", "4"])
+        .args(["--password-stdin", "--cost", "4"]);
+    run_with_password(cmd, password, &format!("portcullis htpasswd add {user}"));
+}
+
+/// `portcullis user --config CONFIG --data DATA add USER --password-stdin [--admin]`:
+/// an account (the first admin, say) made before the server starts.
+#[allow(dead_code)]
+pub fn user_add(config: &Path, data: &Path, user: &str, password: &str, admin: bool) {
+    let mut cmd = portcullis();
+    cmd.arg("user")
+        .arg("--config")
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .args(["add", user, "--password-stdin"]);
+    if admin {
+        cmd.arg("--admin");
+    }
+    run_with_password(cmd, password, &format!("portcullis user add {user}"));
+}
+
+/// Runs `cmd` with `password` and a newline on its stdin; panics unless it succeeds
+/// within [`HTPASSWD_TIMEOUT`].
+fn run_with_password(mut cmd: Command, password: &str, what: &str) {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn portcullis htpasswd add");
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     child
         .stdin
         .take()
@@ -1074,13 +1125,13 @@ pub fn htpasswd_add(file: &Path, user: &str, password: &str) {
         .expect("write password");
     let deadline = Instant::now() + HTPASSWD_TIMEOUT;
     let status = loop {
-        if let Some(status) = child.try_wait().expect("poll htpasswd add") {
+        if let Some(status) = child.try_wait().expect("poll child") {
             break status;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("portcullis htpasswd add {user} did not finish within {HTPASSWD_TIMEOUT:?}");
+            panic!("{what} did not finish within {HTPASSWD_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -1090,10 +1141,7 @@ pub fn htpasswd_add(file: &Path, user: &str, password: &str) {
         .take()
         .expect("piped stderr")
         .read_to_string(&mut stderr);
-    assert!(
-        status.success(),
-        "portcullis htpasswd add {user} failed ({status}): {stderr}"
-    );
+    assert!(status.success(), "{what} failed ({status}): {stderr}");
 }
 
 // ---------------------------------------------------------------------------

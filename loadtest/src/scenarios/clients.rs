@@ -14,7 +14,7 @@
 //! transport), so its push figure includes gzip time on the client.
 
 use super::image::{generate, measurement};
-use crate::client::Result;
+use crate::client::{Credentials, Result};
 use crate::image::write_oci_layout;
 use crate::scenario::{one_at_a_time, Ctx, Measurement, Scenario};
 use async_trait::async_trait;
@@ -223,8 +223,17 @@ fn registry_flags(ctx: &Ctx, certs: &Path, prefix: &str) -> Result<Vec<String>> 
         // Plain HTTP (or https without a CA to check): containers/image needs this.
         _ => flags.push(format!("--{prefix}tls-verify=false")),
     }
-    if let Some((user, password)) = &options.credentials {
-        flags.push(format!("--{prefix}creds={user}:{password}"));
+    match &options.credentials {
+        Some(Credentials::Basic { user, password }) => {
+            flags.push(format!("--{prefix}creds={user}:{password}"));
+        }
+        // skopeo and podman get their own tokens from the realm; a fixed one cannot be given.
+        Some(Credentials::Bearer(_)) => {
+            return Err(
+                "the client scenarios log in with --user and --password, not --bearer".into(),
+            )
+        }
+        None => {}
     }
     Ok(flags)
 }
