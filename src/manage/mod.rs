@@ -196,6 +196,7 @@ impl<'a> Manager<'a> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::activity::{self, ActivityLog};
     use crate::auth::access::AccessRules;
     use crate::auth::policy::Policy;
     use crate::auth::{Authenticator, Grant};
@@ -204,6 +205,7 @@ pub(crate) mod tests {
     use crate::mirror::Mirror;
     use crate::notify::Notifier;
     use crate::store::{FsBlobStore, RedbMetaStore, Registry};
+    use pingora::services::background::BackgroundService;
 
     /// An `Api` over a store in `dir`; with `accounts`, the accounts of the sample
     /// directory's people (admin, alice, bob; team web with bob as viewer), whose
@@ -244,7 +246,14 @@ pub(crate) mod tests {
             Some(a) => Policy::Accounts(a.clone()),
             None => Policy::Rules(AccessRules::default_for(false, Default::default())),
         };
+        let (activity, recorder) =
+            ActivityLog::open(&dir.path().join(activity::FILE), &config.activity).unwrap();
+        tokio::spawn(async move {
+            let (_stop, shutdown) = tokio::sync::watch::channel(false);
+            recorder.start(shutdown).await
+        });
         Api {
+            activity,
             collector: Collector::new(registry.clone(), &config),
             notifier: Notifier::new(&config).unwrap().0,
             mirror: Mirror::new(
