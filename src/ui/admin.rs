@@ -4,9 +4,10 @@
 //! pages to admins only.
 
 use super::form::Fields;
-use super::layout::{html_response, size, time, Section};
+use super::layout::{html_response, time, Section};
 use super::{Answer, Visit};
 use crate::gc::RunOptions;
+use crate::progress::human_bytes;
 use maud::html;
 
 const USERS: &str = "/ui/admin/users";
@@ -110,8 +111,8 @@ pub fn system(visit: &Visit) -> Answer {
             dt { "Read-only mode" } dd { (yes_no(view.read_only)) }
             dt { "Accounts" } dd { (yes_no(view.accounts)) }
             dt { "Token authentication" } dd { (yes_no(view.token_auth)) }
-            dt { "Stored, pushed here" } dd { (size(view.stored_bytes.pushed)) }
-            dt { "Stored, cached from upstreams" } dd { (size(view.stored_bytes.cached)) }
+            dt { "Stored, pushed here" } dd { (human_bytes(view.stored_bytes.pushed)) }
+            dt { "Stored, cached from upstreams" } dd { (human_bytes(view.stored_bytes.cached)) }
         }
         h2 { "Upstreams" }
         @if view.upstreams.is_empty() {

@@ -182,21 +182,6 @@ pub fn secret_shown_once(login: &str, secret: &str, host: &str) -> Markup {
     }
 }
 
-/// `1.5 MiB`: sizes in binary units, one decimal beyond bytes.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// `2024-05-01 12:30 UTC` for a time in unix milliseconds.
 pub fn time(ms: u64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
@@ -209,11 +194,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_times_read_as_people_write_them() {
-        assert_eq!(size(0), "0 B");
-        assert_eq!(size(1023), "1023 B");
-        assert_eq!(size(1536), "1.5 KiB");
-        assert_eq!(size(5 * 1024 * 1024), "5.0 MiB");
+    fn times_read_as_people_write_them() {
         assert_eq!(time(0), "1970-01-01 00:00 UTC");
         assert_eq!(time(1_714_566_600_000), "2024-05-01 12:30 UTC");
     }

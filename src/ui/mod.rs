@@ -80,6 +80,7 @@ impl Refusal {
             403 => "Not allowed",
             404 => "Not found",
             409 => "Conflict",
+            405 => "Not supported",
             413 => "Too large",
             429 => "Too many attempts",
             _ => "Something went wrong",
@@ -181,9 +182,10 @@ impl<'a> Visit<'a> {
     async fn respond(&self, body: &mut dyn ByteSource) -> Answer {
         let path = self.req.path.as_str();
         // Every POST but the sign-in form is refused here without a session.
-        let fields = match self.req.method == http::Method::POST {
-            true => Some(self.checked_form(body).await?),
-            false => None,
+        let fields = match self.req.method {
+            http::Method::POST => Some(self.checked_form(body).await?),
+            http::Method::GET | http::Method::HEAD => None,
+            _ => return Err(Refusal::new(405, "The web UI answers GET and POST only.")),
         };
         match (path, fields) {
             ("/" | "/ui", None) => Ok(see_other("/ui/")),

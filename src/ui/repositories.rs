@@ -7,10 +7,11 @@
 //! `manifests/REFERENCE` or `tags/TAG/delete`.
 
 use super::form::Fields;
-use super::layout::{copyable, size, Section};
+use super::layout::{copyable, Section};
 use super::{Answer, Refusal, Visit};
 use crate::manage::{ManifestView, RepositoryView, TagView, DEFAULT_PAGE, GLOBAL, MAX_PAGE};
 use crate::oci::manifest::Descriptor;
+use crate::progress::human_bytes;
 use maud::{html, Markup};
 use std::collections::BTreeMap;
 
@@ -228,7 +229,7 @@ fn tag_row(visit: &Visit, repo: &str, i: usize, tag: &TagView, may_delete: bool)
         tr {
             th scope="row" { (tag.tag) }
             td { a href=(manifest_url(repo, &digest)) class="mono" title=(digest) { (short(&digest)) } }
-            td class="number" { (size(tag.size)) }
+            td class="number" { (human_bytes(tag.size)) }
             td { (tag.platforms.join(", ")) }
             td { (pull_block(visit, &format!("pull-{i}"), repo, &tag.tag)) }
             @if may_delete {
@@ -286,7 +287,7 @@ fn descriptor_table(
                             td class="mono" {
                                 @if link { a href=(manifest_url(repo, &digest)) { (digest) } } @else { (digest) }
                             }
-                            td class="number" { (size(d.size)) }
+                            td class="number" { (human_bytes(d.size)) }
                         }
                     }
                 }
@@ -316,8 +317,8 @@ async fn manifest(visit: &Visit<'_>, name: &str, reference: &str) -> Answer {
             dt { "Digest" } dd class="mono" { (digest) }
             dt { "Media type" } dd { (view.media_type) }
             @if let Some(artifact) = &view.artifact_type { dt { "Artifact type" } dd { (artifact) } }
-            dt { "Manifest size" } dd { (size(view.size)) }
-            dt { "Total size" } dd { (size(view.total_size)) }
+            dt { "Manifest size" } dd { (human_bytes(view.size)) }
+            dt { "Total size" } dd { (human_bytes(view.total_size)) }
             @if !view.platforms.is_empty() { dt { "Platforms" } dd { (view.platforms.join(", ")) } }
             @if let Some(subject) = &view.subject {
                 @let subject_digest = subject.digest.to_string();
