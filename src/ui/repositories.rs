@@ -9,7 +9,9 @@
 use super::form::Fields;
 use super::layout::{copyable, Section};
 use super::{Answer, Refusal, Visit};
-use crate::manage::{ManifestView, RepositoryView, TagView, DEFAULT_PAGE, GLOBAL, MAX_PAGE};
+use crate::manage::{
+    ManageError, ManifestView, RepositoryView, TagView, DEFAULT_PAGE, GLOBAL, MAX_PAGE,
+};
 use crate::oci::manifest::Descriptor;
 use crate::progress::human_bytes;
 use maud::{html, Markup};
@@ -92,7 +94,11 @@ pub async fn list(visit: &Visit<'_>) -> Answer {
     let query = Fields::of_query(visit.req.query.as_deref());
     let (namespace, text) = (query.text("namespace"), query.text("q"));
     let manager = visit.manager();
-    let namespaces = manager.namespaces().unwrap_or_default();
+    // With accounts off there are no namespaces to choose from.
+    let namespaces = match manager.namespaces() {
+        Err(ManageError::AccountsOff) => Vec::new(),
+        other => other?,
+    };
     let filter = (!namespace.is_empty()).then_some(namespace);
     let mut found: Vec<RepositoryView> = Vec::new();
     let mut last: Option<String> = None;
@@ -196,7 +202,7 @@ async fn tags(visit: &Visit<'_>, name: &str) -> Answer {
             p { "This repository has no tags." }
         } @else {
             div class="table-box" {
-                table {
+                table class="cards" {
                     caption { "Tags" }
                     thead {
                         tr {
@@ -228,10 +234,10 @@ fn tag_row(visit: &Visit, repo: &str, i: usize, tag: &TagView, may_delete: bool)
     html! {
         tr {
             th scope="row" { (tag.tag) }
-            td { a href=(manifest_url(repo, &digest)) class="mono" title=(digest) { (short(&digest)) } }
-            td class="number" { (human_bytes(tag.size)) }
-            td { (tag.platforms.join(", ")) }
-            td { (pull_block(visit, &format!("pull-{i}"), repo, &tag.tag)) }
+            td data-label="Digest" { a href=(manifest_url(repo, &digest)) class="mono" title=(digest) { (short(&digest)) } }
+            td data-label="Size" class="number" { (human_bytes(tag.size)) }
+            td data-label="Platforms" { (tag.platforms.join(", ")) }
+            td data-label="Pull" { (pull_block(visit, &format!("pull-{i}"), repo, &tag.tag)) }
             @if may_delete {
                 td { a href=(delete_url(repo, &tag.tag)) { "Delete " span class="visually-hidden" { "tag " (tag.tag) } } }
             }
