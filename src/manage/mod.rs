@@ -14,6 +14,7 @@
 //! that could mint tokens would outlive its own expiry). Bearer tokens act as the user
 //! they were issued to.
 
+mod activity;
 mod namespaces;
 mod repositories;
 mod system;
@@ -21,6 +22,7 @@ mod teams;
 mod tokens;
 mod users;
 
+pub use activity::ActivityPage;
 pub use namespaces::{namespace_arg, NamespaceKind, NamespaceView, GLOBAL};
 pub use repositories::{
     ManifestView, RepositoryPage, RepositoryView, TagPage, TagView, DEFAULT_PAGE, MAX_PAGE,
@@ -170,20 +172,6 @@ impl<'a> Manager<'a> {
         }
     }
 
-    /// Records a change someone made: who, from where, `action` (`team.create`) on
-    /// `target` (`team:web`, or a repository), and what changed. In the server's log
-    /// for now; the activity log takes the same record.
-    fn changed(&self, action: &str, target: &str, detail: Option<String>) {
-        tracing::info!(
-            actor = self.who.name(),
-            client = ?self.client,
-            action,
-            target,
-            detail,
-            "change"
-        );
-    }
-
     /// Applies an account change (see [`Accounts::change`]).
     async fn change<T: Send + 'static>(
         &self,
@@ -196,6 +184,7 @@ impl<'a> Manager<'a> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::activity::{self, ActivityLog};
     use crate::auth::access::AccessRules;
     use crate::auth::policy::Policy;
     use crate::auth::{Authenticator, Grant};
@@ -204,6 +193,7 @@ pub(crate) mod tests {
     use crate::mirror::Mirror;
     use crate::notify::Notifier;
     use crate::store::{FsBlobStore, RedbMetaStore, Registry};
+    use pingora::services::background::BackgroundService;
 
     /// An `Api` over a store in `dir`; with `accounts`, the accounts of the sample
     /// directory's people (admin, alice, bob; team web with bob as viewer), whose
@@ -244,7 +234,14 @@ pub(crate) mod tests {
             Some(a) => Policy::Accounts(a.clone()),
             None => Policy::Rules(AccessRules::default_for(false, Default::default())),
         };
+        let (activity, recorder) =
+            ActivityLog::open(&dir.path().join(activity::FILE), &config.activity).unwrap();
+        tokio::spawn(async move {
+            let (_stop, shutdown) = tokio::sync::watch::channel(false);
+            recorder.start(shutdown).await
+        });
         Api {
+            activity,
             collector: Collector::new(registry.clone(), &config),
             notifier: Notifier::new(&config).unwrap().0,
             mirror: Mirror::new(
