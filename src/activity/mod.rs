@@ -25,6 +25,7 @@ pub use filter::{parse_time, Cursor, Filter, Page, MAX_PAGE};
 use crate::config::ActivityConfig;
 use crate::metrics;
 use crate::notify::Exchange;
+use crate::store::{open_database, StoreError};
 use aggregate::{PullKey, Tally};
 use async_trait::async_trait;
 use entry::Observed;
@@ -118,19 +119,10 @@ impl ActivityLog {
         path: &Path,
         config: &ActivityConfig,
     ) -> Result<(Arc<ActivityLog>, Recorder), ActivityError> {
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    ActivityError::InUse(path.display().to_string())
-                }
-                e => ActivityError::Db(format!(
-                    "opening {}: {}",
-                    path.display(),
-                    redb::Error::from(e)
-                )),
-            })?;
+        let db = open_database(path, CACHE_BYTES).map_err(|e| match e {
+            StoreError::InUse(file) => ActivityError::InUse(file),
+            other => ActivityError::Db(other.to_string()),
+        })?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(ENTRIES).map_err(db_err)?;
         txn.open_table(PULL_ENTRIES).map_err(db_err)?;
