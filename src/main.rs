@@ -1101,7 +1101,7 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         mirror: mirror.clone(),
         auth: auth.clone(),
         policy,
-        accounts,
+        accounts: accounts.clone(),
         tokens,
         sessions: portcullis::ui::Sessions::default(),
         read_only: config.read_only,
@@ -1157,6 +1157,13 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
         Reloader { certs, auth },
     ));
     let flush = registry.clone();
+    let used = accounts.clone();
+    if let Some(accounts) = &accounts {
+        server.add_service(background_service(
+            "last-used times of robots and tokens",
+            accounts::LastUsedWriter(accounts.clone()),
+        ));
+    }
     server.add_service(background_service(
         "drain at shutdown",
         Drain {
@@ -1167,6 +1174,15 @@ fn serve(config: Config, upgrade: bool) -> Result<(), String> {
                     Box::pin(async move {
                         if let Err(e) = registry.flush_access().await {
                             tracing::warn!("access times not saved at shutdown: {e}");
+                        }
+                    })
+                }),
+                Box::new(move || {
+                    let accounts = used.clone();
+                    Box::pin(async move {
+                        let Some(accounts) = accounts else { return };
+                        if let Err(e) = accounts.flush_last_used().await {
+                            tracing::warn!("last-used times not saved at shutdown: {e}");
                         }
                     })
                 }),

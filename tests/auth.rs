@@ -206,17 +206,29 @@ fn push(env: &ContainersEnv, server: &Server, creds: &Option<String>, repo_tag: 
     run_with_timeout(&mut env.skopeo(&args), CLIENT_TIMEOUT)
 }
 
+/// `skopeo VERB [FLAGS] docker://HOST/<repo_tag>`, with `--creds` when given.
+fn skopeo_on(
+    env: &ContainersEnv,
+    server: &Server,
+    verb: &[&str],
+    creds: &Option<String>,
+    repo_tag: &str,
+) -> CmdOutput {
+    let src = format!("docker://{}/{repo_tag}", server.host_port());
+    let mut args = verb.to_vec();
+    args.push("--tls-verify=false");
+    args.extend(creds_args("--creds", creds));
+    args.push(&src);
+    run_with_timeout(&mut env.skopeo(&args), CLIENT_TIMEOUT)
+}
+
 fn inspect(
     env: &ContainersEnv,
     server: &Server,
     creds: &Option<String>,
     repo_tag: &str,
 ) -> CmdOutput {
-    let src = format!("docker://{}/{repo_tag}", server.host_port());
-    let mut args = vec!["inspect", "--raw", "--tls-verify=false"];
-    args.extend(creds_args("--creds", creds));
-    args.push(&src);
-    run_with_timeout(&mut env.skopeo(&args), CLIENT_TIMEOUT)
+    skopeo_on(env, server, &["inspect", "--raw"], creds, repo_tag)
 }
 
 fn delete(
@@ -225,11 +237,7 @@ fn delete(
     creds: &Option<String>,
     repo_tag: &str,
 ) -> CmdOutput {
-    let src = format!("docker://{}/{repo_tag}", server.host_port());
-    let mut args = vec!["delete", "--tls-verify=false"];
-    args.extend(creds_args("--creds", creds));
-    args.push(&src);
-    run_with_timeout(&mut env.skopeo(&args), CLIENT_TIMEOUT)
+    skopeo_on(env, server, &["delete"], creds, repo_tag)
 }
 
 /// Every caller × pull/push/delete × private/protected/public, with skopeo.

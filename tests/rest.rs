@@ -54,10 +54,12 @@ struct Rest {
     base: String,
 }
 
-/// An answer: status, `WWW-Authenticate`, and the body as JSON (`null` when empty).
+/// An answer: status, `WWW-Authenticate`, and the body as text and, if it is JSON,
+/// as JSON (else `null`).
 struct Answer {
     status: u16,
     challenge: Option<String>,
+    text: String,
     body: Value,
 }
 
@@ -105,22 +107,42 @@ impl Rest {
                 .headers()
                 .get("www-authenticate")
                 .map(|v| v.to_str().unwrap().to_string());
-            let bytes = response.bytes().await.unwrap();
-            let body = match bytes.is_empty() {
-                true => Value::Null,
-                false => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                    panic!(
-                        "{method} {path}: not JSON ({e}): {}",
-                        String::from_utf8_lossy(&bytes)
-                    )
-                }),
+            let json = response
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes() == b"application/json");
+            let text = response.text().await.unwrap();
+            let body = match json {
+                false => Value::Null,
+                true => serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}")),
             };
             Answer {
                 status,
                 challenge,
+                text,
                 body,
             }
         })
+    }
+
+    /// A call that must fail with `status` and error `code`.
+    fn refused(
+        &self,
+        status: u16,
+        code: &str,
+        method: &str,
+        path: &str,
+        who: As,
+        body: Option<Value>,
+    ) {
+        let answer = self.call(method, path, who, body);
+        assert_eq!(
+            (answer.status, answer.error_code()),
+            (status, code),
+            "{method} {path}: {}",
+            answer.text
+        );
     }
 
     /// A call that must answer `status`; returns the body.
@@ -139,6 +161,26 @@ fn assert_refused(out: &CmdOutput, who: &str) {
         "{who}: skopeo failed for another reason: {}",
         out.stderr
     );
+}
+
+/// (actor, action, target, detail) of activity entries, oldest first.
+fn changes(page: &Value) -> Vec<(String, String, String, String)> {
+    let text = |e: &Value, key: &str| e[key].as_str().unwrap_or("").to_string();
+    let mut changes: Vec<_> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                text(e, "actor"),
+                text(e, "action"),
+                text(e, "target"),
+                text(e, "detail"),
+            )
+        })
+        .collect();
+    changes.reverse();
+    changes
 }
 
 /// Bytes of the manifest, its config and its layers.
@@ -185,22 +227,30 @@ fn accounts_tokens_pushes_tags_and_deletes_through_the_rest_api() {
             (json!(false), json!([]))
         );
     }
-    let refused = rest.call(
+    rest.refused(
+        403,
+        "DENIED",
         "POST",
         "/users",
         alice,
         Some(json!({"name": "eve", "password": "eve password"})),
     );
-    assert_eq!((refused.status, refused.error_code()), (403, "DENIED"));
-    let taken = rest.call(
+    rest.refused(
+        409,
+        "CONFLICT",
         "POST",
         "/users",
         admin,
         Some(json!({"name": "bob", "password": "another one"})),
     );
-    assert_eq!((taken.status, taken.error_code()), (409, "CONFLICT"));
-    let bad = rest.call("POST", "/users", admin, Some(json!({"name": "carol"})));
-    assert_eq!((bad.status, bad.error_code()), (400, "INVALID"));
+    rest.refused(
+        400,
+        "INVALID",
+        "POST",
+        "/users",
+        admin,
+        Some(json!({"name": "carol"})),
+    );
 
     // alice makes team web and adds bob as a viewer.
     let web = rest.expect(
@@ -256,13 +306,14 @@ fn accounts_tokens_pushes_tags_and_deletes_through_the_rest_api() {
         Some(json!({"visibility": "public"})),
     );
     assert_eq!(ns["visibility"], "public");
-    let refused = rest.call(
+    rest.refused(
+        403,
+        "DENIED",
         "PATCH",
         "/namespaces/web",
         bob,
         Some(json!({"visibility": "private"})),
     );
-    assert_eq!((refused.status, refused.error_code()), (403, "DENIED"));
 
     // A CI token for web, pull and push; its secret is shown once.
     let created = rest.expect(
@@ -391,17 +442,35 @@ fn accounts_tokens_pushes_tags_and_deletes_through_the_rest_api() {
     );
     let repos = rest.expect(200, "GET", "/repositories", As::Anonymous, None);
     assert_eq!(repos, json!({"repositories": [], "next": null}));
-    let hidden = rest.call("GET", "/repositories/web/app/tags", As::Anonymous, None);
-    assert_eq!((hidden.status, hidden.error_code()), (401, "UNAUTHORIZED"));
+    rest.refused(
+        401,
+        "UNAUTHORIZED",
+        "GET",
+        "/repositories/web/app/tags",
+        As::Anonymous,
+        None,
+    );
 
     // Deleting the tag: refused to bob (a viewer), done for alice (the owner).
-    let refused = rest.call("DELETE", "/repositories/web/app/tags/1", bob, None);
-    assert_eq!((refused.status, refused.error_code()), (403, "DENIED"));
+    rest.refused(
+        403,
+        "DENIED",
+        "DELETE",
+        "/repositories/web/app/tags/1",
+        bob,
+        None,
+    );
     rest.expect(204, "DELETE", "/repositories/web/app/tags/1", alice, None);
     let tags = rest.expect(200, "GET", "/repositories/web/app/tags", alice, None);
     assert_eq!(tags["tags"], json!([]));
-    let gone = rest.call("DELETE", "/repositories/web/app/tags/1", alice, None);
-    assert_eq!((gone.status, gone.error_code()), (404, "NOT_FOUND"));
+    rest.refused(
+        404,
+        "NOT_FOUND",
+        "DELETE",
+        "/repositories/web/app/tags/1",
+        alice,
+        None,
+    );
     // The manifest stays until deleted by digest.
     rest.expect(
         204,
@@ -419,6 +488,91 @@ fn accounts_tokens_pushes_tags_and_deletes_through_the_rest_api() {
         )
         .status,
         404
+    );
+
+    // The activity log has every change, by whom; the recorder commits moments later.
+    let change = |actor: &str, action: &str, target: &str, detail: &str| {
+        (
+            actor.to_string(),
+            action.to_string(),
+            target.to_string(),
+            detail.to_string(),
+        )
+    };
+    let token_target = format!("token:{token_id}");
+    let expected = vec![
+        change("admin", "user.create", "user:alice", ""),
+        change("admin", "user.create", "user:bob", ""),
+        change("alice", "team.create", "team:web", ""),
+        change("alice", "member.set", "team:web", "bob viewer"),
+        change("alice", "namespace.visibility", "namespace:web", "public"),
+        change("alice", "token.create", &token_target, "ci"),
+        change("alice", "push", "web/app", "1"),
+        change("alice", "token.revoke", &token_target, "of alice"),
+        change("alice", "namespace.visibility", "namespace:web", "private"),
+        change("alice", "delete", "web/app", "1"),
+        change("alice", "delete", "web/app", &img.manifest_digest),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let logged = loop {
+        let page = rest.expect(200, "GET", "/activity?n=100", admin, None);
+        if changes(&page) == expected || std::time::Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(changes(&logged), expected);
+    assert_eq!(logged["next"], Value::Null);
+    assert_eq!(logged["entries"][0]["client"], "127.0.0.1");
+    // bob sees what happened to the repository he may pull, not who changed what
+    // else, nor from where.
+    let seen = rest.expect(200, "GET", "/activity", bob, None);
+    assert_eq!(
+        changes(&seen),
+        expected[6..7]
+            .iter()
+            .chain(&expected[9..])
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    assert!(seen["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e.get("client").is_none()));
+    let filtered = rest.expect(200, "GET", "/activity?action=token.create", alice, None);
+    assert_eq!(changes(&filtered), expected[5..6]);
+    let page = rest.expect(200, "GET", "/activity?n=2&actor=alice", admin, None);
+    assert_eq!(changes(&page), expected[9..]);
+    let cursor = page["next"].as_str().unwrap();
+    let page = rest.expect(
+        200,
+        "GET",
+        &format!("/activity?n=2&actor=alice&cursor={cursor}"),
+        admin,
+        None,
+    );
+    assert_eq!(changes(&page), expected[7..9]);
+    // Everything at once as JSON lines, oldest first.
+    let lines = rest.call("GET", "/activity?format=jsonl&actor=admin", admin, None);
+    assert_eq!(lines.status, 200);
+    let lines: Vec<Value> = lines
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let targets: Vec<&str> = lines
+        .iter()
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["user:alice", "user:bob"]);
+    rest.refused(
+        400,
+        "INVALID",
+        "GET",
+        "/activity?since=yesterday",
+        admin,
+        None,
     );
 }
 
@@ -524,6 +678,8 @@ fn schemathesis_finds_no_server_errors_and_every_answer_matches_the_document() {
         ])
         .arg("--report-dir")
         .arg(&report)
+        // Its cache (.schemathesis/) goes there too, not into the checkout.
+        .current_dir(dir.path())
         .env("NO_COLOR", "1");
     common::remove_proxy_env(&mut command);
     let out = run_with_timeout(&mut command, SCHEMATHESIS_TIMEOUT);

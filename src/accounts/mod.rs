@@ -293,6 +293,28 @@ impl Accounts {
     }
 }
 
+/// How often last-used times of robots and tokens are written (and at shutdown).
+pub const LAST_USED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Writes last-used times every [`LAST_USED_EVERY`]: a write per sign-in would put an
+/// fsync on the request path.
+pub struct LastUsedWriter(pub Arc<Accounts>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for LastUsedWriter {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(LAST_USED_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.0.flush_last_used().await {
+                tracing::warn!("last-used times of robots and tokens not saved: {e}");
+            }
+        }
+    }
+}
+
 /// The directory's view of a principal. Bearer tokens carry their grant and are
 /// checked against it, not here; as identities they are their subject.
 pub fn identity(principal: &Principal) -> Identity<'_> {

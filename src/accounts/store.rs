@@ -16,6 +16,8 @@ const ROBOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("robots");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 const SETTINGS_KEY: &str = "settings";
+/// The directory is read once, at start; the cache only serves writes.
+const CACHE_BYTES: usize = 1 << 20;
 
 pub struct AccountStore {
     db: Database,
@@ -75,16 +77,7 @@ impl AccountStore {
     /// Opens (creating if needed) the database; another process holding it is
     /// [`StoreError::InUse`].
     pub fn open(path: &Path) -> Result<AccountStore, StoreError> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::InUse(path.display().to_string())
-            }
-            e => StoreError::Meta(format!(
-                "opening {}: {}",
-                path.display(),
-                redb::Error::from(e)
-            )),
-        })?;
+        let db = crate::store::open_database(path, CACHE_BYTES)?;
         let txn = db.begin_write().map_err(db_err)?;
         for def in [USERS, TEAMS, NAMESPACES, ROBOTS, TOKENS, SETTINGS] {
             txn.open_table(def).map_err(db_err)?;

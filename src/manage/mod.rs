@@ -14,6 +14,7 @@
 //! that could mint tokens would outlive its own expiry). Bearer tokens act as the user
 //! they were issued to.
 
+mod activity;
 mod namespaces;
 mod repositories;
 mod system;
@@ -21,6 +22,7 @@ mod teams;
 mod tokens;
 mod users;
 
+pub use activity::ActivityPage;
 pub use namespaces::{namespace_arg, NamespaceKind, NamespaceView, GLOBAL};
 pub use repositories::{
     ManifestView, RepositoryPage, RepositoryView, TagPage, TagView, DEFAULT_PAGE, MAX_PAGE,
@@ -168,20 +170,6 @@ impl<'a> Manager<'a> {
             Err(ManageError::Unauthenticated(m)) => Err(ManageError::Unauthenticated(m)),
             _ => Err(ManageError::Forbidden(format!("{what} needs an admin"))),
         }
-    }
-
-    /// Records a change someone made: who, from where, `action` (`team.create`) on
-    /// `target` (`team:web`, or a repository), and what changed. In the server's log
-    /// for now; the activity log takes the same record.
-    fn changed(&self, action: &str, target: &str, detail: Option<String>) {
-        tracing::info!(
-            actor = self.who.name(),
-            client = ?self.client,
-            action,
-            target,
-            detail,
-            "change"
-        );
     }
 
     /// Applies an account change (see [`Accounts::change`]).

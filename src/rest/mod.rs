@@ -13,12 +13,14 @@
 pub mod route;
 
 use crate::accounts::{Actions, Role, Visibility};
+use crate::activity::{parse_time, Cursor, Filter};
 use crate::api::response::read_limited;
 use crate::api::route::{query_pairs, query_value};
 use crate::api::{Api, ApiError, Body, ErrorCode, Request, Response};
 use crate::gc::RunOptions;
 use crate::manage::{namespace_arg, ManageError, Manager, DEFAULT_PAGE};
 use crate::store::ByteSource;
+use crate::transfer::ReadChunks;
 use route::{Operation, Route, RouteError};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -111,6 +113,28 @@ fn page(pairs: &[(String, String)]) -> Result<(Option<&str>, usize), ApiError> {
             .map_err(|_| invalid(format!("n={n:?}: give a whole number of entries")))?,
     };
     Ok((query_value(pairs, "last"), n))
+}
+
+/// The activity filter and cursor a query asks for.
+fn activity_query(pairs: &[(String, String)]) -> Result<(Filter, Option<Cursor>), ApiError> {
+    let text = |key| query_value(pairs, key).map(str::to_string);
+    let time = |key| {
+        query_value(pairs, key)
+            .map(|t| parse_time(t).map_err(|e| invalid(format!("{key}: {e}"))))
+            .transpose()
+    };
+    let filter = Filter {
+        actor: text("actor"),
+        target_prefix: text("repository"),
+        action: text("action"),
+        since: time("since")?,
+        until: time("until")?,
+        text: text("q"),
+    };
+    let cursor = query_value(pairs, "cursor")
+        .map(|c| c.parse::<Cursor>().map_err(invalid))
+        .transpose()?;
+    Ok((filter, cursor))
 }
 
 fn actions(names: &[String]) -> Result<Actions, ApiError> {
@@ -366,15 +390,38 @@ async fn dispatch(
             m.delete_manifest(repo, digest).await?;
             no_content()
         }
+        (Activity, []) => {
+            let (filter, cursor) = activity_query(&pairs)?;
+            let (_, n) = page(&pairs)?;
+            match query_value(&pairs, "format") {
+                None | Some("json") => json(200, &m.activity(&filter, cursor, n).await?),
+                Some("jsonl") => {
+                    let (file, len) = m.activity_export(&filter).await?;
+                    Response::new(200)
+                        .header("Content-Type", "application/x-ndjson")
+                        .body(Body::Stream {
+                            source: Box::new(ReadChunks(Box::new(file))),
+                            len,
+                        })
+                }
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "format={other:?}: use json (pages) or jsonl (everything, as JSON lines)"
+                    )))
+                }
+            }
+        }
         (System, []) => json(200, &m.system()?),
         (RunGc, []) => {
             let request: GcRequest = read_json(req, body).await?;
             json(200, &m.run_gc(request.options()?).await?)
         }
-        (operation, _) => {
+        // The document is answered before authentication; the parameters are the
+        // table's, so no other combination reaches here.
+        (operation, params) => {
             return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("{operation:?} is not served yet"),
+                ErrorCode::Internal,
+                format!("{operation:?} with {params:?} has no handler"),
             ))
         }
     })

@@ -60,22 +60,28 @@ fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Meta(format!("corrupt record: {e}"))
 }
 
+/// Opens (creating if needed) a redb file with a page cache of `cache_bytes`; another
+/// process holding it is [`StoreError::InUse`] (redb allows one opener).
+pub fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
+            e => StoreError::Meta(format!(
+                "opening {}: {}",
+                path.display(),
+                redb::Error::from(e)
+            )),
+        })
+}
+
 impl RedbMetaStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path) -> Result<RedbMetaStore, StoreError> {
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::InUse(path.display().to_string())
-                }
-                e => StoreError::Meta(format!(
-                    "opening {}: {}",
-                    path.display(),
-                    redb::Error::from(e)
-                )),
-            })?;
+        let db = open_database(path, CACHE_BYTES)?;
         let txn = db.begin_write().map_err(meta_err)?;
         {
             txn.open_table(REPOS).map_err(meta_err)?;

@@ -11,7 +11,7 @@ mod meta_redb;
 mod registry;
 
 pub use fs::FsBlobStore;
-pub use meta_redb::RedbMetaStore;
+pub use meta_redb::{open_database, RedbMetaStore};
 pub use registry::{LinkedBlob, ManifestContent, Registry};
 
 /// Unix seconds now: the clock of every timestamp the store keeps.

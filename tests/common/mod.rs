@@ -1108,40 +1108,15 @@ pub fn user_add(config: &Path, data: &Path, user: &str, password: &str, admin: b
     run_with_password(cmd, password, &format!("portcullis user add {user}"));
 }
 
-/// Runs `cmd` with `password` and a newline on its stdin; panics unless it succeeds
-/// within [`HTPASSWD_TIMEOUT`].
+/// Runs `cmd` with `password` on its stdin; panics unless it succeeds in time.
 fn run_with_password(mut cmd: Command, password: &str, what: &str) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write password");
-    let deadline = Instant::now() + HTPASSWD_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {HTPASSWD_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr);
-    assert!(status.success(), "{what} failed ({status}): {stderr}");
+    let out = run_with_stdin(&mut cmd, password, HTPASSWD_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        out.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------
