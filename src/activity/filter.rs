@@ -161,6 +161,34 @@ pub(crate) fn page<E>(
     })
 }
 
+impl Filter {
+    /// The filter and cursor a query asks for, by the names the REST API and the web
+    /// UI's form share: `actor`, `repository` (a target prefix), `action`, `since` and
+    /// `until` (times or dates, see [`parse_time`]), `q` (text), `cursor`. An empty
+    /// value counts as absent, as a form sends its empty fields. `Err` says which.
+    pub fn from_query<'q>(
+        value: impl Fn(&'static str) -> Option<&'q str>,
+    ) -> Result<(Filter, Option<Cursor>), String> {
+        let given = |key| value(key).filter(|v| !v.is_empty());
+        let text = |key| given(key).map(str::to_string);
+        let time = |key| {
+            given(key)
+                .map(|t| parse_time(t).map_err(|e| format!("{key}: {e}")))
+                .transpose()
+        };
+        let filter = Filter {
+            actor: text("actor"),
+            target_prefix: text("repository"),
+            action: text("action"),
+            since: time("since")?,
+            until: time("until")?,
+            text: text("q"),
+        };
+        let cursor = given("cursor").map(str::parse::<Cursor>).transpose()?;
+        Ok((filter, cursor))
+    }
+}
+
 /// Unix milliseconds of an RFC 3339 time (`2026-11-01T00:00:00Z`) or a date
 /// (`2026-11-01`, its midnight UTC), for `--since`, `--until` and query strings.
 pub fn parse_time(text: &str) -> Result<u64, String> {
@@ -352,5 +380,36 @@ mod tests {
         );
         let err = parse_time("yesterday").unwrap_err();
         assert!(err.contains("2026-11-01T00:00:00Z"), "{err}");
+    }
+
+    #[test]
+    fn queries_name_the_filter_and_empty_fields_are_absent() {
+        let query = |pairs: &'static [(&'static str, &'static str)]| {
+            Filter::from_query(|key| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v))
+        };
+        let (filter, cursor) = query(&[
+            ("actor", "alice"),
+            ("repository", "alice/app"),
+            ("action", ""),
+            ("since", "2026-11-01"),
+            ("q", "1.0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            filter,
+            Filter {
+                actor: Some("alice".into()),
+                target_prefix: Some("alice/app".into()),
+                action: None,
+                since: Some(parse_time("2026-11-01").unwrap()),
+                until: None,
+                text: Some("1.0".into()),
+            }
+        );
+        assert_eq!(cursor, None);
+        assert!(query(&[("until", "yesterday")])
+            .unwrap_err()
+            .starts_with("until: "));
+        assert!(query(&[("cursor", "nonsense")]).is_err());
     }
 }

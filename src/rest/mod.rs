@@ -13,7 +13,7 @@
 pub mod route;
 
 use crate::accounts::{Actions, Role, Visibility};
-use crate::activity::{parse_time, Cursor, Filter};
+use crate::activity::{Cursor, Filter};
 use crate::api::response::read_limited;
 use crate::api::route::{query_pairs, query_value};
 use crate::api::{Api, ApiError, Body, ErrorCode, Request, Response};
@@ -117,24 +117,7 @@ fn page(pairs: &[(String, String)]) -> Result<(Option<&str>, usize), ApiError> {
 
 /// The activity filter and cursor a query asks for.
 fn activity_query(pairs: &[(String, String)]) -> Result<(Filter, Option<Cursor>), ApiError> {
-    let text = |key| query_value(pairs, key).map(str::to_string);
-    let time = |key| {
-        query_value(pairs, key)
-            .map(|t| parse_time(t).map_err(|e| invalid(format!("{key}: {e}"))))
-            .transpose()
-    };
-    let filter = Filter {
-        actor: text("actor"),
-        target_prefix: text("repository"),
-        action: text("action"),
-        since: time("since")?,
-        until: time("until")?,
-        text: text("q"),
-    };
-    let cursor = query_value(pairs, "cursor")
-        .map(|c| c.parse::<Cursor>().map_err(invalid))
-        .transpose()?;
-    Ok((filter, cursor))
+    Filter::from_query(|key| query_value(pairs, key)).map_err(invalid)
 }
 
 fn actions(names: &[String]) -> Result<Actions, ApiError> {
