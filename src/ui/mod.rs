@@ -9,6 +9,7 @@
 //! would refuse. Forms answer with a redirect and a notice (post/redirect/get), except
 //! those that create a secret: its page is shown once, in the answer to the POST.
 
+mod activity;
 mod admin;
 mod assets;
 mod form;
@@ -231,6 +232,7 @@ impl<'a> Visit<'a> {
             (["tokens"], None) => tokens::list(self),
             (["tokens"], Some(f)) => tokens::create(self, &f).await,
             (["tokens", id, "revoke"], Some(_)) => tokens::revoke(self, id).await,
+            (["activity"], None) => activity::list(self).await,
             (["admin", "users"], None) => admin::users(self),
             (["admin", "users"], Some(f)) => admin::add_user(self, &f).await,
             (["admin", "users", user, "admin"], Some(f)) => admin::set_admin(self, user, &f).await,

@@ -122,6 +122,11 @@ async function look(page, name) {
   audited.push(`${name} (${count} axe findings)`);
 }
 
+/** Headers that sign in to the registry and REST API, which do not use the UI's session. */
+function basicAuth(user) {
+  return { Authorization: `Basic ${Buffer.from(`${user.name}:${user.password}`).toString("base64")}` };
+}
+
 async function heading(page) {
   return (await page.locator("h1").textContent()).trim();
 }
@@ -344,11 +349,34 @@ async function repositoryWork(page, host) {
   await follow(page, page.getByRole("button", { name: "Delete tag 1.0" }));
   check((await notice(page)).includes("Tag 1.0 deleted."), await notice(page));
   check((await page.locator("main").textContent()).includes("This repository has no tags."), "no tags left");
-  const tags = await page.request.get(`${BASE}/v2/alice/app/tags/list`, {
-    headers: { Authorization: `Basic ${Buffer.from(`${ALICE.name}:${ALICE.password}`).toString("base64")}` },
-  });
+  const tags = await page.request.get(`${BASE}/v2/alice/app/tags/list`, { headers: basicAuth(ALICE) });
   const listed = (await tags.json()).tags ?? [];
   check(!listed.includes("1.0"), `the registry still lists the tag: ${listed}`);
+}
+
+async function activityWork(page) {
+  step("alice sees her push on the activity page, filtered, with the export link");
+  const path = "/ui/activity?action=push&repository=alice%2Fapp";
+  // The log commits in batches: give it a few seconds.
+  let found = false;
+  for (let i = 0; i < 20 && !found; i++) {
+    await page.goto(`${BASE}${path}`);
+    found = (await page.locator("tbody tr", { hasText: "alice/app" }).count()) > 0;
+    if (!found) {
+      await page.waitForTimeout(500);
+    }
+  }
+  check(found, "the push of alice/app is on the activity page");
+  const row = await page.locator("tbody tr", { hasText: "alice/app" }).first().textContent();
+  check(row.includes("alice") && row.includes("push") && row.includes("1.0"), `the entry: ${row}`);
+  check((await page.getByLabel("Action").inputValue()) === "push", "the form keeps the filter");
+  const exportLink = await page.getByRole("link", { name: "These entries as JSON lines" }).getAttribute("href");
+  check(exportLink.startsWith("/api/v1/activity?format=jsonl&") && exportLink.includes("action=push"), exportLink);
+  const exported = await page.request.get(`${BASE}${exportLink}`, { headers: basicAuth(ALICE) });
+  check(exported.status() === 200, `the export answered ${exported.status()}`);
+  const lines = (await exported.text()).trim().split("\n").map((line) => JSON.parse(line));
+  check(lines.some((e) => e.action === "push" && e.target === "alice/app"), "the export holds the push");
+  await look(page, "activity");
 }
 
 async function afterPush() {
@@ -358,6 +386,7 @@ async function afterPush() {
   const host = new URL(BASE).host;
   try {
     await signIn(page, ALICE);
+    await activityWork(page);
     await repositoryWork(page, host);
     await signOut(page);
     step("the admin sees the system page and runs a garbage collection");
