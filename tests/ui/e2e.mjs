@@ -137,12 +137,19 @@ async function follow(page, locator) {
   return response;
 }
 
-async function signIn(page, user, { next } = {}) {
+/** Tries to sign in; the answer, and the page's alert if there is one. */
+async function trySignIn(page, name, password, next) {
   const url = next ? `${BASE}/ui/login?next=${encodeURIComponent(next)}` : `${BASE}/ui/login`;
   await page.goto(url);
-  await page.getByLabel("User name").fill(user.name);
-  await page.getByLabel("Password").fill(user.password);
+  await page.getByLabel("User name").fill(name);
+  await page.getByLabel("Password").fill(password);
   const response = await follow(page, page.getByRole("button", { name: "Sign in" }));
+  const alert = page.getByRole("alert");
+  return { response, alert: (await alert.count()) > 0 ? await alert.textContent() : "" };
+}
+
+async function signIn(page, user, { next } = {}) {
+  const { response } = await trySignIn(page, user.name, user.password, next);
   check(response.status() === 200, `signing in as ${user.name} answered ${response.status()}`);
   check(
     (await page.locator(".who strong").textContent()) === user.name,
@@ -172,11 +179,9 @@ async function sessionsAndSafety(page, context) {
   await look(page, "sign-in");
 
   step("a wrong password is refused with 401 and a message");
-  await page.getByLabel("User name").fill(ADMIN.name);
-  await page.getByLabel("Password").fill("not-the-password");
-  const wrong = await follow(page, page.getByRole("button", { name: "Sign in" }));
-  check(wrong.status() === 401, `wrong password answered ${wrong.status()}`);
-  check((await page.getByRole("alert").textContent()).includes("Wrong user name or password"), "says why");
+  const wrong = await trySignIn(page, ADMIN.name, "not-the-password");
+  check(wrong.response.status() === 401, `wrong password answered ${wrong.response.status()}`);
+  check(wrong.alert.includes("Wrong user name or password"), "says why");
 
   step("sign in as the admin; the session cookie is HttpOnly and SameSite=Strict");
   await signIn(page, ADMIN);
@@ -379,6 +384,27 @@ async function activityWork(page) {
   await look(page, "activity");
 }
 
+async function signInLimits(page, token) {
+  step("an application token does not sign in to the UI; repeated failures get 429");
+  const withToken = await trySignIn(page, ALICE.name, token);
+  check(withToken.response.status() === 403, `a token signing in answered ${withToken.response.status()}`);
+  check(withToken.alert.includes("cannot sign in to the web UI"), withToken.alert);
+  // Last, since it locks this address out for the failure window.
+  let limited = null;
+  for (let i = 0; i < 15 && !limited; i++) {
+    const attempt = await trySignIn(page, "mallory", `guess-${i}`);
+    if (attempt.response.status() === 429) {
+      limited = attempt;
+    } else {
+      check(attempt.response.status() === 401, `a wrong password answered ${attempt.response.status()}`);
+    }
+  }
+  check(limited, "no 429 after 15 failed sign-ins");
+  check(Number(limited.response.headers()["retry-after"]) > 0, "429 says when to retry");
+  check(limited.alert.includes("Too many failed sign-ins"), limited.alert);
+  await look(page, "sign-in-limited");
+}
+
 async function afterPush() {
   const state = JSON.parse(readFileSync(STATE_FILE, "utf8"));
   check(state.push, "the first phase handed on a token");
@@ -394,6 +420,8 @@ async function afterPush() {
     await visit(page, "/ui/admin/system", "system");
     await follow(page, page.getByRole("button", { name: "Run garbage collection now" }));
     check((await notice(page)).includes("Garbage collection done"), await notice(page));
+    await signOut(page);
+    await signInLimits(page, state.push.token);
   } finally {
     await close();
   }
