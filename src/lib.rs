@@ -20,6 +20,7 @@ pub mod edge;
 pub mod fsck;
 pub mod gc;
 pub mod logging;
+pub mod manage;
 pub mod metrics;
 pub mod mirror;
 pub mod notify;

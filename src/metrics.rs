@@ -356,6 +356,48 @@ pub fn get() -> &'static Metrics {
     &METRICS
 }
 
+/// One series of a counter or gauge family, as it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// (label name, value) pairs.
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Series {
+    pub fn label(&self, name: &str) -> &str {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// The series a counter or gauge family holds now, for status pages: reading them
+/// this way creates no series that nothing recorded (as `with_label_values` would).
+pub fn series(metric: &impl prometheus::core::Collector) -> Vec<Series> {
+    use prometheus::proto::MetricType;
+    metric
+        .collect()
+        .iter()
+        .flat_map(|family| {
+            let counter = family.get_field_type() == MetricType::COUNTER;
+            family.get_metric().iter().map(move |m| Series {
+                labels: m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect(),
+                value: if counter {
+                    m.get_counter().get_value()
+                } else {
+                    m.get_gauge().get_value()
+                },
+            })
+        })
+        .collect()
+}
+
 /// What a pull-through cache lookup came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheResult {
@@ -445,5 +487,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("portcullis_build_info{version="), "{text}");
+        let stale = series(&get().cache)
+            .into_iter()
+            .find(|s| s.label("kind") == "manifest" && s.label("result") == "stale")
+            .unwrap();
+        assert!(stale.value >= 1.0, "{stale:?}");
     }
 }

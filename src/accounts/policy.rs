@@ -19,7 +19,7 @@ pub enum Identity<'a> {
 }
 
 /// What an identity may do in one namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Rights {
     pub pull: bool,
     pub push: bool,

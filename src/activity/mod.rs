@@ -217,14 +217,25 @@ impl ActivityLog {
     /// Writes the entries `filter` matches to `out` as JSON lines, oldest first, and
     /// returns how many. Blocks on disk: from async code, call it on the blocking pool.
     /// It reads a snapshot, so the recorder goes on writing meanwhile.
-    pub fn export(&self, filter: &Filter, mut out: impl Write) -> Result<u64, ActivityError> {
+    pub fn export(&self, filter: &Filter, out: impl Write) -> Result<u64, ActivityError> {
+        self.export_shown(filter, Some, out)
+    }
+
+    /// [`ActivityLog::export`] of what `shown` makes of each matching entry: it may
+    /// leave an entry out (`None`) or parts of it, for a caller who may not see all.
+    pub fn export_shown(
+        &self,
+        filter: &Filter,
+        shown: impl Fn(Entry) -> Option<Entry>,
+        mut out: impl Write,
+    ) -> Result<u64, ActivityError> {
         let mut written = 0;
         if let Some(span) = filter.span(None) {
             let txn = self.db.begin_read().map_err(db_err)?;
             let table = txn.open_table(ENTRIES).map_err(db_err)?;
             for row in table.range(span).map_err(db_err)? {
                 let (_, entry) = decode(row)?;
-                if filter.matches(&entry) {
+                if let Some(entry) = Some(entry).filter(|e| filter.matches(e)).and_then(&shown) {
                     serde_json::to_writer(&mut out, &entry)
                         .map_err(|e| ActivityError::Write(e.into()))?;
                     out.write_all(b"\n").map_err(ActivityError::Write)?;

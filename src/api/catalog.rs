@@ -4,22 +4,33 @@ use super::pagination::{listing, page_request};
 use super::{ApiError, Caller, Request, Response};
 use crate::auth::access::Action;
 use crate::oci::RepoName;
-use crate::store::Registry;
+use crate::store::{Registry, StoreError};
 
 /// Names read from the metadata store per step while a page is filled.
 const SCAN_BATCH: usize = 1000;
 
-/// Up to `limit` names after `after` that pass `visible`, and whether more follow.
-async fn visible_page(
+/// Up to `limit` names after `after` that start with `prefix` and pass `visible`, and
+/// whether more follow. With a prefix the scan starts at it and stops past it, since
+/// names are sorted.
+pub(crate) async fn visible_page(
     registry: &Registry,
-    mut after: Option<String>,
+    after: Option<String>,
+    prefix: &str,
     limit: usize,
     visible: impl Fn(&str) -> bool,
-) -> Result<(Vec<String>, bool), ApiError> {
+) -> Result<(Vec<String>, bool), StoreError> {
+    let mut after = match after {
+        Some(last) if last.as_str() >= prefix => Some(last),
+        _ if prefix.is_empty() => None,
+        _ => Some(prefix.to_string()),
+    };
     let mut shown = Vec::new();
     loop {
         let page = registry.catalog(after.as_deref(), SCAN_BATCH).await?;
         for name in page.items {
+            if !name.starts_with(prefix) {
+                return Ok((shown, false));
+            }
             if visible(&name) {
                 if shown.len() == limit {
                     return Ok((shown, true));
@@ -46,7 +57,7 @@ pub async fn list(
     let visible = |name: &str| RepoName::parse(name).is_ok_and(|n| caller.may(&n, Action::Pull));
     let (shown, more) = match page_req.limit {
         0 => (Vec::new(), false),
-        limit => visible_page(registry, page_req.last.clone(), limit, visible).await?,
+        limit => visible_page(registry, page_req.last.clone(), "", limit, visible).await?,
     };
     let next_after = more.then(|| shown.last().cloned()).flatten();
     let body = serde_json::json!({ "repositories": shown });

@@ -50,6 +50,14 @@ pub enum ErrorCode {
     StorageFull,
     /// A fault of ours (disk, database): UNKNOWN with 500. Never used for bad input.
     Internal,
+    /// The REST API's (`/api/v1/`) own: a user, team, namespace, robot, token or
+    /// repository that does not exist (or that the caller may not see).
+    NotFound,
+    /// The REST API's: a request body or parameter that is not what the endpoint takes.
+    RequestInvalid,
+    /// The REST API's: the change conflicts with what exists (a name taken, the last
+    /// admin or owner, accounts switched off).
+    Conflict,
 }
 
 impl ErrorCode {
@@ -114,6 +122,9 @@ impl ErrorCode {
             UpstreamFailed => ("UNKNOWN", 502, "upstream registry failed"),
             StorageFull => ("UNKNOWN", 507, "the registry's storage is full"),
             Internal => ("UNKNOWN", 500, "unknown error"),
+            NotFound => ("NOT_FOUND", 404, "no such resource"),
+            RequestInvalid => ("INVALID", 400, "invalid request"),
+            Conflict => ("CONFLICT", 409, "conflicts with the current state"),
         }
     }
 }

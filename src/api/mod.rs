@@ -10,7 +10,7 @@
 
 mod admin;
 mod blobs;
-mod catalog;
+pub(crate) mod catalog;
 pub mod errors;
 mod manifests;
 mod pagination;
@@ -191,7 +191,7 @@ fn not_found_for_reads(err: ApiError, method: &http::Method) -> ApiError {
 
 /// Mirrored repositories hold what their upstream has: pushes and deletes there
 /// would be lost or fight the cache, so they are refused with the setting to change.
-fn refuse_writes_to_mirrored(target: &Target, action: Action) -> Result<(), ApiError> {
+pub(crate) fn refuse_writes_to_mirrored(target: &Target, action: Action) -> Result<(), ApiError> {
     let repo = target.stored_as();
     match target.upstream_name() {
         Some(upstream) if action != Action::Pull => Err(ApiError::new(
@@ -301,7 +301,7 @@ impl Api {
 
     /// Who is calling; counts logins and notes the user for the access log. With
     /// token authentication, a bearer token is checked by its signature alone.
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         req: &Request,
         client: Option<IpAddr>,

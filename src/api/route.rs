@@ -128,7 +128,7 @@ fn digest_of(segment: &str) -> Result<Digest, ApiError> {
 }
 
 /// A reference with a ':' is a digest; anything else must be a tag.
-fn reference_of(segment: &str) -> Result<Reference, ApiError> {
+pub(crate) fn reference_of(segment: &str) -> Result<Reference, ApiError> {
     let decoded = decode(segment);
     if decoded.contains(':') {
         digest_of(segment).map(Reference::Digest)

@@ -7,6 +7,8 @@ use super::Principal;
 use crate::accounts::{Accounts, Actions};
 use std::sync::Arc;
 
+/// Clone: a copy goes along with work on the blocking pool (an activity export).
+#[derive(Clone)]
 pub enum Policy {
     Rules(AccessRules),
     Accounts(Arc<Accounts>),

@@ -91,6 +91,23 @@ pub enum ManifestError {
     MissingManifests,
 }
 
+impl ParsedManifest {
+    /// An image manifest's config descriptor (the first of its blobs).
+    pub fn config(&self) -> Option<&Descriptor> {
+        self.is_image().then(|| self.blobs.first()).flatten()
+    }
+
+    /// The layers of an image manifest, or an artifact manifest's blobs.
+    pub fn layers(&self) -> &[Descriptor] {
+        let skip = usize::from(self.config().is_some());
+        self.blobs.get(skip..).unwrap_or_default()
+    }
+
+    fn is_image(&self) -> bool {
+        matches!(self.media_type.as_str(), DOCKER_MANIFEST | OCI_MANIFEST)
+    }
+}
+
 fn is_index_type(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
 }
@@ -184,6 +201,9 @@ mod tests {
         let digests: Vec<String> = m.blobs.iter().map(|d| d.digest.to_string()).collect();
         assert_eq!(digests, [D1, D2]);
         assert!(m.children.is_empty());
+        assert_eq!(m.config().unwrap().digest.to_string(), D1);
+        assert_eq!(m.layers().len(), 1);
+        assert_eq!(m.layers()[0].digest.to_string(), D2);
         assert_eq!(
             m.artifact_type.as_deref(),
             Some("application/vnd.oci.image.config.v1+json")
@@ -206,8 +226,9 @@ mod tests {
         );
         let m = parse(Some(OCI_INDEX), body.as_bytes()).unwrap();
         assert_eq!(m.children.len(), 1);
-        assert_eq!(m.subject.unwrap().digest.to_string(), D2);
+        assert_eq!(m.subject.as_ref().unwrap().digest.to_string(), D2);
         assert_eq!(m.artifact_type.as_deref(), Some("x/y"));
+        assert!(m.config().is_none() && m.layers().is_empty());
     }
 
     #[test]

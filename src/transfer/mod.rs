@@ -108,8 +108,8 @@ pub fn read_manifest(source: &dyn BlobSource, digest: &Digest) -> Result<Option<
     Ok(Some(Bytes::from(bytes)))
 }
 
-/// A reader's bytes as the store's upload path takes them.
-struct ReadChunks(Box<dyn Read + Send>);
+/// A reader's bytes as the store's upload path (or a response body) takes them.
+pub(crate) struct ReadChunks(pub(crate) Box<dyn Read + Send>);
 
 #[async_trait]
 impl ByteSource for ReadChunks {

@@ -909,18 +909,33 @@ const SKOPEO_PUSH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pushes the fixture image to `docker://HOST/<repo_tag>` with skopeo.
 #[allow(dead_code)]
 pub fn skopeo_push(env: &ContainersEnv, img: &ImageFixture, server: &Server, repo_tag: &str) {
+    let out = skopeo_push_as(env, img, server, repo_tag, None);
+    assert!(
+        out.status.success(),
+        "skopeo push to {repo_tag} failed with {}:\n{}",
+        out.status,
+        out.stderr
+    );
+}
+
+/// Pushes the fixture image to `docker://HOST/<repo_tag>` with skopeo, signed in as
+/// `creds` (`user:password`) if given; the caller judges the outcome.
+#[allow(dead_code)]
+pub fn skopeo_push_as(
+    env: &ContainersEnv,
+    img: &ImageFixture,
+    server: &Server,
+    repo_tag: &str,
+    creds: Option<&str>,
+) -> CmdOutput {
     let src = format!("oci:{}:{}", img.layout.display(), img.tag);
     let dest = format!("docker://{}/{repo_tag}", server.host_port());
-    run_ok(
-        &mut env.skopeo(&[
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &src,
-            &dest,
-        ]),
-        SKOPEO_PUSH_TIMEOUT,
-    );
+    let mut args = vec!["copy", "--preserve-digests", "--dest-tls-verify=false"];
+    if let Some(creds) = creds {
+        args.extend(["--dest-creds", creds]);
+    }
+    args.extend([src.as_str(), dest.as_str()]);
+    run_with_timeout(&mut env.skopeo(&args), SKOPEO_PUSH_TIMEOUT)
 }
 
 /// Removes every proxy variable from `cmd`'s environment, so a client tool
@@ -1068,43 +1083,39 @@ pub fn raw_header(head: &str, name: &str) -> Option<String> {
 #[allow(dead_code)]
 /// `portcullis htpasswd add FILE USER --password-stdin --cost 4`, password on stdin.
 pub fn htpasswd_add(file: &Path, user: &str, password: &str) {
-    let mut child = portcullis()
-        .args(["htpasswd", "add"])
+    let mut cmd = portcullis();
+    cmd.args(["htpasswd", "add"])
         .arg(file)
         .arg(user)
-        .args(["--password-stdin", "--cost", "4"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn portcullis htpasswd add");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write password");
-    let deadline = Instant::now() + HTPASSWD_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll htpasswd add") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("portcullis htpasswd add {user} did not finish within {HTPASSWD_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr);
+        .args(["--password-stdin", "--cost", "4"]);
+    run_with_password(cmd, password, &format!("portcullis htpasswd add {user}"));
+}
+
+/// `portcullis user --config CONFIG --data DATA add USER --password-stdin [--admin]`:
+/// an account (the first admin, say) made before the server starts.
+#[allow(dead_code)]
+pub fn user_add(config: &Path, data: &Path, user: &str, password: &str, admin: bool) {
+    let mut cmd = portcullis();
+    cmd.arg("user")
+        .arg("--config")
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .args(["add", user, "--password-stdin"]);
+    if admin {
+        cmd.arg("--admin");
+    }
+    run_with_password(cmd, password, &format!("portcullis user add {user}"));
+}
+
+/// Runs `cmd` with `password` on its stdin; panics unless it succeeds in time.
+fn run_with_password(mut cmd: Command, password: &str, what: &str) {
+    let out = run_with_stdin(&mut cmd, password, HTPASSWD_TIMEOUT);
     assert!(
-        status.success(),
-        "portcullis htpasswd add {user} failed ({status}): {stderr}"
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        out.stderr
     );
 }
 
