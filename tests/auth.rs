@@ -497,3 +497,71 @@ async fn push_and_pull_a_chart(server: &Server) {
         .await;
     assert!(refused.is_err(), "a viewer pushed a chart");
 }
+
+/// The matrix's manage column, through the REST API: changing the members and the
+/// visibility of team `web` is for its owner and admins; every other caller is
+/// refused (401 anonymous, 403 the rest) and nothing changes.
+#[test]
+fn manage_through_the_rest_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = set_up_accounts(dir.path());
+    let server = Server::start_with_config(&config(true), dir.path());
+    let base = server.base_url();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let call =
+        |method: reqwest::Method, path: &str, creds: &Option<String>, body: serde_json::Value| {
+            let mut request = http
+                .request(method, format!("{base}/api/v1{path}"))
+                .json(&body);
+            if let Some((user, password)) = creds.as_deref().and_then(|c| c.split_once(':')) {
+                request = request.basic_auth(user, Some(password));
+            }
+            runtime.block_on(async { request.send().await.unwrap().status().as_u16() })
+        };
+    for caller in callers(&secrets) {
+        let manages = caller.expected[0].contains("delete");
+        // Who cannot even see the private team is told it does not exist.
+        let refused = match (&caller.creds, caller.expected[0]) {
+            (None, _) => 401,
+            (Some(_), "") => 404,
+            (Some(_), _) => 403,
+        };
+        let member = call(
+            reqwest::Method::PUT,
+            "/teams/web/members/dave",
+            &caller.creds,
+            serde_json::json!({"role": "viewer"}),
+        );
+        let visibility = call(
+            reqwest::Method::PATCH,
+            "/namespaces/web",
+            &caller.creds,
+            serde_json::json!({"visibility": "protected"}),
+        );
+        let want = if manages { 200 } else { refused };
+        assert_eq!(
+            (member, visibility),
+            (want, want),
+            "{} manages web",
+            caller.label
+        );
+        if manages {
+            // Put things back for the next caller.
+            let admin = Some(format!("admin:{PASSWORD}"));
+            let removed = call(
+                reqwest::Method::DELETE,
+                "/teams/web/members/dave",
+                &admin,
+                serde_json::json!({}),
+            );
+            assert!(matches!(removed, 200 | 204), "removing dave: {removed}");
+            let private = serde_json::json!({"visibility": "private"});
+            assert_eq!(
+                call(reqwest::Method::PATCH, "/namespaces/web", &admin, private),
+                200
+            );
+        }
+    }
+}
