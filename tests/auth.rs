@@ -421,3 +421,147 @@ fn docker_podman_and_ctr_through_the_token_endpoint() {
         server.log()
     );
 }
+
+/// What `helm push` and `helm pull` do (helm is not packaged for Debian): an OCI
+/// artifact with Helm's media types, pushed and pulled by oci-client, which meets the
+/// Bearer challenge and logs in at the token endpoint as helm's client does.
+#[test]
+fn a_helm_chart_artifact_through_token_auth_with_oci_client() {
+    let dir = tempfile::tempdir().unwrap();
+    set_up_accounts(dir.path());
+    let server = Server::start_with_config(&config(true), dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(push_and_pull_a_chart(&server));
+    for user in ["carol", "bob"] {
+        assert!(
+            asked_for_token(&server, "GET", user, 200, "oci-client/"),
+            "oci-client got {user}'s token from /token:\n{}",
+            server.log()
+        );
+    }
+}
+
+async fn push_and_pull_a_chart(server: &Server) {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    use oci_client::secrets::RegistryAuth;
+    const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
+    const HELM_CHART: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let chart: oci_client::Reference = format!("{}/web/charts/app:0.1.0", server.host_port())
+        .parse()
+        .unwrap();
+    let config = br#"{"name":"app","version":"0.1.0","apiVersion":"v2"}"#.to_vec();
+    let content = b"not really a gzipped tar, but bytes all the same".to_vec();
+    let layers = [ImageLayer::new(
+        content.clone(),
+        HELM_CHART.to_string(),
+        None,
+    )];
+    let carol = RegistryAuth::Basic("carol".into(), PASSWORD.into());
+    client
+        .push(
+            &chart,
+            &layers,
+            Config::new(config.clone(), HELM_CONFIG.to_string(), None),
+            &carol,
+            None,
+        )
+        .await
+        .expect("a contributor pushes a chart");
+    // oci-client keeps the first login per registry: bob needs a client of his own.
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let bob = RegistryAuth::Basic("bob".into(), PASSWORD.into());
+    let pulled = client
+        .pull(&chart, &bob, vec![HELM_CHART])
+        .await
+        .expect("a viewer pulls it");
+    assert_eq!(pulled.layers[0].data.as_ref(), content.as_slice());
+    assert_eq!(pulled.config.data.as_ref(), config.as_slice());
+    let refused = client
+        .push(
+            &format!("{}/web/charts/other:0.1.0", server.host_port())
+                .parse()
+                .unwrap(),
+            &layers,
+            Config::new(config, HELM_CONFIG.to_string(), None),
+            &bob,
+            None,
+        )
+        .await;
+    assert!(refused.is_err(), "a viewer pushed a chart");
+}
+
+/// The matrix's manage column, through the REST API: changing the members and the
+/// visibility of team `web` is for its owner and admins; every other caller is
+/// refused (401 anonymous, 403 the rest) and nothing changes.
+#[test]
+fn manage_through_the_rest_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = set_up_accounts(dir.path());
+    let server = Server::start_with_config(&config(true), dir.path());
+    let base = server.base_url();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let call =
+        |method: reqwest::Method, path: &str, creds: &Option<String>, body: serde_json::Value| {
+            let mut request = http
+                .request(method, format!("{base}/api/v1{path}"))
+                .json(&body);
+            if let Some((user, password)) = creds.as_deref().and_then(|c| c.split_once(':')) {
+                request = request.basic_auth(user, Some(password));
+            }
+            runtime.block_on(async { request.send().await.unwrap().status().as_u16() })
+        };
+    for caller in callers(&secrets) {
+        let manages = caller.expected[0].contains("delete");
+        // Who cannot even see the private team is told it does not exist.
+        let refused = match (&caller.creds, caller.expected[0]) {
+            (None, _) => 401,
+            (Some(_), "") => 404,
+            (Some(_), _) => 403,
+        };
+        let member = call(
+            reqwest::Method::PUT,
+            "/teams/web/members/dave",
+            &caller.creds,
+            serde_json::json!({"role": "viewer"}),
+        );
+        let visibility = call(
+            reqwest::Method::PATCH,
+            "/namespaces/web",
+            &caller.creds,
+            serde_json::json!({"visibility": "protected"}),
+        );
+        let want = if manages { 200 } else { refused };
+        assert_eq!(
+            (member, visibility),
+            (want, want),
+            "{} manages web",
+            caller.label
+        );
+        if manages {
+            // Put things back for the next caller.
+            let admin = Some(format!("admin:{PASSWORD}"));
+            let removed = call(
+                reqwest::Method::DELETE,
+                "/teams/web/members/dave",
+                &admin,
+                serde_json::json!({}),
+            );
+            assert!(matches!(removed, 200 | 204), "removing dave: {removed}");
+            let private = serde_json::json!({"visibility": "private"});
+            assert_eq!(
+                call(reqwest::Method::PATCH, "/namespaces/web", &admin, private),
+                200
+            );
+        }
+    }
+}
