@@ -3,7 +3,7 @@
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_DEPS := cmake
-TEST_DEPS := skopeo podman curl tar gzip docker.io containerd iproute2 buildah debootstrap chromium nodejs npm
+TEST_DEPS := skopeo podman curl tar gzip docker.io containerd iproute2 buildah debootstrap chromium
 
 .PHONY: run test build-deps test-deps
 
@@ -18,3 +18,5 @@ build-deps:
 
 test-deps:
 	@./.ci/apt-ensure $(TEST_DEPS)
+	@# The browser test's npm packages (playwright-core, axe-core), where npm is.
+	@[ -d tests/ui/node_modules ] || ! command -v npm > /dev/null || npm ci --no-audit --no-fund --prefix tests/ui

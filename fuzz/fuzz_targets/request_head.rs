@@ -48,6 +48,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         policy: Policy::Rules(AccessRules::default_for(false, Default::default())),
         accounts: None,
         tokens: None,
+        sessions: portcullis::ui::Sessions::default(),
         read_only: false,
         max_manifest_bytes: config.limits.max_manifest_bytes,
         upload_slots: Arc::new(tokio::sync::Semaphore::new(4)),
