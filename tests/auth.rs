@@ -165,7 +165,9 @@ fn assert_refused(out: &CmdOutput, what: &str) {
             "denied",
             "authentication required",
             "401",
-            "403"
+            "403",
+            // Docker's words when a Basic server asks for a login it has not got.
+            "no basic auth credentials",
         ]
         .iter()
         .any(|w| text.contains(w)),
@@ -307,14 +309,39 @@ fn matrix_through_skopeo_with_basic_auth() {
 /// docker login (OAuth2 POST, identity token), push and pull; podman and ctr log in
 /// and pull through the token endpoint; docker pulls a public repository anonymously.
 #[test]
-fn docker_podman_and_ctr_through_the_token_endpoint() {
+fn docker_podman_and_ctr_with_token_auth() {
     if !in_fresh_netns() {
         return;
     }
+    clients_log_in_and_work(true);
+}
+
+/// The same with Basic authentication, where Docker cannot pull without a login.
+#[test]
+fn docker_podman_and_ctr_with_basic_auth() {
+    if !in_fresh_netns() {
+        return;
+    }
+    clients_log_in_and_work(false);
+}
+
+/// With token auth each client must have got its token from `/token` as this user
+/// and client; with Basic none may have asked there at all.
+fn assert_token_use(server: &Server, token_auth: bool, method: &str, user: &str, agent: &str) {
+    let asked = asked_for_token(server, method, user, 200, agent);
+    assert_eq!(
+        asked,
+        token_auth,
+        "{agent} as {user}: token endpoint used = {asked}, token auth = {token_auth}:\n{}",
+        server.log()
+    );
+}
+
+fn clients_log_in_and_work(token_auth: bool) {
     let dir = tempfile::tempdir().unwrap();
     let secrets = set_up_accounts(dir.path());
     set_visibility(dir.path(), Visibility::Private);
-    let server = Server::start_with_config(&config(true), dir.path());
+    let server = Server::start_with_config(&config(token_auth), dir.path());
     let host = server.host_port();
     let env = ContainersEnv::new();
     let admin = Some(format!("admin:{PASSWORD}"));
@@ -340,11 +367,7 @@ fn docker_podman_and_ctr_through_the_token_endpoint() {
     assert!(inspect(&env, &server, &admin, "web/from-docker:1")
         .status
         .success());
-    assert!(
-        asked_for_token(&server, "POST", "alice", 200, "docker/"),
-        "docker logged in with the OAuth2 form:\n{}",
-        server.log()
-    );
+    assert_token_use(&server, token_auth, "POST", "alice", "docker/");
     run_ok(&mut dockerd.docker(&["logout", &host]), CLIENT_TIMEOUT);
 
     // ctr: pulls the private repository with the robot's login (containerd's OAuth2
@@ -365,21 +388,37 @@ fn docker_podman_and_ctr_through_the_token_endpoint() {
         CLIENT_TIMEOUT,
     );
     assert_refused(&refused, "ctr pull with a wrong robot secret");
-    assert!(
-        asked_for_token(&server, "POST", "web+ci", 200, "containerd/"),
-        "ctr got its token with the OAuth2 form:\n{}",
-        server.log()
-    );
+    assert_token_use(&server, token_auth, "POST", "web+ci", "containerd/");
     drop(containerd);
 
-    // Once the namespace is public, docker pulls anonymously through an anonymous token.
+    // Once the namespace is public, docker pulls anonymously through an anonymous
+    // token. With Basic it cannot: the server asks for a login on /v2/, which Docker
+    // then insists on (why token auth matters for public repositories).
     drop(server);
     set_visibility(dir.path(), Visibility::Public);
-    let server = Server::start_with_config(&config(true), dir.path());
+    let server = Server::start_with_config(&config(token_auth), dir.path());
     let host = server.host_port();
     let public = format!("{host}/web/app:1");
     run_ok(&mut dockerd.docker(&["rmi", &private]), CLIENT_TIMEOUT);
-    run_ok(&mut dockerd.docker(&["pull", &public]), CLIENT_TIMEOUT);
+    let pulled = run_with_timeout(&mut dockerd.docker(&["pull", &public]), CLIENT_TIMEOUT);
+    if token_auth {
+        assert!(
+            pulled.status.success(),
+            "docker anonymous pull: {}",
+            pulled.stderr
+        );
+    } else {
+        assert_refused(&pulled, "docker anonymous pull from a Basic server");
+        let admin_login =
+            &mut dockerd.docker(&["login", "--username", "admin", "--password-stdin", &host]);
+        assert!(
+            common::run_with_stdin(admin_login, PASSWORD, CLIENT_TIMEOUT)
+                .status
+                .success()
+        );
+        run_ok(&mut dockerd.docker(&["pull", &public]), CLIENT_TIMEOUT);
+        run_ok(&mut dockerd.docker(&["logout", &host]), CLIENT_TIMEOUT);
+    }
     let pushed_anonymously = format!("{host}/web/anonymous:1");
     run_ok(
         &mut dockerd.docker(&["tag", &public, &pushed_anonymously]),
@@ -415,11 +454,7 @@ fn docker_podman_and_ctr_through_the_token_endpoint() {
     assert!(inspect(&env, &server, &admin, "web/from-podman:1")
         .status
         .success());
-    assert!(
-        asked_for_token(&server, "GET", "carol", 200, "containers/"),
-        "podman got its token with GET and Basic:\n{}",
-        server.log()
-    );
+    assert_token_use(&server, token_auth, "GET", "carol", "containers/");
 }
 
 /// What `helm push` and `helm pull` do (helm is not packaged for Debian): an OCI
@@ -564,4 +599,48 @@ fn manage_through_the_rest_api() {
             );
         }
     }
+}
+
+/// `GET /v2/_catalog` with a bearer token lists what the token's subject may pull
+/// (the token names only the repositories it was asked for): bob, a viewer of `web`,
+/// sees `web/app` but not alice's private repository.
+#[test]
+fn the_catalog_with_a_bearer_token_lists_what_its_subject_may_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    set_up_accounts(dir.path());
+    let server = Server::start_with_config(&config(true), dir.path());
+    let env = ContainersEnv::new();
+    let admin = Some(format!("admin:{PASSWORD}"));
+    for repo in ["web/app:1", "alice/private:1"] {
+        assert!(push(&env, &server, &admin, repo).status.success(), "{repo}");
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let catalog = runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let base = server.base_url();
+        let token: serde_json::Value = http
+            .get(format!(
+                "{base}/token?service=portcullis&scope=registry:catalog:*"
+            ))
+            .basic_auth("bob", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = token["token"].as_str().expect("a token").to_string();
+        let listed: serde_json::Value = http
+            .get(format!("{base}/v2/_catalog"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed
+    });
+    assert_eq!(catalog, serde_json::json!({"repositories": ["web/app"]}));
 }

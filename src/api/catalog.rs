@@ -2,7 +2,6 @@
 
 use super::pagination::{listing, page_request};
 use super::{ApiError, Caller, Request, Response};
-use crate::auth::access::Action;
 use crate::oci::RepoName;
 use crate::store::{Registry, StoreError};
 
@@ -54,7 +53,7 @@ pub async fn list(
     req: &Request,
 ) -> Result<Response, ApiError> {
     let page_req = page_request(req)?;
-    let visible = |name: &str| RepoName::parse(name).is_ok_and(|n| caller.may(&n, Action::Pull));
+    let visible = |name: &str| RepoName::parse(name).is_ok_and(|n| caller.may_list(&n));
     let (shown, more) = match page_req.limit {
         0 => (Vec::new(), false),
         limit => visible_page(registry, page_req.last.clone(), "", limit, visible).await?,

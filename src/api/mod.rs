@@ -103,6 +103,11 @@ impl Caller<'_> {
         self.policy.allows(&self.principal, repo.as_str(), action)
     }
 
+    /// Whether the catalog shows a repository to the caller.
+    pub fn may_list(&self, repo: &RepoName) -> bool {
+        self.policy.lists(&self.principal, repo.as_str())
+    }
+
     /// The maintenance endpoints (`admin.users`).
     pub fn may_administer(&self) -> bool {
         self.policy.allows_admin(&self.principal)

@@ -26,6 +26,12 @@ impl Policy {
         }
     }
 
+    /// Whether a repository shows in `principal`'s catalog: what its subject may pull,
+    /// since a bearer token's grant names only the repositories it was asked for.
+    pub fn lists(&self, principal: &Principal, repo: &str) -> bool {
+        self.allows(&subject(principal), repo, Action::Pull)
+    }
+
     /// Everything a principal may do with a repository, for a token's grant.
     pub fn actions(&self, principal: &Principal, repo: &str) -> Actions {
         let may = |action| self.allows(principal, repo, action);
@@ -60,5 +66,28 @@ fn subject(principal: &Principal) -> Principal {
     match principal {
         Principal::Bearer(grant) => grant.subject(),
         other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Grant, GrantKind};
+
+    #[test]
+    fn a_bearer_token_allows_its_grant_and_lists_what_its_subject_may_pull() {
+        let policy = Policy::Rules(AccessRules::default_for(true, Default::default()));
+        let grant = Grant {
+            subject: Arc::from("alice"),
+            kind: GrantKind::User,
+            repositories: vec![("a/b".to_string(), Actions::parse("pull").unwrap())],
+        };
+        let bearer = Principal::Bearer(Arc::new(grant));
+        assert!(policy.allows(&bearer, "a/b", Action::Pull));
+        assert!(!policy.allows(&bearer, "a/b", Action::Push));
+        assert!(!policy.allows(&bearer, "c/d", Action::Pull));
+        assert!(policy.lists(&bearer, "c/d"));
+        assert!(!policy.lists(&Principal::Anonymous, "c/d"));
+        assert!(policy.allows_admin(&bearer));
     }
 }
